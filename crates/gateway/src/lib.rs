@@ -1,0 +1,2 @@
+//! Warden's MCP gateway.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Warden's SPIFFE identity layer.
+#![forbid(unsafe_code)]
