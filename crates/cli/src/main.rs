@@ -21,7 +21,18 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // ---- kernel ----
-
+    /// Write a working starter (manifest, Cedar policy, signing key) into a directory.
+    Init(cmd::init::InitArgs),
+    /// Validate the policy, or print the Cedar the manifest became.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
+    /// Decide one tool call (exit 0 allow, 1 deny, 3 needs approval, 2 usage error).
+    Check(cmd::check::CheckArgs),
+    /// Work with call certificates.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCommand),
+    /// Play a short multi-agent story through real kernel decisions.
+    Demo(cmd::demo::DemoArgs),
     // ---- log ----
 
     // ---- sandbox ----
