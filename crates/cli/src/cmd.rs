@@ -9,6 +9,7 @@ use crate::Command;
 // ---- log ----
 
 // ---- sandbox ----
+pub(crate) mod run;
 
 // ---- identity ----
 
@@ -21,7 +22,7 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         // ---- log ----
 
         // ---- sandbox ----
-
+        Command::Run(args) => run::run(args),
         // ---- identity ----
 
         // ---- gateway ----

@@ -177,7 +177,12 @@ pub(crate) fn program() -> Option<Vec<sock_filter>> {
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 mod tests {
     use super::*;
 

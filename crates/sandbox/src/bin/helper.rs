@@ -5,6 +5,9 @@ use std::io::Write;
 
 fn main() {
     warden_sandbox::run_helper_if_requested();
-    let _ = writeln!(std::io::stderr(), "warden-sandbox-helper: only runs as the sandbox helper");
+    let _ = writeln!(
+        std::io::stderr(),
+        "warden-sandbox-helper: only runs as the sandbox helper"
+    );
     std::process::exit(2);
 }
