@@ -422,6 +422,18 @@ fn build_root(config: &HelperConfig, plan: Option<RootPlan>) -> Result<(), Strin
             symlink(target, inside(root, link)),
         )?;
     }
+    // The private /tmp first: grants below /tmp are mounted on top of it.
+    let tmp_opts = format!("mode=1777,size={}", config.tmp_bytes);
+    ctx(
+        "private /tmp",
+        sys::mount(
+            Some("tmpfs"),
+            &root.join("tmp"),
+            Some("tmpfs"),
+            nosuid_nodev,
+            Some(&tmp_opts),
+        ),
+    )?;
     for bind in &plan.binds {
         let target = inside(root, &bind.target);
         if bind.is_dir {
@@ -444,17 +456,6 @@ fn build_root(config: &HelperConfig, plan: Option<RootPlan>) -> Result<(), Strin
         )?;
     }
     drop(plan);
-    let tmp_opts = format!("mode=1777,size={}", config.tmp_bytes);
-    ctx(
-        "private /tmp",
-        sys::mount(
-            Some("tmpfs"),
-            &root.join("tmp"),
-            Some("tmpfs"),
-            nosuid_nodev,
-            Some(&tmp_opts),
-        ),
-    )?;
     let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     ctx(
         "new /proc",
