@@ -2,6 +2,7 @@
 //! helper, enforces the timeout and the output cap, and cleans everything up.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
@@ -232,6 +233,12 @@ impl Sandbox {
                 policy,
                 Arc::clone(&self.options.on_egress),
             )?);
+            // Only root and the sandbox (through its bind mount) reach the socket: the directory
+            // is private, and the socket itself must be writable by the dropped uid.
+            let mode = |m| std::fs::Permissions::from_mode(m);
+            std::fs::set_permissions(&dir, mode(0o700))
+                .and_then(|()| std::fs::set_permissions(&socket, mode(0o666)))
+                .map_err(|e| Error::Setup(format!("egress socket permissions: {e}")))?;
             proxy_socket = Some(socket);
             let url = format!("http://127.0.0.1:{PROXY_PORT_INSIDE}");
             for key in [
