@@ -15,6 +15,7 @@ pub(crate) mod policy;
 // ---- log ----
 
 // ---- sandbox ----
+pub(crate) mod run;
 
 // ---- identity ----
 
@@ -31,7 +32,7 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         // ---- log ----
 
         // ---- sandbox ----
-
+        Command::Run(args) => run::run(args),
         // ---- identity ----
 
         // ---- gateway ----

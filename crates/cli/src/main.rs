@@ -36,13 +36,16 @@ enum Command {
     // ---- log ----
 
     // ---- sandbox ----
-
+    /// Run a command in a sandbox (minimal root, no network but allowlisted hosts, limits).
+    Run(cmd::run::RunArgs),
     // ---- identity ----
 
     // ---- gateway ----
 }
 
 fn main() -> ExitCode {
+    // Must stay first: when re-executed as the sandbox helper, this never returns.
+    warden_sandbox::run_helper_if_requested();
     let cli = Cli::parse();
     cmd::dispatch(cli.command)
 }
