@@ -52,6 +52,9 @@ one_of = ["text", "binary"]
 regex = "^[a-z]+$"
 "#;
 
+/// (agent, arguments, labels, time, expected outcome or first rule)
+type Row<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u64, &'a str);
+
 fn kernel_with(files: Vec<PolicyFile>) -> Kernel {
     Kernel::new(
         Manifest::from_toml_str(MANIFEST).unwrap(),
@@ -83,7 +86,7 @@ fn decide(k: &Kernel, agent: &str, args: &str, labels: &[(&str, &str)], at: u64)
 fn compiled_allowlist_matches_the_decision_table() {
     let k = kernel_with(vec![]);
     let t = MONDAY_10H;
-    let table: &[(&str, &str, &[(&str, &str)], u64, &str)] = &[
+    let table: &[Row<'_>] = &[
         (AGENT, r#"{"path":"/srv/a"}"#, &[], t, "allow"),
         (AGENT, r#"{"path":"/etc/passwd"}"#, &[], t, "ops-read/path"),
         (
