@@ -290,7 +290,8 @@ impl Sandbox {
 
         let program = match &self.options.helper {
             HelperBinary::CurrentExe => PathBuf::from("/proc/self/exe"),
-            HelperBinary::Path(p) => p.clone(),
+            HelperBinary::Path(p) => std::path::absolute(p)
+                .map_err(|e| Error::Setup(format!("helper path `{}`: {e}", p.display())))?,
         };
         let (config_r, config_w) = sys::pipe().map_err(|e| Error::Setup(format!("pipe: {e}")))?;
         let (report_r, report_w) = sys::pipe().map_err(|e| Error::Setup(format!("pipe: {e}")))?;
