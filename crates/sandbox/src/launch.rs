@@ -350,26 +350,49 @@ impl Sandbox {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        if userns == 0 {
+        let features = KernelFeatures {
+            user_namespaces: userns > 0,
+            landlock_abi: sys::landlock_abi(),
+            seccomp_filter: crate::seccomp::program().is_some(),
+        };
+        weakened.extend(features.verdict(self.options.weakening)?);
+        Ok(())
+    }
+}
+
+/// What the running kernel offers the sandbox.
+#[derive(Debug, Clone, Copy)]
+struct KernelFeatures {
+    user_namespaces: bool,
+    landlock_abi: u32,
+    seccomp_filter: bool,
+}
+
+impl KernelFeatures {
+    /// Refuses when a protection is missing and not explicitly given up; returns the list of
+    /// protections given up otherwise. User namespaces and seccomp cannot be given up: without
+    /// them there is no sandbox at all.
+    fn verdict(self, weakening: Weakening) -> Result<Vec<String>, Error> {
+        if !self.user_namespaces {
             return Err(Error::Unsupported(
-                "user namespaces are disabled (user.max_user_namespaces = 0)".to_owned(),
+                "user namespaces (user.max_user_namespaces = 0)".to_owned(),
             ));
         }
-        let abi = sys::landlock_abi();
-        if abi < 6 {
-            let what =
-                format!("landlock abi {abi} (6 needed for filesystem, tcp and scoping rules)");
-            if !self.options.weakening.allow_without_landlock {
+        if !self.seccomp_filter {
+            return Err(Error::Unsupported(
+                "a seccomp filter for this architecture".to_owned(),
+            ));
+        }
+        let mut weakened = Vec::new();
+        if self.landlock_abi < 6 {
+            let abi = self.landlock_abi;
+            let what = format!("landlock abi 6 (filesystem, tcp and scoping rules; found {abi})");
+            if !weakening.allow_without_landlock {
                 return Err(Error::Unsupported(what));
             }
-            weakened.push(what);
+            weakened.push(format!("without {what}"));
         }
-        if crate::seccomp::program().is_none() {
-            return Err(Error::Unsupported(
-                "no seccomp filter for this architecture".to_owned(),
-            ));
-        }
-        Ok(())
+        Ok(weakened)
     }
 }
 
@@ -494,5 +517,48 @@ impl Drop for SandboxedChild {
     fn drop(&mut self) {
         self.kill();
         self.cleanup();
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_kernel_features_refuse_unless_given_up() {
+        let full = KernelFeatures {
+            user_namespaces: true,
+            landlock_abi: 7,
+            seccomp_filter: true,
+        };
+        assert!(full.verdict(Weakening::default()).unwrap().is_empty());
+        let old = KernelFeatures {
+            landlock_abi: 3,
+            ..full
+        };
+        assert!(matches!(
+            old.verdict(Weakening::default()),
+            Err(Error::Unsupported(_))
+        ));
+        let allow = Weakening {
+            allow_without_landlock: true,
+            ..Weakening::default()
+        };
+        assert_eq!(old.verdict(allow).unwrap().len(), 1);
+        let no_userns = KernelFeatures {
+            user_namespaces: false,
+            ..full
+        };
+        let all = Weakening {
+            allow_without_landlock: true,
+            allow_without_cgroups: true,
+        };
+        assert!(no_userns.verdict(all).is_err());
     }
 }

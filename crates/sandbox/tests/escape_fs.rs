@@ -332,3 +332,56 @@ fn nested_namespaces_mounts_and_dangerous_syscalls_are_denied() {
     // clone3 is refused with ENOSYS so that libcs fall back to clone.
     assert!(lines[3].contains("ENOSYS"), "{}", lines[3]);
 }
+
+#[test]
+fn spawn_pipes_stdio_for_a_long_running_server() {
+    use std::io::{BufRead, BufReader, Write as _};
+    let sandbox = warden_sandbox::Sandbox::new(Profile::default(), options());
+    let argv = vec!["/bin/cat".to_owned()];
+    let stdio = [
+        std::process::Stdio::piped(),
+        std::process::Stdio::piped(),
+        std::process::Stdio::null(),
+    ];
+    let mut child = sandbox.spawn(&argv, stdio).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for msg in ["{\"jsonrpc\":\"2.0\",\"id\":1}", "second"] {
+        writeln!(stdin, "{msg}").unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), msg);
+    }
+    drop(stdin);
+    let outcome = child.wait().unwrap();
+    assert_eq!(outcome.ending, Ending::Exited { code: 0 });
+}
+
+#[test]
+fn setup_errors_are_reported_not_run() {
+    let sandbox = warden_sandbox::Sandbox::new(Profile::default(), options());
+    let err = sandbox
+        .run(
+            &["/nonexistent/cmd".to_owned()],
+            std::process::Stdio::null(),
+            Box::new(std::io::sink()),
+            Box::new(std::io::sink()),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot execute `/nonexistent/cmd`"),
+        "{err}"
+    );
+    let missing = Profile {
+        read_only: vec!["/nonexistent/grant".into()],
+        ..Profile::default()
+    };
+    let err = warden_sandbox::Sandbox::new(missing, options())
+        .run(
+            &["/bin/true".to_owned()],
+            std::process::Stdio::null(),
+            Box::new(std::io::sink()),
+            Box::new(std::io::sink()),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/grant"), "{err}");
+}
