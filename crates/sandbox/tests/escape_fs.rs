@@ -294,6 +294,42 @@ fn setuid_binaries_gain_nothing() {
 }
 
 #[test]
+fn set_id_files_cannot_be_planted_in_a_grant() {
+    // A root-owned grant is id-mapped: what the sandbox creates there is root's on the host, so a
+    // setuid bit would hand a root program to every host user.
+    let granted = tempdir();
+    let g = |f: &str| granted.path().join(f).to_str().unwrap().to_owned();
+    std::fs::write(granted.path().join("bin"), "#!/bin/sh\n").unwrap();
+    for (action, mode) in [
+        ("chmod", "4755"),
+        ("chmod", "2755"),
+        ("create-mode", "4755"),
+    ] {
+        let target = if action == "chmod" {
+            g("bin")
+        } else {
+            g(&format!("new{mode}"))
+        };
+        assert_denied(
+            &inside(rw(granted.path()), &[action, &target, mode]),
+            &format!("{action} {mode}"),
+        );
+    }
+    assert_ok_inside(
+        &inside(rw(granted.path()), &["chmod", &g("bin"), "0755"]),
+        "plain chmod",
+    );
+    assert_ok_inside(
+        &inside(rw(granted.path()), &["create-mode", &g("plain"), "0644"]),
+        "plain create",
+    );
+    assert_ok_outside(
+        &outside(&["chmod", &g("bin"), "4755"]),
+        "setuid chmod outside",
+    );
+}
+
+#[test]
 fn nested_namespaces_mounts_and_dangerous_syscalls_are_denied() {
     let cases: &[&[&str]] = &[
         &["unshare"],
