@@ -337,7 +337,8 @@ fn pid1(config: &HelperConfig, plan: Option<RootPlan>, report: &mut Option<File>
     };
     drop(report.take());
     if let Some(listener) = relay {
-        std::thread::spawn(move || run_relay(&listener));
+        // Without the relay thread the command simply has no egress.
+        let _ = std::thread::Builder::new().spawn(move || run_relay(&listener));
     }
     loop {
         match sys::waitpid(-1, 0) {
@@ -351,17 +352,20 @@ fn pid1(config: &HelperConfig, plan: Option<RootPlan>, report: &mut Option<File>
 fn run_relay(listener: &TcpListener) {
     for conn in listener.incoming() {
         let Ok(tcp) = conn else { continue };
-        std::thread::spawn(move || {
+        // Threads here count against the sandbox's pids limit; a refused spawn drops the
+        // connection.
+        let _ = std::thread::Builder::new().spawn(move || {
             let Ok(unix) = UnixStream::connect(PROXY_SOCKET_INSIDE) else {
                 return;
             };
             let (Ok(mut tcp_r), Ok(mut unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
                 return;
             };
-            let up = std::thread::spawn(move || {
+            let up = std::thread::Builder::new().spawn(move || {
                 let _ = std::io::copy(&mut tcp_r, &mut unix_w);
                 let _ = unix_w.shutdown(std::net::Shutdown::Write);
             });
+            let Ok(up) = up else { return };
             let (mut unix_r, mut tcp_w): (UnixStream, TcpStream) = (unix, tcp);
             let _ = std::io::copy(&mut unix_r, &mut tcp_w);
             let _ = tcp_w.shutdown(std::net::Shutdown::Write);

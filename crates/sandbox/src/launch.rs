@@ -336,8 +336,16 @@ impl Sandbox {
     ) -> Result<Outcome, Error> {
         let mut child = self.spawn(argv, [stdin, Stdio::piped(), Stdio::piped()])?;
         let cap = self.profile.limits.output_bytes;
-        let out = child.stdout.take().map(|s| capped_copy(s, stdout, cap));
-        let err = child.stderr.take().map(|s| capped_copy(s, stderr, cap));
+        let out = child
+            .stdout
+            .take()
+            .map(|s| capped_copy(s, stdout, cap))
+            .transpose()?;
+        let err = child
+            .stderr
+            .take()
+            .map(|s| capped_copy(s, stderr, cap))
+            .transpose()?;
         let timed_out = child.wait_timeout(self.profile.limits.timeout)?;
         let mut outcome = child.finish(timed_out);
         outcome.stdout_truncated = out.and_then(|h| h.join().ok()).unwrap_or(false);
@@ -400,29 +408,32 @@ fn capped_copy<R: Read + Send + 'static>(
     mut from: R,
     mut to: Box<dyn Write + Send>,
     cap: u64,
-) -> JoinHandle<bool> {
-    std::thread::spawn(move || {
-        let mut kept = 0u64;
-        let mut truncated = false;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let room = usize::try_from(cap.saturating_sub(kept)).unwrap_or(usize::MAX);
-            let take = n.min(room);
-            if take < n {
-                truncated = true;
+) -> Result<JoinHandle<bool>, Error> {
+    let spawned = std::thread::Builder::new()
+        .name("warden-output".to_owned())
+        .spawn(move || {
+            let mut kept = 0u64;
+            let mut truncated = false;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let room = usize::try_from(cap.saturating_sub(kept)).unwrap_or(usize::MAX);
+                let take = n.min(room);
+                if take < n {
+                    truncated = true;
+                }
+                if take > 0 {
+                    let _ = to.write_all(buf.get(..take).unwrap_or_default());
+                    let _ = to.flush();
+                    kept += take as u64;
+                }
             }
-            if take > 0 {
-                let _ = to.write_all(buf.get(..take).unwrap_or_default());
-                let _ = to.flush();
-                kept += take as u64;
-            }
-        }
-        truncated
-    })
+            truncated
+        });
+    spawned.map_err(|e| Error::Setup(format!("output thread: {e}")))
 }
 
 impl SandboxedChild {
@@ -438,11 +449,24 @@ impl SandboxedChild {
             return Ok(false);
         };
         let (tx, rx) = mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let status = helper.wait();
-            let _ = tx.send(());
-            status
-        });
+        let pid = self.pid;
+        let waiter = std::thread::Builder::new()
+            .name("warden-wait".to_owned())
+            .spawn(move || {
+                let status = helper.wait();
+                let _ = tx.send(());
+                status
+            });
+        let waiter = match waiter {
+            Ok(w) => w,
+            Err(e) => {
+                // Fail closed: without a waiter there is no timeout, so end the sandbox now.
+                if pid > 0 {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                }
+                return Err(Error::Setup(format!("waiter thread: {e}")));
+            }
+        };
         let timed_out = rx.recv_timeout(timeout).is_err();
         if timed_out {
             self.kill();
