@@ -272,11 +272,6 @@ impl Sandbox {
             read_only: canonical(&self.profile.read_only)?,
             read_write: canonical(&self.profile.read_write)?,
             drop_to: (euid == 0).then_some(self.options.sandbox_id),
-            cgroup_procs: child
-                .cgroup
-                .as_ref()
-                .map(Cgroup::procs_files)
-                .unwrap_or_default(),
             open_files: limits.open_files,
             file_size_bytes: limits.file_size_bytes,
             cpu_seconds: limits.timeout.as_secs().saturating_add(1),
@@ -313,6 +308,23 @@ impl Sandbox {
         child.stdout = helper.stdout.take();
         child.stderr = helper.stderr.take();
         child.helper = Some(helper);
+        // The helper joins its cgroups before anything else: it waits for its configuration,
+        // which is sent only once it has been moved. Moving it from here overlaps the move (on
+        // cgroup v1 an RCU grace period) with the helper's own start-up.
+        let pid = child.pid.to_string();
+        for procs in child
+            .cgroup
+            .as_ref()
+            .map(Cgroup::procs_files)
+            .unwrap_or_default()
+        {
+            std::fs::write(&procs, &pid).map_err(|e| {
+                Error::Cgroup(format!(
+                    "cannot move the helper into `{}`: {e}",
+                    procs.display()
+                ))
+            })?;
+        }
         std::fs::File::from(config_w)
             .write_all(&json)
             .map_err(|e| Error::Setup(format!("cannot send the configuration: {e}")))?;

@@ -148,12 +148,6 @@ pub(crate) fn kill(pid: libc::pid_t, signal: c_int) -> io::Result<()> {
     check(unsafe { libc::kill(pid, signal) }).map(drop)
 }
 
-/// `getpid(2)`.
-pub(crate) fn getpid() -> libc::pid_t {
-    // SAFETY: plain syscall without arguments.
-    unsafe { libc::getpid() }
-}
-
 /// Effective uid and gid.
 pub(crate) fn euid_egid() -> (u32, u32) {
     // SAFETY: plain syscalls without arguments.
