@@ -292,7 +292,7 @@ impl TileWriter {
                 bundle_index += 1;
             }
         }
-        if old / TILE_WIDTH * TILE_WIDTH + self.pending.len() as u64 != new_size {
+        if bundle_index * TILE_WIDTH + self.pending.len() as u64 != new_size {
             return Err(LogError::Corrupt(
                 "tile writer fell out of step with the log".into(),
             ));
