@@ -2,7 +2,13 @@
 //! the parent SIGKILLs it at a random moment, reopens the log and checks that every
 //! acknowledged record is there, byte for byte, and that the whole log verifies. 50 trials on
 //! one growing log.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout
+)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -40,7 +46,10 @@ fn crash_child() {
             let trial = trial.clone();
             std::thread::spawn(move || {
                 for seq in 0.. {
-                    let body = format!("{{\"id\":\"{trial}-{t}-{seq}\",\"pad\":\"{}\"}}", "x".repeat(seq % 200));
+                    let body = format!(
+                        "{{\"id\":\"{trial}-{t}-{seq}\",\"pad\":\"{}\"}}",
+                        "x".repeat(seq % 200)
+                    );
                     let a = w.append(body.clone().into_bytes()).unwrap();
                     let mut o = out.lock().unwrap();
                     writeln!(o, "ACK {} {body}", a.index).unwrap();
@@ -95,20 +104,41 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
             kills_with_acks += 1;
         }
         for (i, body) in lines {
-            assert!(acked.insert(i, body).is_none(), "index {i} acknowledged twice");
+            assert!(
+                acked.insert(i, body).is_none(),
+                "index {i} acknowledged twice"
+            );
         }
         // Every acknowledged record survives, byte for byte.
-        let log = Log::open(&dir, signer(), LogOptions { publish: true, ..LogOptions::default() })
-            .unwrap_or_else(|e| panic!("trial {trial}: reopening failed: {e}"));
+        let log = Log::open(
+            &dir,
+            signer(),
+            LogOptions {
+                publish: true,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("trial {trial}: reopening failed: {e}"));
         let records: BTreeMap<u64, Vec<u8>> = log.records(0).unwrap().into_iter().collect();
         for (i, body) in &acked {
-            assert_eq!(records.get(i).map(Vec::as_slice), Some(body.as_bytes()), "trial {trial}: acknowledged record {i} lost");
+            assert_eq!(
+                records.get(i).map(Vec::as_slice),
+                Some(body.as_bytes()),
+                "trial {trial}: acknowledged record {i} lost"
+            );
         }
         log.close().unwrap();
     }
-    assert!(kills_with_acks >= 25, "only {kills_with_acks} trials got acknowledgements before the kill");
+    assert!(
+        kills_with_acks >= 25,
+        "only {kills_with_acks} trials got acknowledgements before the kill"
+    );
     let signer = signer();
     let report = verify_dir(&dir, &signer.verifier(), &mut |_, _| {}).unwrap();
     assert!(report.size >= acked.len() as u64);
-    println!("crash test: {} acknowledged of {} records over 50 kills", acked.len(), report.size);
+    println!(
+        "crash test: {} acknowledged of {} records over 50 kills",
+        acked.len(),
+        report.size
+    );
 }
