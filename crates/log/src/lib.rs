@@ -50,7 +50,7 @@ pub use segment::{
 };
 pub use store::{Appended, Log, LogOptions, LogWriter, Ticket, read_records};
 pub use tree::MerkleTree;
-pub use verify::{VerifyReport, rebuild_derived, verify_dir};
+pub use verify::{Snapshot, VerifyReport, rebuild_derived, verify_dir};
 
 use std::io;
 

@@ -277,6 +277,8 @@ impl LogWriter {
 
 /// An open transparency log directory with its writer thread.
 pub struct Log {
+    /// Held (with an exclusive `flock`) until the log is closed: one writer per directory.
+    lock: Option<File>,
     shared: Arc<Shared>,
     tx: Sender<Msg>,
     writer: Option<JoinHandle<()>>,
@@ -328,6 +330,19 @@ impl Log {
                 dir.display()
             )));
         }
+        let lock_path = dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| LogError::io(format!("opening `{}`", lock_path.display()), e))?;
+        lock.try_lock().map_err(|_| {
+            LogError::Mismatch(format!(
+                "log `{}` is open in another process",
+                dir.display()
+            ))
+        })?;
         let origin = signer.name().to_owned();
         let verifier = signer.verifier();
         let mut tree = MerkleTree::new();
@@ -429,11 +444,28 @@ impl Log {
             })
             .map_err(|e| LogError::io("starting the writer thread", e))?;
         Ok(Self {
+            lock: Some(lock),
             shared,
             tx,
             writer: Some(writer),
             publisher,
         })
+    }
+
+    /// Opens the log in `dir`, creating it (and its key files) if needed: the signing key is
+    /// `DIR/log-signing.key` (see [`crate::load_or_create_signing_key`]) named `origin`.
+    pub fn open_or_create(
+        dir: &Path,
+        origin: &str,
+        entropy: &mut dyn FnMut(&mut [u8]) -> Result<(), LogError>,
+        options: LogOptions,
+    ) -> Result<Self, LogError> {
+        let signer = crate::keys::load_or_create_signing_key(dir, origin, entropy)?;
+        if segments_dir(dir).is_dir() {
+            Self::open(dir, signer, options)
+        } else {
+            Self::create(dir, signer, options)
+        }
     }
 
     /// A handle for appending.
@@ -550,6 +582,7 @@ impl Log {
         if let Some(h) = self.publisher.take() {
             let _ = h.join();
         }
+        self.lock = None;
     }
 }
 

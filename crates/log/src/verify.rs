@@ -282,3 +282,72 @@ pub fn rebuild_derived(
     progress(total, total);
     Ok(size)
 }
+
+/// A read-only view of a closed (or running) log directory: the recomputed tree and the last
+/// stored checkpoint, whose signature is checked. Serves receipts and consistency proofs
+/// without opening the log for writing.
+#[derive(Debug)]
+pub struct Snapshot {
+    tree: MerkleTree,
+    checkpoint: SignedCheckpoint,
+}
+
+impl Snapshot {
+    /// Reads `dir` and checks its last stored checkpoint against `verifier`.
+    pub fn load(dir: &Path, verifier: &NoteVerifier) -> Result<Self, LogError> {
+        let origin = verifier.name().to_owned();
+        let mut tree = MerkleTree::new();
+        let mut last_sig = Vec::new();
+        segment::scan(dir, &mut |frame, _, _| {
+            for r in &frame.records {
+                tree.push(Hash::leaf(r));
+            }
+            last_sig = frame.signature.to_vec();
+            Ok(())
+        })?;
+        let size = tree.size();
+        if size == 0 {
+            return Err(LogError::Mismatch(format!(
+                "log `{}` is empty",
+                dir.display()
+            )));
+        }
+        let cp = Checkpoint::new(&origin, size, tree.root(size)?);
+        let note = assemble(&cp.to_text(), &origin, &last_sig);
+        let checkpoint = SignedCheckpoint::verify(&note, verifier).map_err(|e| {
+            LogError::Mismatch(format!("the last stored checkpoint does not verify: {e}"))
+        })?;
+        Ok(Self { tree, checkpoint })
+    }
+
+    /// The last stored checkpoint.
+    pub fn checkpoint(&self) -> &SignedCheckpoint {
+        &self.checkpoint
+    }
+
+    /// A receipt for record `index` against that checkpoint.
+    pub fn receipt(&self, index: u64) -> Result<crate::Receipt, LogError> {
+        let size = self.checkpoint.checkpoint().size;
+        Ok(crate::Receipt {
+            extra: None,
+            index,
+            proof: self.tree.inclusion_proof(index, size)?,
+            checkpoint: self.checkpoint.note().to_vec(),
+        })
+    }
+
+    /// The root at `old_size` and the consistency proof from it to the checkpoint.
+    pub fn consistency(&self, old_size: u64) -> Result<(Hash, Vec<Hash>), LogError> {
+        let size = self.checkpoint.checkpoint().size;
+        if old_size > size {
+            return Err(LogError::SizeOutOfRange {
+                size: old_size,
+                current: size,
+            });
+        }
+        Ok((
+            self.tree.root(old_size)?,
+            self.tree.consistency_proof(old_size, size)?,
+        ))
+    }
+}

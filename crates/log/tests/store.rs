@@ -464,3 +464,60 @@ fn published_tiles_verify_with_tlog_tiles() {
     let entries = warden_log::tiles::parse_bundle(&bundle).unwrap();
     assert_eq!(entries[0], record(512).as_slice());
 }
+
+#[test]
+fn a_log_has_one_writer_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = Log::create(tmp.path(), signer(), LogOptions::default()).unwrap();
+    let err = Log::open(tmp.path(), signer(), LogOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("open in another process"), "{err}");
+    log.close().unwrap();
+    Log::open(tmp.path(), signer(), LogOptions::default()).unwrap();
+}
+
+#[test]
+fn key_files_are_private_and_checked() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut calls = 0;
+    let mut entropy = |buf: &mut [u8]| {
+        calls += 1;
+        buf.fill(9);
+        Ok(())
+    };
+    let log = Log::open_or_create(dir, ORIGIN, &mut entropy, LogOptions::default()).unwrap();
+    log.append(record(0)).unwrap();
+    let vkey = log.verifier().clone();
+    log.close().unwrap();
+    let key = dir.join(warden_log::SIGNING_KEY_FILE);
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        warden_log::load_verifier(&dir.join(warden_log::PUBLIC_KEY_FILE)).unwrap(),
+        vkey
+    );
+    // Reopening reuses the key (no new randomness).
+    let mut no_entropy =
+        |_: &mut [u8]| -> Result<(), LogError> { panic!("a new key was generated") };
+    Log::open_or_create(dir, ORIGIN, &mut no_entropy, LogOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    assert_eq!(calls, 1);
+    // Another origin, or a key readable by others, is refused.
+    assert!(
+        Log::open_or_create(
+            dir,
+            "other.example/log",
+            &mut no_entropy,
+            LogOptions::default()
+        )
+        .is_err()
+    );
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Log::open_or_create(dir, ORIGIN, &mut no_entropy, LogOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
