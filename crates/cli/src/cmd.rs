@@ -7,6 +7,7 @@ use crate::Command;
 // ---- kernel ----
 
 // ---- log ----
+pub(crate) mod log;
 
 // ---- sandbox ----
 
@@ -19,7 +20,7 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         // ---- kernel ----
 
         // ---- log ----
-
+        Command::Log(args) => log::run(args),
         // ---- sandbox ----
 
         // ---- identity ----

@@ -23,7 +23,8 @@ enum Command {
     // ---- kernel ----
 
     // ---- log ----
-
+    /// The transparency log: verify, prove, check proofs, show and export decisions.
+    Log(cmd::log::LogArgs),
     // ---- sandbox ----
 
     // ---- identity ----

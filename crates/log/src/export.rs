@@ -277,7 +277,7 @@ fn cef(index: u64, m: &Map<String, Value>) -> String {
     ext.push(("cn1Label", "logIndex".into()));
     ext.push(("cn1", index.to_string()));
     let mut custom = |n: usize, label: &str, v: Option<String>| {
-        if let Some(v) = v {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
             ext.push((CS_LABELS.get(n).copied().unwrap_or("cs"), label.into()));
             ext.push((CS_KEYS.get(n).copied().unwrap_or("cs"), v));
         }
