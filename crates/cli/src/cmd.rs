@@ -11,6 +11,7 @@ use crate::Command;
 // ---- sandbox ----
 
 // ---- identity ----
+pub(crate) mod identity;
 
 // ---- gateway ----
 
@@ -23,7 +24,7 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         // ---- sandbox ----
 
         // ---- identity ----
-
+        Command::Identity(args) => identity::run(args),
         // ---- gateway ----
     }
 }

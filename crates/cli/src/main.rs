@@ -27,7 +27,8 @@ enum Command {
     // ---- sandbox ----
 
     // ---- identity ----
-
+    /// SPIFFE identity: CA, registration entries, SVIDs, bundle, delegation, Workload API.
+    Identity(cmd::identity::IdentityArgs),
     // ---- gateway ----
 }
 
