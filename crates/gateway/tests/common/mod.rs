@@ -1,0 +1,285 @@
+//! Shared helpers of the gateway's end-to-end tests.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{
+    AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines, ReadHalf, WriteHalf,
+};
+
+use warden_gateway::{Authority, Gateway, GatewayConfig, serve_stdio};
+
+/// Where the real MCP peers are installed; panics with instructions when they are missing.
+pub fn peers() -> PathBuf {
+    let dir = std::env::var_os("WARDEN_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers"));
+    let probe = dir.join("node/node_modules/.bin/mcp-server-filesystem");
+    assert!(
+        probe.exists(),
+        "MCP peers missing: `{}` not found; run `bash scripts/install-peers` (or set WARDEN_PEERS_DIR)",
+        probe.display()
+    );
+    dir
+}
+
+/// A path to an npm peer's binary.
+pub fn npm_bin(name: &str) -> String {
+    peers()
+        .join("node/node_modules/.bin")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// An in-process agent connected to a gateway's stdio face.
+pub struct Agent {
+    w: WriteHalf<DuplexStream>,
+    r: Lines<BufReader<ReadHalf<DuplexStream>>>,
+    next: u64,
+    /// Frames received that were not the awaited response.
+    pub other: Vec<Value>,
+}
+
+impl Agent {
+    /// Starts a gateway over `cfg` and `authority`, connected as `agent`.
+    pub async fn start(
+        cfg: GatewayConfig,
+        authority: Arc<dyn Authority>,
+        agent: &str,
+    ) -> (Self, Arc<Gateway>) {
+        let gw = Gateway::new(cfg, authority).unwrap();
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (sr, sw) = tokio::io::split(server);
+        let gw2 = gw.clone();
+        let agent = agent.to_owned();
+        tokio::spawn(async move { serve_stdio(gw2, &agent, sr, sw).await });
+        let (cr, cw) = tokio::io::split(client);
+        (
+            Self {
+                w: cw,
+                r: BufReader::new(cr).lines(),
+                next: 1,
+                other: Vec::new(),
+            },
+            gw,
+        )
+    }
+
+    /// Sends a raw frame.
+    pub async fn send(&mut self, frame: &Value) {
+        let mut bytes = serde_json::to_vec(frame).unwrap();
+        bytes.push(b'\n');
+        self.w.write_all(&bytes).await.unwrap();
+        self.w.flush().await.unwrap();
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        self.response(id).await
+    }
+
+    /// Waits for the response with `id`.
+    pub async fn response(&mut self, id: u64) -> Value {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), self.r.next_line())
+                .await
+                .expect("gateway answered in time")
+                .unwrap()
+                .expect("gateway still open");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v.get("id") == Some(&json!(id)) && v.get("method").is_none() {
+                return v;
+            }
+            self.other.push(v);
+        }
+    }
+
+    /// The legacy handshake.
+    pub async fn initialize(&mut self) -> Value {
+        let r = self
+            .request(
+                "initialize",
+                json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}),
+            )
+            .await;
+        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        r
+    }
+
+    /// `tools/call`.
+    pub async fn call(&mut self, name: &str, arguments: Value) -> Value {
+        self.request("tools/call", json!({"name": name, "arguments": arguments}))
+            .await
+    }
+}
+
+/// The JSON-RPC error code of a response, if it is an error.
+pub fn error_code(resp: &Value) -> Option<i64> {
+    resp.pointer("/error/code").and_then(Value::as_i64)
+}
+
+/// The text of the first content item of a result.
+pub fn text(resp: &Value) -> String {
+    resp.pointer("/result/content/0/text")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A result without the gateway's `_meta` labels.
+pub fn without_warden_meta(mut resp: Value) -> Value {
+    if let Some(meta) = resp
+        .pointer_mut("/result/_meta")
+        .and_then(Value::as_object_mut)
+    {
+        meta.remove("dev.warden/labels");
+        if meta.is_empty() {
+            resp["result"].as_object_mut().unwrap().remove("_meta");
+        }
+    }
+    resp
+}
+
+/// TEMPORARY stand-in for the kernel + log, until `warden-kernel` and `warden-log` land: a fixed
+/// policy (writes only under `allowed`, no untrusted argument to a write, moves need approval)
+/// and an in-memory record list.
+pub struct StandIn {
+    pub allowed: PathBuf,
+    pub records: std::sync::Mutex<Vec<Value>>,
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+impl StandIn {
+    pub fn new(allowed: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            allowed,
+            records: Default::default(),
+            fail: Default::default(),
+        })
+    }
+
+    fn append(&self, record: Value) -> Result<String, warden_gateway::AuthorityError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(warden_gateway::AuthorityError("log unavailable".into()));
+        }
+        let mut r = self.records.lock().unwrap();
+        let id = format!("rec-{}", r.len());
+        let mut record = record;
+        record["id"] = json!(id);
+        r.push(record);
+        Ok(id)
+    }
+}
+
+impl Authority for StandIn {
+    fn decide(
+        &self,
+        call: &warden_gateway::CallRequest,
+    ) -> Result<warden_gateway::Verdict, warden_gateway::AuthorityError> {
+        use warden_gateway::Verdict;
+        let writes = ["write_file", "edit_file", "move_file", "create_directory"];
+        let mut verdict = ("allow", vec!["allow-all".to_string()], String::new());
+        if writes.contains(&call.tool.as_str()) {
+            let paths = ["path", "source", "destination"];
+            let outside = call.arguments.as_object().unwrap().iter().any(|(k, v)| {
+                paths.contains(&k.as_str())
+                    && !v
+                        .as_str()
+                        .is_some_and(|p| p.starts_with(self.allowed.to_str().unwrap()))
+            });
+            if outside {
+                verdict = (
+                    "deny",
+                    vec!["fs-allowed-dir".into()],
+                    "path outside the allowed directory".into(),
+                );
+            } else if call
+                .labels
+                .values()
+                .any(warden_gateway::Label::is_untrusted)
+            {
+                verdict = (
+                    "deny",
+                    vec!["no-untrusted-writes".into()],
+                    "an argument came from untrusted content".into(),
+                );
+            } else if call.tool == "move_file" {
+                verdict = (
+                    "needs_approval",
+                    vec!["approve-moves".into()],
+                    "moves need a human".into(),
+                );
+            }
+        }
+        let labels: serde_json::Map<String, Value> = call
+            .labels
+            .iter()
+            .map(|(k, l)| (k.clone(), json!(l.sources)))
+            .collect();
+        let record = self.append(json!({"type": "warden.decision", "decision": verdict.0, "agent": call.agent,
+            "tool": format!("{}/{}", call.server, call.tool), "labels": labels, "rules": verdict.1}))?;
+        Ok(match verdict.0 {
+            "allow" => Verdict::Allow {
+                certificate: json!({"id": record, "tool": call.tool}),
+                record,
+                rules: verdict.1,
+            },
+            "deny" => Verdict::Deny {
+                record,
+                rules: verdict.1,
+                reason: verdict.2,
+            },
+            _ => Verdict::NeedsApproval {
+                record,
+                rules: verdict.1,
+                reason: verdict.2,
+            },
+        })
+    }
+
+    fn resolve(
+        &self,
+        call: &warden_gateway::CallRequest,
+        pending: &str,
+        approval: &warden_gateway::Approval,
+    ) -> Result<warden_gateway::Verdict, warden_gateway::AuthorityError> {
+        use warden_gateway::Verdict;
+        let decision = if approval.granted { "allow" } else { "deny" };
+        let record = self.append(
+            json!({"type": "warden.approval", "decision": decision, "pending": pending,
+            "approver": approval.approver, "tool": format!("{}/{}", call.server, call.tool)}),
+        )?;
+        Ok(if approval.granted {
+            Verdict::Allow {
+                certificate: json!({"id": record, "approval": {"by": approval.approver}}),
+                record,
+                rules: vec!["approve-moves".into()],
+            }
+        } else {
+            Verdict::Deny {
+                record,
+                rules: vec!["approve-moves".into()],
+                reason: format!("refused by {}", approval.approver),
+            }
+        })
+    }
+
+    fn record_event(&self, event: &Value) -> Result<(), warden_gateway::AuthorityError> {
+        self.append(event.clone()).map(|_| ())
+    }
+}
