@@ -44,6 +44,17 @@ pub struct FaceSettings {
     pub allowed_origins: Vec<String>,
     /// Timeout of one upstream request.
     pub upstream_timeout_secs: u64,
+    /// Trust bundle (JWKS file, SPIFFE format) the HTTP face verifies JWT-SVID bearers against.
+    pub jwks: Option<PathBuf>,
+    /// Audience a bearer must carry (default `warden`).
+    pub audience: String,
+    /// Without `jwks`: the identity every HTTP caller gets. For loopback tests only; `warden
+    /// serve` refuses a non-loopback listen address in this mode.
+    pub http_agent: Option<String>,
+    /// SPIFFE IDs allowed to answer approvals over HTTP.
+    pub approvers: Vec<String>,
+    /// Unix socket of the admin endpoint (`warden approvals`), relative to the config file.
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl Default for FaceSettings {
@@ -55,6 +66,11 @@ impl Default for FaceSettings {
             approval_timeout_secs: 120,
             allowed_origins: Vec::new(),
             upstream_timeout_secs: 120,
+            jwks: None,
+            audience: "warden".into(),
+            http_agent: None,
+            approvers: Vec::new(),
+            admin_socket: None,
         }
     }
 }

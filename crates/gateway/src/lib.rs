@@ -19,9 +19,11 @@
 #![forbid(unsafe_code)]
 
 mod approval;
+mod auth;
 mod authority;
 mod config;
 mod error;
+mod http;
 pub mod jsonrpc;
 mod labels;
 mod pins;
@@ -31,9 +33,11 @@ pub mod taint;
 mod upstream;
 
 pub use approval::{Clock, PendingCall, SystemClock, rfc3339};
+pub use auth::{BearerError, BearerVerifier};
 pub use authority::{Approval, Authority, AuthorityError, CallRequest, Verdict};
 pub use config::{Era, FaceSettings, GatewayConfig, ServerConfig, ToolConfig};
 pub use error::Error;
+pub use http::HttpFace;
 pub use labels::{Integrity, Label};
 pub use pins::{Pin, PinStatus, PinStore, definition_hash};
 pub use session::{Gateway, Session};

@@ -110,6 +110,9 @@ struct ToolEntry {
     changed: Option<(String, String)>,
 }
 
+/// A request's own stream: (sequence, progress token, sink).
+type RequestSink = (u64, Option<Value>, mpsc::UnboundedSender<Value>);
+
 /// One agent's session: its upstream connections, tool view and taint index.
 pub struct Session {
     gw: Arc<Gateway>,
@@ -129,6 +132,9 @@ pub struct Session {
     /// Gateway id of a server→client request → (server, upstream's id).
     server_requests: Mutex<HashMap<String, (String, Value)>>,
     next_server_request: AtomicU64,
+    /// Per-request streams (HTTP SSE responses): (sequence, progress token, sink).
+    sinks: Mutex<Vec<RequestSink>>,
+    next_sink: AtomicU64,
 }
 
 impl std::fmt::Debug for Session {
@@ -169,6 +175,8 @@ impl Session {
             inflight: Mutex::default(),
             server_requests: Mutex::default(),
             next_server_request: AtomicU64::new(1),
+            sinks: Mutex::default(),
+            next_sink: AtomicU64::new(1),
         });
         tokio::spawn(pump(Arc::downgrade(&session), rx));
         session
@@ -182,6 +190,49 @@ impl Session {
     /// The agent.
     pub fn agent(&self) -> &str {
         &self.agent
+    }
+
+    /// Handles one request whose related messages (progress of its own token, and, while it is
+    /// the only request in flight, other notifications and server→client requests) go to `sink`
+    /// instead of the session's stream: the SSE response of a Streamable HTTP POST.
+    pub async fn handle_streaming(
+        self: &Arc<Self>,
+        frame: Value,
+        sink: mpsc::UnboundedSender<Value>,
+    ) -> Option<Value> {
+        let seq = self.next_sink.fetch_add(1, Ordering::Relaxed);
+        let token = frame.pointer("/params/_meta/progressToken").cloned();
+        if let Ok(mut s) = self.sinks.lock() {
+            s.push((seq, token, sink));
+        }
+        let resp = self.handle(frame).await;
+        if let Ok(mut s) = self.sinks.lock() {
+            s.retain(|(n, _, _)| *n != seq);
+        }
+        resp
+    }
+
+    /// Sends a message to the agent on the stream of the request it relates to.
+    fn deliver(&self, frame: Value) {
+        let token = frame.pointer("/params/progressToken");
+        let sink = self.sinks.lock().ok().and_then(|s| match token {
+            Some(t) => s
+                .iter()
+                .find(|(_, tok, _)| tok.as_ref() == Some(t))
+                .map(|(_, _, k)| k.clone()),
+            None if s.len() == 1 => s.first().map(|(_, _, k)| k.clone()),
+            None => None,
+        });
+        match sink {
+            Some(sink) => {
+                if let Err(e) = sink.send(frame) {
+                    let _ = self.out.send(e.0);
+                }
+            }
+            None => {
+                let _ = self.out.send(frame);
+            }
+        }
     }
 
     /// Handles one frame from the agent; returns the response to a request.
@@ -821,11 +872,11 @@ impl Session {
                         (ours, frame.get_mut("params").and_then(Value::as_object_mut))
                     {
                         p.insert("requestId".into(), json!(ours));
-                        let _ = self.out.send(frame);
+                        self.deliver(frame);
                     }
                     return;
                 }
-                let _ = self.out.send(frame);
+                self.deliver(frame);
             }
             UpstreamEvent::Request { server, frame } => {
                 let upstream_id = frame.get("id").cloned().unwrap_or(Value::Null);
@@ -850,7 +901,7 @@ impl Session {
                 if let Ok(mut m) = self.server_requests.lock() {
                     m.insert(ours.clone(), (server, upstream_id));
                 }
-                let _ = self.out.send(with_id(frame, json!(ours)));
+                self.deliver(with_id(frame, json!(ours)));
             }
         }
     }

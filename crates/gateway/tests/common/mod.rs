@@ -283,3 +283,53 @@ impl Authority for StandIn {
         self.append(event.clone()).map(|_| ())
     }
 }
+
+/// The Python driver (tests/py/driver.py) in the peers' venv, kept alive for a whole test.
+pub struct PyDriver {
+    _child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl PyDriver {
+    pub fn start() -> Self {
+        let python = peers().join("venv/bin/python");
+        assert!(
+            python.exists(),
+            "Python peers missing: run `bash scripts/install-peers`"
+        );
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/driver.py");
+        let mut child = tokio::process::Command::new(python)
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            _child: child,
+            stdin,
+            lines,
+        }
+    }
+
+    pub async fn cmd(&mut self, cmd: Value) -> Value {
+        let mut b = serde_json::to_vec(&cmd).unwrap();
+        b.push(b'\n');
+        self.stdin.write_all(&b).await.unwrap();
+        self.stdin.flush().await.unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+            .await
+            .expect("python driver answered in time")
+            .unwrap()
+            .expect("python driver alive");
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+/// A path to a Python peer's console script.
+pub fn py_bin(name: &str) -> String {
+    peers().join("venv/bin").join(name).display().to_string()
+}
