@@ -27,6 +27,7 @@ mod http;
 pub mod jsonrpc;
 mod labels;
 mod pins;
+pub mod replay;
 mod session;
 mod stdio;
 pub mod taint;

@@ -54,7 +54,8 @@ pub enum PinStatus {
 /// The pin file.
 #[derive(Debug)]
 pub struct PinStore {
-    path: PathBuf,
+    /// `None`: in memory only (replay).
+    path: Option<PathBuf>,
     pins: BTreeMap<String, Pin>,
     loaded_at: Option<SystemTime>,
 }
@@ -70,11 +71,18 @@ impl PinStore {
     /// Opens (or starts) the pin file at `path`.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let mut store = Self {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             pins: BTreeMap::new(),
             loaded_at: None,
         };
         store.reload()?;
+        Ok(store)
+    }
+
+    /// A copy of the pins at `path` that is never written back (replay).
+    pub fn snapshot(path: &Path) -> Result<Self, Error> {
+        let mut store = Self::open(path)?;
+        store.path = None;
         Ok(store)
     }
 
@@ -84,29 +92,35 @@ impl PinStore {
     }
 
     fn reload(&mut self) -> Result<(), Error> {
-        let modified = match std::fs::metadata(&self.path) {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let modified = match std::fs::metadata(&path) {
             Ok(m) => m.modified().ok(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::Pins(format!("`{}`: {e}", self.path.display()))),
+            Err(e) => return Err(Error::Pins(format!("`{}`: {e}", path.display()))),
         };
         if modified.is_some() && modified == self.loaded_at {
             return Ok(());
         }
-        let text = std::fs::read(&self.path)
-            .map_err(|e| Error::Pins(format!("`{}`: {e}", self.path.display())))?;
+        let text =
+            std::fs::read(&path).map_err(|e| Error::Pins(format!("`{}`: {e}", path.display())))?;
         self.pins = serde_json::from_slice(&text)
-            .map_err(|e| Error::Pins(format!("`{}`: {e}", self.path.display())))?;
+            .map_err(|e| Error::Pins(format!("`{}`: {e}", path.display())))?;
         self.loaded_at = modified;
         Ok(())
     }
 
     fn save(&mut self) -> Result<(), Error> {
-        let tmp = self.path.with_extension("tmp");
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec_pretty(&self.pins).map_err(|e| Error::Pins(e.to_string()))?;
         std::fs::write(&tmp, text).map_err(|e| Error::Pins(format!("`{}`: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, &self.path)
-            .map_err(|e| Error::Pins(format!("`{}`: {e}", self.path.display())))?;
-        self.loaded_at = std::fs::metadata(&self.path)
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| Error::Pins(format!("`{}`: {e}", path.display())))?;
+        self.loaded_at = std::fs::metadata(&path)
             .ok()
             .and_then(|m| m.modified().ok());
         Ok(())

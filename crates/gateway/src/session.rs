@@ -68,6 +68,24 @@ impl Gateway {
         }))
     }
 
+    /// A gateway for `warden replay`: pins are read but never written, held calls are not
+    /// waited for (a call needing approval is denied at once, as by a timeout).
+    pub fn for_replay(
+        mut cfg: GatewayConfig,
+        authority: Arc<dyn Authority>,
+    ) -> Result<Arc<Self>, Error> {
+        cfg.gateway.approval_timeout_secs = 0;
+        let pins = PinStore::snapshot(&cfg.resolve(&cfg.gateway.pins))?;
+        Ok(Arc::new(Self {
+            cfg: Arc::new(cfg),
+            authority,
+            pins: Mutex::new(pins),
+            approvals: ApprovalQueue::default(),
+            clock: Arc::new(SystemClock),
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
     /// The configuration.
     pub fn config(&self) -> &GatewayConfig {
         &self.cfg
@@ -190,6 +208,19 @@ impl Session {
     /// The agent.
     pub fn agent(&self) -> &str {
         &self.agent
+    }
+
+    /// Attaches an already open upstream connection (replay uses recorded ones).
+    pub(crate) async fn attach(&self, server: &str, upstream: Arc<Upstream>) {
+        self.upstreams
+            .lock()
+            .await
+            .insert(server.to_owned(), upstream);
+    }
+
+    /// The sender upstream connections report their own messages to.
+    pub(crate) fn events(&self) -> mpsc::UnboundedSender<UpstreamEvent> {
+        self.events.clone()
     }
 
     /// Handles one request whose related messages (progress of its own token, and, while it is

@@ -52,6 +52,18 @@ enum Transport {
         url: String,
         session_id: Mutex<Option<String>>,
     },
+    /// `warden replay`: answers come from a recorded session.
+    Replay(Mutex<Recorded>),
+}
+
+/// A server's recorded answers: to agent requests by the agent's id, to the gateway's own
+/// requests (`tools/list`, ...) by method, in order.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Agent request id (JSON text) → the response the server gave.
+    pub by_id: HashMap<String, Value>,
+    /// Method → responses to the gateway's own requests, oldest first.
+    pub by_method: HashMap<String, std::collections::VecDeque<Value>>,
 }
 
 /// One live connection to an upstream server.
@@ -276,7 +288,8 @@ impl Upstream {
         timeout: Duration,
         era: Option<Era>,
     ) -> Result<Value, Error> {
-        let frame = json!({"jsonrpc": "2.0", "id": 0, "method": method, "params": params});
+        // `null` marks the gateway's own requests (replay answers them by method).
+        let frame = json!({"jsonrpc": "2.0", "id": null, "method": method, "params": params});
         self.forward_with(frame, timeout, era).await
     }
 
@@ -308,6 +321,9 @@ impl Upstream {
         timeout: Duration,
         era: Option<Era>,
     ) -> Result<Value, Error> {
+        if let Transport::Replay(recorded) = &self.transport {
+            return self.replayed(recorded, &frame, id);
+        }
         if let Some(obj) = frame.as_object_mut() {
             obj.insert("id".into(), json!(id));
         }
@@ -348,6 +364,7 @@ impl Upstream {
                     .map_err(|_| upstream_err(&self.name, "timed out"))?
                     .and_then(|r| r.ok_or_else(|| upstream_err(&self.name, "no response")))
             }
+            Transport::Replay(recorded) => self.replayed(recorded, &frame, id),
         }
     }
 
@@ -365,7 +382,53 @@ impl Upstream {
                 w.flush().await.map_err(|e| upstream_err(&self.name, e))
             }
             Transport::Http { .. } => self.http_post(&frame, None).await.map(|_| ()),
+            Transport::Replay(_) => Ok(()),
         }
+    }
+
+    /// A connection answering from a recorded session (no process, no network).
+    pub fn replay(
+        name: &str,
+        recorded: Recorded,
+        events: mpsc::UnboundedSender<UpstreamEvent>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_owned(),
+            transport: Transport::Replay(Mutex::new(recorded)),
+            pending: Arc::default(),
+            next_id: AtomicU64::new(1),
+            era: Mutex::new(Era::Legacy),
+            server_info: Mutex::new(Value::Null),
+            client_caps: json!({}),
+            events,
+            timeout: Duration::from_secs(1),
+        })
+    }
+
+    fn replayed(&self, recorded: &Mutex<Recorded>, frame: &Value, id: u64) -> Result<Value, Error> {
+        let mut rec = recorded
+            .lock()
+            .map_err(|_| upstream_err(&self.name, "poisoned"))?;
+        let agent_id = frame.get("id").filter(|v| !v.is_null());
+        let method = jsonrpc::method(frame).unwrap_or_default();
+        let found = match agent_id {
+            Some(aid) => rec.by_id.remove(&aid.to_string()),
+            None => rec
+                .by_method
+                .get_mut(method)
+                .and_then(std::collections::VecDeque::pop_front),
+        };
+        let resp = found.ok_or_else(|| {
+            upstream_err(
+                &self.name,
+                format_args!("the recording has no answer to `{method}`"),
+            )
+        })?;
+        let mut resp = resp;
+        if let Some(obj) = resp.as_object_mut() {
+            obj.insert("id".into(), json!(id));
+        }
+        Ok(resp)
     }
 
     /// POSTs one frame; for a request, reads the JSON or SSE answer until the response with
