@@ -18,6 +18,7 @@
 //! server's own behaviour after an allowed call is the sandbox's business.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod approval;
 mod auth;
 mod authority;
@@ -33,6 +34,7 @@ mod stdio;
 pub mod taint;
 mod upstream;
 
+pub use admin::{admin_request, serve_admin};
 pub use approval::{Clock, PendingCall, SystemClock, rfc3339};
 pub use auth::{BearerError, BearerVerifier};
 pub use authority::{Approval, Authority, AuthorityError, CallRequest, Verdict};

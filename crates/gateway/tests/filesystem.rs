@@ -289,14 +289,25 @@ async fn approval_granted_denied_and_timed_out() {
     let (mut a, gw) = agent(&f, "").await;
     let p = |n: &str| f.allowed.join(n).display().to_string();
 
-    // Granted.
-    let gw2 = gw.clone();
+    // Granted, through the admin socket (what `warden approvals approve ID` does).
+    let sock = f.dir.path().join("admin.sock");
+    let (gw2, sock2) = (gw.clone(), sock.clone());
+    tokio::spawn(async move { warden_gateway::serve_admin(gw2, &sock2).await });
     let approver = tokio::spawn(async move {
         loop {
-            if let Some(call) = gw2.pending_approvals().first() {
-                assert_eq!(call.tool, "fs/move_file");
-                assert!(gw2.answer_approval(&call.id, true, "alice@example.org"));
-                return;
+            if let Ok(list) = warden_gateway::admin_request(&sock, &json!({"op": "list"})).await
+                && let Some(call) = list["pending"].as_array().and_then(|p| p.first())
+            {
+                assert_eq!(call["tool"], "fs/move_file");
+                let id = call["id"].as_str().unwrap();
+                let r = warden_gateway::admin_request(
+                    &sock,
+                    &json!({"op": "answer", "id": id, "granted": true, "name": "alice"}),
+                )
+                .await
+                .unwrap();
+                assert_eq!(r["ok"], true, "{r}");
+                return r["approver"].as_str().unwrap().to_owned();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -307,9 +318,18 @@ async fn approval_granted_denied_and_timed_out() {
             json!({"source": p("a"), "destination": p("a2")}),
         )
         .await;
-    approver.await.unwrap();
+    let who = approver.await.unwrap();
+    assert!(who.starts_with("alice (unix:uid="), "{who}");
     assert!(r.get("result").is_some(), "{r}");
     assert!(f.allowed.join("a2").exists());
+    assert!(
+        f.standin
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r["type"] == "warden.approval" && r["approver"] == json!(who))
+    );
 
     // Denied.
     let gw2 = gw.clone();
