@@ -36,6 +36,9 @@ pub struct FaceSettings {
     /// Separator between server and tool in the names agents see: `/` (default), `__` or `.`
     /// for clients that refuse `/` in tool names. Calls accept the configured one only.
     pub tool_separator: String,
+    /// With exactly one server: tools keep their bare names (the policy still sees
+    /// `<server>/<tool>`). For clients and test suites that expect the server's own names.
+    pub bare_names: bool,
     /// Strict taint: once untrusted data entered a session, every argument counts as tainted.
     pub strict_taint: bool,
     /// How long a call waits for approval before it is denied.
@@ -62,6 +65,7 @@ impl Default for FaceSettings {
         Self {
             pins: PathBuf::from("warden-pins.json"),
             tool_separator: "/".into(),
+            bare_names: false,
             strict_taint: false,
             approval_timeout_secs: 120,
             allowed_origins: Vec::new(),
@@ -142,6 +146,11 @@ impl GatewayConfig {
                 cfg.gateway.tool_separator
             )));
         }
+        if cfg.gateway.bare_names && cfg.servers.len() != 1 {
+            return Err(Error::Config(
+                "`bare_names` needs exactly one server".into(),
+            ));
+        }
         for (name, server) in &cfg.servers {
             if name.is_empty() || SEPARATORS.iter().any(|s| name.contains(s)) {
                 return Err(Error::Config(format!(
@@ -182,13 +191,19 @@ impl GatewayConfig {
     }
 
     /// Splits an agent-facing tool name into (server, tool).
-    pub fn split_tool<'a>(&self, name: &'a str) -> Option<(&'a str, &'a str)> {
+    pub fn split_tool<'a>(&'a self, name: &'a str) -> Option<(&'a str, &'a str)> {
+        if self.gateway.bare_names {
+            return self.servers.keys().next().map(|s| (s.as_str(), name));
+        }
         let (server, tool) = name.split_once(self.gateway.tool_separator.as_str())?;
         self.servers.contains_key(server).then_some((server, tool))
     }
 
     /// The agent-facing name of `server`'s `tool`.
     pub fn join_tool(&self, server: &str, tool: &str) -> String {
+        if self.gateway.bare_names {
+            return tool.to_owned();
+        }
         format!("{server}{}{tool}", self.gateway.tool_separator)
     }
 }

@@ -191,8 +191,23 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Checks the modern request headers against the body.
-fn check_modern_headers(headers: &HeaderMap, frame: &Value, version: &str) -> Result<(), Response> {
+/// Methods the modern revision removed: answered 404 / -32601 to a modern request.
+const REMOVED_IN_MODERN: [&str; 5] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// Checks a modern request: the revision, the required `_meta` fields, and the request headers
+/// against the body.
+fn check_modern_request(
+    headers: &HeaderMap,
+    frame: &Value,
+    meta_version: Option<&str>,
+    version: &str,
+) -> Result<(), Response> {
     let id = frame.get("id").cloned().unwrap_or(Value::Null);
     let mismatch = |what: &str| {
         rpc_error(
@@ -203,10 +218,55 @@ fn check_modern_headers(headers: &HeaderMap, frame: &Value, version: &str) -> Re
             None,
         )
     };
-    if header_str(headers, "mcp-protocol-version") != Some(version) {
+    let header_version = header_str(headers, "mcp-protocol-version");
+    if let (Some(h), Some(m)) = (header_version, meta_version)
+        && h != m
+    {
         return Err(mismatch("MCP-Protocol-Version"));
     }
     let method = jsonrpc::method(frame).unwrap_or_default();
+    if REMOVED_IN_MODERN.contains(&method) && version == MODERN_VERSION {
+        return Err(rpc_error(
+            StatusCode::NOT_FOUND,
+            id,
+            jsonrpc::METHOD_NOT_FOUND,
+            &format!("method `{method}` does not exist in {MODERN_VERSION}"),
+            None,
+        ));
+    }
+    let Some(meta_version) = meta_version else {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            jsonrpc::INVALID_PARAMS,
+            "`_meta` lacks `io.modelcontextprotocol/protocolVersion`",
+            None,
+        ));
+    };
+    if meta_version != MODERN_VERSION {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+            "Unsupported protocol version",
+            Some(json!({"supported": SUPPORTED_VERSIONS, "requested": meta_version})),
+        ));
+    }
+    if frame
+        .pointer("/params/_meta/io.modelcontextprotocol~1clientCapabilities")
+        .is_none()
+    {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            jsonrpc::INVALID_PARAMS,
+            "`_meta` lacks `io.modelcontextprotocol/clientCapabilities`",
+            None,
+        ));
+    }
+    if header_version.is_none() {
+        return Err(mismatch("MCP-Protocol-Version"));
+    }
     if header_str(headers, "mcp-method") != Some(method) {
         return Err(mismatch("Mcp-Method"));
     }
@@ -276,40 +336,41 @@ async fn post_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap, body: B
     let modern_version = match (&meta_version, &header_version, &session_header) {
         (Some(v), _, _) => Some(v.clone()),
         (None, Some(h), None)
-            if kind == Kind::Request
-                && method != "initialize"
-                && !LEGACY_VERSIONS.contains(&h.as_str()) =>
+            if kind == Kind::Request && !LEGACY_VERSIONS.contains(&h.as_str()) =>
         {
             Some(h.clone())
         }
         _ => None,
     };
     if let Some(version) = modern_version {
-        if version != MODERN_VERSION {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                id,
-                jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
-                "Unsupported protocol version",
-                Some(json!({"supported": SUPPORTED_VERSIONS, "requested": version})),
-            );
+        if kind == Kind::Request
+            && let Err(r) =
+                check_modern_request(&headers, &frame, meta_version.as_deref(), &version)
+        {
+            return r;
         }
-        if kind == Kind::Request {
-            if meta_version.is_none() {
+        let session = face.modern_session(&agent);
+        if method == "tools/call" {
+            let params: std::collections::BTreeMap<String, String> = headers
+                .iter()
+                .filter(|(k, _)| k.as_str().starts_with("mcp-param-"))
+                .filter_map(|(k, v)| {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (k.as_str().to_owned(), v.to_owned()))
+                })
+                .collect();
+            if let Some(why) = session.param_header_mismatch(&frame, &params).await {
                 return rpc_error(
                     StatusCode::BAD_REQUEST,
                     id,
                     jsonrpc::HEADER_MISMATCH,
-                    "header `MCP-Protocol-Version` does not match the body",
+                    &why,
                     None,
                 );
             }
-            if let Err(r) = check_modern_headers(&headers, &frame, &version) {
-                return r;
-            }
         }
-        let session = face.modern_session(&agent);
-        return respond(&headers, session, frame, kind).await;
+        return respond(&headers, session, frame, kind, true).await;
     }
 
     // Legacy.
@@ -355,26 +416,26 @@ async fn post_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap, body: B
     {
         return status(StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version");
     }
-    respond(&headers, hs.session.clone(), frame, kind).await
+    respond(&headers, hs.session.clone(), frame, kind, false).await
 }
 
-/// Answers one message: 202 for notifications and responses; for requests JSON, or an SSE stream
-/// carrying the request's notifications before its response.
-async fn respond(headers: &HeaderMap, session: Arc<Session>, frame: Value, kind: Kind) -> Response {
+/// Answers one message: 202 for notifications and responses. A legacy request that accepts SSE
+/// gets an SSE stream (its notifications, then its response); a modern request gets plain JSON
+/// unless a notification comes before the response, and its errors carry the HTTP status the
+/// revision gives them (400 for malformed or mismatched requests, 404 for unknown methods).
+async fn respond(
+    headers: &HeaderMap,
+    session: Arc<Session>,
+    frame: Value,
+    kind: Kind,
+    modern: bool,
+) -> Response {
     if kind != Kind::Request {
         session.handle(frame).await;
         return StatusCode::ACCEPTED.into_response();
     }
     let wants_sse = header_str(headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
-    let streams = matches!(
-        jsonrpc::method(&frame),
-        Some("tools/call" | "prompts/get" | "resources/read" | "completion/complete")
-    );
-    if !(wants_sse && streams) {
-        let resp = session.handle(frame).await.unwrap_or(Value::Null);
-        return axum::Json(resp).into_response();
-    }
-    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
     let tx2 = tx.clone();
     tokio::spawn(async move {
         if let Some(resp) = session.handle_streaming(frame, tx2.clone()).await {
@@ -382,25 +443,65 @@ async fn respond(headers: &HeaderMap, session: Arc<Session>, frame: Value, kind:
         }
     });
     drop(tx);
-    sse(rx, true)
+    if wants_sse && !modern {
+        return sse(rx, None);
+    }
+    let Some(first) = rx.recv().await else {
+        return status(StatusCode::INTERNAL_SERVER_ERROR, "no response");
+    };
+    if jsonrpc::classify(&first) == Kind::Response || !wants_sse {
+        let code = match first.pointer("/error/code").and_then(Value::as_i64) {
+            Some(jsonrpc::METHOD_NOT_FOUND) if modern => StatusCode::NOT_FOUND,
+            Some(
+                jsonrpc::HEADER_MISMATCH
+                | jsonrpc::UNSUPPORTED_PROTOCOL_VERSION
+                | jsonrpc::INVALID_PARAMS
+                | jsonrpc::INVALID_REQUEST
+                | jsonrpc::PARSE_ERROR
+                | MISSING_CAPABILITY,
+            ) if modern => StatusCode::BAD_REQUEST,
+            _ => StatusCode::OK,
+        };
+        return (code, axum::Json(first)).into_response();
+    }
+    sse(rx, Some(first))
 }
 
-fn sse(rx: mpsc::UnboundedReceiver<Value>, until_response: bool) -> Response {
-    let stream = futures_util::stream::unfold((rx, false), move |(mut rx, done)| async move {
-        if done {
-            return None;
-        }
-        let frame = rx.recv().await?;
-        let last = until_response && jsonrpc::classify(&frame) == Kind::Response;
-        let text = format!(
-            "event: message\ndata: {}\n\n",
-            serde_json::to_string(&frame).unwrap_or_default()
-        );
-        Some((
-            Ok::<_, std::convert::Infallible>(Bytes::from(text)),
-            (rx, last),
-        ))
-    });
+/// MCP 2026-07-28: the request needs a client capability it did not declare.
+const MISSING_CAPABILITY: i64 = -32021;
+
+/// An SSE stream of `rx` (after `first`); it ends after the first response when `first` is
+/// given or this is a request's stream, and never for a session's GET stream.
+fn sse(rx: mpsc::UnboundedReceiver<Value>, first: Option<Value>) -> Response {
+    sse_stream(rx, first, true)
+}
+
+fn sse_stream(
+    rx: mpsc::UnboundedReceiver<Value>,
+    first: Option<Value>,
+    until_response: bool,
+) -> Response {
+    let stream = futures_util::stream::unfold(
+        (rx, first, false),
+        move |(mut rx, first, done)| async move {
+            if done {
+                return None;
+            }
+            let frame = match first {
+                Some(f) => f,
+                None => rx.recv().await?,
+            };
+            let last = until_response && jsonrpc::classify(&frame) == Kind::Response;
+            let text = format!(
+                "event: message\ndata: {}\n\n",
+                serde_json::to_string(&frame).unwrap_or_default()
+            );
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(text)),
+                (rx, None, last),
+            ))
+        },
+    );
     let mut r = Response::new(Body::from_stream(stream));
     let h = r.headers_mut();
     h.insert(
@@ -434,7 +535,7 @@ async fn get_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -> Respo
     };
     let rx = hs.stream.lock().ok().and_then(|mut s| s.take());
     match rx {
-        Some(rx) => sse(rx, false),
+        Some(rx) => sse_stream(rx, None, false),
         None => status(StatusCode::CONFLICT, "the session's stream is already open"),
     }
 }

@@ -266,6 +266,47 @@ impl Session {
         }
     }
 
+    /// For a modern `tools/call` over HTTP: checks the `Mcp-Param-*` headers the tool's schema
+    /// asks for (`x-mcp-header`) against the arguments. `headers` maps lower-case header names
+    /// to values. Returns what does not match.
+    pub async fn param_header_mismatch(
+        &self,
+        frame: &Value,
+        headers: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let name = frame.pointer("/params/name").and_then(Value::as_str)?;
+        let (server, tool) = self.gw.cfg.split_tool(name)?;
+        let (server, tool) = (server.to_owned(), tool.to_owned());
+        let entry = self
+            .tool_entry(&server, &tool, frame.pointer("/params/_meta"))
+            .await
+            .ok()
+            .flatten()?;
+        let args = frame
+            .pointer("/params/arguments")
+            .and_then(Value::as_object);
+        for (arg, header) in param_headers(&entry.definition) {
+            let want = args.and_then(|a| a.get(&arg)).and_then(header_value);
+            let got = headers.get(&format!("mcp-param-{}", header.to_ascii_lowercase()));
+            let got = match got.map(|g| decode_header_value(g)) {
+                Some(Some(g)) => Some(g),
+                Some(None) => {
+                    return Some(format!("Mcp-Param-{header} is not a valid encoded value"));
+                }
+                None => None,
+            };
+            let want = want
+                .as_deref()
+                .map(|w| decode_header_value(w).unwrap_or_default());
+            if got != want {
+                return Some(format!(
+                    "Mcp-Param-{header} does not match argument `{arg}`"
+                ));
+            }
+        }
+        None
+    }
+
     /// Handles one frame from the agent; returns the response to a request.
     pub async fn handle(self: &Arc<Self>, frame: Value) -> Option<Value> {
         match jsonrpc::classify(&frame) {
@@ -393,21 +434,44 @@ impl Session {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
-        let up = Upstream::connect(&self.gw.cfg, server, caps, self.events.clone()).await?;
+        let modern = self.modern.lock().map(|m| *m).unwrap_or(false);
+        let up = Upstream::connect(&self.gw.cfg, server, caps, modern, self.events.clone()).await?;
         ups.insert(server.to_owned(), up.clone());
         Ok(up)
     }
 
     /// Lists `server`'s tools (all pages), pins them, refreshes the session's view.
     async fn list_server(&self, server: &str) -> Result<Vec<Value>, Error> {
+        self.list_server_with(server, None).await
+    }
+
+    /// Lists with the `_meta` of the agent request that caused the listing (a modern server may
+    /// list tools depending on the client's declared capabilities and extensions).
+    async fn list_server_with(
+        &self,
+        server: &str,
+        meta: Option<&Value>,
+    ) -> Result<Vec<Value>, Error> {
         let up = self.upstream(server).await?;
         let mut tools = Vec::new();
         let mut cursor: Option<Value> = None;
         for _ in 0..100 {
-            let params = match &cursor {
+            let mut params = match &cursor {
                 Some(c) => json!({"cursor": c}),
                 None => json!({}),
             };
+            if let (Some(meta), Some(obj)) = (meta, params.as_object_mut()) {
+                let keep: Map<String, Value> = meta
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(k, _)| k.starts_with("io.modelcontextprotocol/"))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                obj.insert("_meta".into(), Value::Object(keep));
+            }
             let resp = up.request("tools/list", params).await?;
             let result = resp.get("result").ok_or_else(|| Error::Upstream {
                 server: server.to_owned(),
@@ -435,6 +499,7 @@ impl Session {
             };
             let k = key(server, &name);
             let hash = definition_hash(&def)?;
+            up.set_param_headers(&name, param_headers(&def));
             let status = self
                 .gw
                 .pins
@@ -499,13 +564,18 @@ impl Session {
         jsonrpc::result(id, json!({"tools": all}))
     }
 
-    async fn tool_entry(&self, server: &str, tool: &str) -> Result<Option<ToolEntry>, Error> {
+    async fn tool_entry(
+        &self,
+        server: &str,
+        tool: &str,
+        meta: Option<&Value>,
+    ) -> Result<Option<ToolEntry>, Error> {
         let k = key(server, tool);
         let known = self.tools.lock().ok().and_then(|t| t.get(&k).cloned());
         if known.is_some() {
             return Ok(known);
         }
-        self.list_server(server).await?;
+        self.list_server_with(server, meta).await?;
         Ok(self.tools.lock().ok().and_then(|t| t.get(&k).cloned()))
     }
 
@@ -553,7 +623,10 @@ impl Session {
             );
         };
         let (server, tool) = (server.to_owned(), tool.to_owned());
-        let entry = match self.tool_entry(&server, &tool).await {
+        let entry = match self
+            .tool_entry(&server, &tool, frame.pointer("/params/_meta"))
+            .await
+        {
             Ok(Some(entry)) => entry,
             Ok(None) => {
                 return jsonrpc::error(
@@ -810,7 +883,8 @@ impl Session {
             || method.starts_with("prompts/")
             || method == "completion/complete"
             || method == "logging/setLevel"
-            || method == "subscriptions/listen";
+            || method == "subscriptions/listen"
+            || method.starts_with("tasks/");
         let Some(server) = only.filter(|_| forwardable) else {
             return jsonrpc::error(
                 id,
@@ -978,5 +1052,61 @@ fn strings(v: &Value, out: &mut Vec<String>) {
             .for_each(|(_, i)| strings(i, out)),
         Value::Number(n) => out.push(n.to_string()),
         Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// `(argument, header name)` for every top-level property whose schema carries `x-mcp-header`.
+pub(crate) fn param_headers(definition: &Value) -> Vec<(String, String)> {
+    definition
+        .pointer("/inputSchema/properties")
+        .and_then(Value::as_object)
+        .map(|props| {
+            props
+                .iter()
+                .filter_map(|(arg, schema)| {
+                    schema
+                        .get("x-mcp-header")
+                        .and_then(Value::as_str)
+                        .map(|h| (arg.clone(), h.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The header form of an argument value: plain when it is safe ASCII, else `=?base64?...?=`.
+pub(crate) fn header_value(v: &Value) -> Option<String> {
+    use base64::Engine as _;
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    let plain = text.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && text.trim() == text
+        && !text.starts_with("=?");
+    Some(if plain {
+        text
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+        )
+    })
+}
+
+/// Decodes a header value; `None` if it claims base64 and is not.
+pub(crate) fn decode_header_value(v: &str) -> Option<String> {
+    use base64::Engine as _;
+    match v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()),
+        None => Some(v.to_owned()),
     }
 }

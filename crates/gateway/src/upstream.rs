@@ -78,6 +78,8 @@ pub struct Upstream {
     client_caps: Value,
     events: mpsc::UnboundedSender<UpstreamEvent>,
     timeout: Duration,
+    /// Tool → (argument, header) pairs mirrored into `Mcp-Param-*` headers (modern HTTP).
+    param_headers: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -103,6 +105,7 @@ impl Upstream {
         cfg: &GatewayConfig,
         name: &str,
         client_caps: Value,
+        prefer_modern: bool,
         events: mpsc::UnboundedSender<UpstreamEvent>,
     ) -> Result<Arc<Self>, Error> {
         let server = cfg
@@ -133,8 +136,9 @@ impl Upstream {
             client_caps,
             events,
             timeout: Duration::from_secs(cfg.gateway.upstream_timeout_secs),
+            param_headers: Mutex::default(),
         });
-        up.open(server.era).await?;
+        up.open(server.era, prefer_modern).await?;
         Ok(up)
     }
 
@@ -204,40 +208,58 @@ impl Upstream {
         self.era.lock().map(|e| *e).unwrap_or(Era::Legacy)
     }
 
-    async fn open(&self, era: Era) -> Result<(), Error> {
-        if era != Era::Legacy {
-            let probe = self
-                .request_with_timeout(
-                    "server/discover",
-                    json!({}),
-                    Duration::from_secs(3),
-                    Some(Era::Modern),
-                )
-                .await;
-            let modern = match &probe {
-                Ok(resp) => {
-                    resp.pointer("/result/supportedVersions")
-                        .and_then(Value::as_array)
-                        .is_some_and(|v| v.iter().any(|x| x == MODERN_VERSION))
-                        || resp.pointer("/error/code").and_then(Value::as_i64)
-                            == Some(jsonrpc::UNSUPPORTED_PROTOCOL_VERSION)
+    /// The opening exchange. With `era = "auto"` the connection follows the agent: a legacy
+    /// agent gets a legacy connection (so sessions, `logging/setLevel`, subscriptions and
+    /// server→client requests work end to end), a modern one a modern connection, each falling
+    /// back to the other era when the server lacks it.
+    async fn open(&self, era: Era, prefer_modern: bool) -> Result<(), Error> {
+        match era {
+            Era::Legacy => self.initialize().await,
+            Era::Modern if self.probe_modern().await => Ok(()),
+            Era::Modern => Err(upstream_err(
+                &self.name,
+                "configured as modern but does not answer `server/discover`",
+            )),
+            Era::Auto if prefer_modern => {
+                if self.probe_modern().await {
+                    Ok(())
+                } else {
+                    self.initialize().await
                 }
-                Err(_) => false,
-            };
-            if modern {
-                if let Ok(resp) = probe {
-                    self.set_info(resp.get("result").cloned().unwrap_or(Value::Null));
-                }
-                self.set_era(Era::Modern);
-                return Ok(());
             }
-            if era == Era::Modern {
-                return Err(upstream_err(
-                    &self.name,
-                    "configured as modern but does not answer `server/discover`",
-                ));
-            }
+            Era::Auto => match self.initialize().await {
+                Ok(()) => Ok(()),
+                Err(_) if self.probe_modern().await => Ok(()),
+                Err(e) => Err(e),
+            },
         }
+    }
+
+    /// Probes with `server/discover`; true (and modern) if the server speaks 2026-07-28.
+    async fn probe_modern(&self) -> bool {
+        let probe = self
+            .request_with_timeout(
+                "server/discover",
+                json!({}),
+                Duration::from_secs(3),
+                Some(Era::Modern),
+            )
+            .await;
+        let Ok(resp) = probe else { return false };
+        let modern = resp
+            .pointer("/result/supportedVersions")
+            .and_then(Value::as_array)
+            .is_some_and(|v| v.iter().any(|x| x == MODERN_VERSION))
+            || resp.pointer("/error/code").and_then(Value::as_i64)
+                == Some(jsonrpc::UNSUPPORTED_PROTOCOL_VERSION);
+        if modern {
+            self.set_info(resp.get("result").cloned().unwrap_or(Value::Null));
+            self.set_era(Era::Modern);
+        }
+        modern
+    }
+
+    async fn initialize(&self) -> Result<(), Error> {
         self.set_era(Era::Legacy);
         let resp = self
             .request(
@@ -291,6 +313,17 @@ impl Upstream {
         // `null` marks the gateway's own requests (replay answers them by method).
         let frame = json!({"jsonrpc": "2.0", "id": null, "method": method, "params": params});
         self.forward_with(frame, timeout, era).await
+    }
+
+    /// Notes which arguments of `tool` go into `Mcp-Param-*` headers.
+    pub fn set_param_headers(&self, tool: &str, pairs: Vec<(String, String)>) {
+        if let Ok(mut m) = self.param_headers.lock() {
+            if pairs.is_empty() {
+                m.remove(tool);
+            } else {
+                m.insert(tool.to_owned(), pairs);
+            }
+        }
     }
 
     /// Reserves the upstream id of a request about to be forwarded (for cancellation).
@@ -402,6 +435,7 @@ impl Upstream {
             client_caps: json!({}),
             events,
             timeout: Duration::from_secs(1),
+            param_headers: Mutex::default(),
         })
     }
 
@@ -472,6 +506,27 @@ impl Upstream {
                 && !name.contains(['\r', '\n'])
             {
                 req = req.header("mcp-name", name);
+            }
+            if method == "tools/call" {
+                let tool = frame
+                    .pointer("/params/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let pairs = self
+                    .param_headers
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(tool).cloned())
+                    .unwrap_or_default();
+                for (arg, header) in pairs {
+                    if let Some(v) = frame
+                        .pointer("/params/arguments")
+                        .and_then(|a| a.get(&arg))
+                        .and_then(crate::session::header_value)
+                    {
+                        req = req.header(format!("mcp-param-{header}"), v);
+                    }
+                }
             }
         }
         let body = serde_json::to_vec(frame).map_err(|e| upstream_err(&self.name, e))?;

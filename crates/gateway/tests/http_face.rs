@@ -336,7 +336,7 @@ async fn modern_headers_must_match_the_body() {
         ("mcp-name", "x/y"),
     ];
     let (code, _, body) = post(&f.url, &good, &call).await;
-    assert_eq!(code, 200, "{body}");
+    assert_eq!(code, 400, "{body}");
     assert_eq!(
         body["error"]["code"],
         jsonrpc::INVALID_PARAMS,
