@@ -5,10 +5,17 @@ use std::process::ExitCode;
 use crate::Command;
 
 // ---- kernel ----
+pub(crate) mod cert;
+pub(crate) mod check;
+pub(crate) mod demo;
+pub(crate) mod init;
+pub(crate) mod kernel_config;
+pub(crate) mod policy;
 
 // ---- log ----
 
 // ---- sandbox ----
+pub(crate) mod run;
 
 // ---- identity ----
 
@@ -17,11 +24,15 @@ use crate::Command;
 pub(crate) fn dispatch(command: Command) -> ExitCode {
     match command {
         // ---- kernel ----
-
+        Command::Init(args) => init::run(&args),
+        Command::Policy(command) => policy::run(&command),
+        Command::Check(args) => check::run(&args),
+        Command::Cert(command) => cert::run(&command),
+        Command::Demo(args) => demo::run(&args),
         // ---- log ----
 
         // ---- sandbox ----
-
+        Command::Run(args) => run::run(args),
         // ---- identity ----
 
         // ---- gateway ----
