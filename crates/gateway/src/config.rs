@@ -1,11 +1,16 @@
-//! The gateway's part of the manifest (`warden.toml`): upstream servers and face settings.
+//! The gateway's view of the manifest (`warden.toml`): upstream transports from `[servers.NAME]`
+//! and face settings from `[gateway]`.
 //!
-//! The kernel reads the same file for agents and policy; unknown keys are therefore ignored here.
+//! The manifest belongs to the kernel, which parses it strictly; the gateway reads the transport
+//! keys the kernel keeps raw (`command`, `args`, `env`, `cwd`, `url`) and its own `[gateway]`
+//! table. Output labels come from the kernel's reading of `label` / `trusted`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
+use warden_kernel::{Manifest, ToolId};
 
 use crate::error::Error;
 use crate::labels::{Integrity, Label};
@@ -14,22 +19,20 @@ use crate::labels::{Integrity, Label};
 pub const SEPARATORS: [&str; 3] = ["/", "__", "."];
 
 /// The gateway configuration.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Face-wide settings.
-    #[serde(default)]
+    /// Face-wide settings (`[gateway]`).
     pub gateway: FaceSettings,
     /// Upstream MCP servers by name.
-    #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
     /// Directory the config file is in: relative paths resolve against it.
-    #[serde(skip)]
     pub base_dir: PathBuf,
+    manifest: Arc<Manifest>,
 }
 
-/// Settings of the faces.
+/// Settings of the faces: the `[gateway]` table of the manifest.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FaceSettings {
     /// Pin file (JSON), relative to the config file.
     pub pins: PathBuf,
@@ -43,7 +46,7 @@ pub struct FaceSettings {
     pub strict_taint: bool,
     /// How long a call waits for approval before it is denied.
     pub approval_timeout_secs: u64,
-    /// Origins the HTTP face accepts (besides requests without `Origin`).
+    /// Origins the HTTP face accepts (besides requests without `Origin` and loopback origins).
     pub allowed_origins: Vec<String>,
     /// Timeout of one upstream request.
     pub upstream_timeout_secs: u64,
@@ -57,7 +60,9 @@ pub struct FaceSettings {
     /// SPIFFE IDs allowed to answer approvals over HTTP.
     pub approvers: Vec<String>,
     /// Unix socket of the admin endpoint (`warden approvals`), relative to the config file.
-    pub admin_socket: Option<PathBuf>,
+    pub admin_socket: PathBuf,
+    /// Era of each upstream (`auto` when absent).
+    pub eras: BTreeMap<String, Era>,
 }
 
 impl Default for FaceSettings {
@@ -74,7 +79,8 @@ impl Default for FaceSettings {
             audience: "warden".into(),
             http_agent: None,
             approvers: Vec::new(),
-            admin_socket: None,
+            admin_socket: PathBuf::from("warden-admin.sock"),
+            eras: BTreeMap::new(),
         }
     }
 }
@@ -83,7 +89,7 @@ impl Default for FaceSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Era {
-    /// Probe with `server/discover`, fall back to `initialize`.
+    /// Follow the agent, falling back to the other era.
     #[default]
     Auto,
     /// `initialize` handshake (2025-11-25 and earlier).
@@ -92,7 +98,7 @@ pub enum Era {
     Modern,
 }
 
-/// One upstream server.
+/// How to reach one upstream server.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
 pub struct ServerConfig {
@@ -101,69 +107,92 @@ pub struct ServerConfig {
     /// Its arguments.
     pub args: Vec<String>,
     /// Extra environment (the gateway's own environment is not passed except `PATH`, `HOME`,
-    /// `LANG`, so an agent's token in the gateway's environment never reaches a tool).
+    /// `LANG`, `TMPDIR`, so an agent's token in the gateway's environment never reaches a tool).
     pub env: BTreeMap<String, String>,
     /// Working directory.
     pub cwd: Option<PathBuf>,
     /// URL of a Streamable HTTP server.
     pub url: Option<String>,
-    /// Era of the server.
+    /// Era of the server (from `[gateway.eras]`).
+    #[serde(skip)]
     pub era: Era,
-    /// Source labels of every result of this server (default `tool:<server>/<tool>`).
-    pub labels: Vec<String>,
-    /// Integrity of its results (default untrusted).
-    pub trust: Option<Integrity>,
-    /// Per-tool overrides.
-    pub tools: BTreeMap<String, ToolConfig>,
-}
-
-/// Per-tool settings.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-pub struct ToolConfig {
-    /// Source labels of this tool's results (replace the server's).
-    pub labels: Option<Vec<String>>,
-    /// Integrity of its results.
-    pub trust: Option<Integrity>,
 }
 
 impl GatewayConfig {
-    /// Reads and checks a config file.
+    /// Reads the manifest at `path`.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read `{}`: {e}", path.display())))?;
-        let mut cfg = Self::parse(&text)?;
-        cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(cfg)
+        let manifest = Manifest::from_toml_str(&text).map_err(|e| Error::Config(e.to_string()))?;
+        Self::from_manifest(&manifest, path.parent().unwrap_or(Path::new(".")))
     }
 
-    /// Parses and checks config text.
+    /// Parses manifest text (relative paths resolve against the working directory).
     pub fn parse(text: &str) -> Result<Self, Error> {
-        let cfg: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
-        if !SEPARATORS.contains(&cfg.gateway.tool_separator.as_str()) {
+        let manifest = Manifest::from_toml_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        Self::from_manifest(&manifest, Path::new(""))
+    }
+
+    /// The gateway's view of a parsed manifest.
+    pub fn from_manifest(manifest: &Manifest, base_dir: &Path) -> Result<Self, Error> {
+        let gateway: FaceSettings = match manifest.gateway() {
+            Some(table) => table
+                .clone()
+                .try_into()
+                .map_err(|e| Error::Config(format!("[gateway]: {e}")))?,
+            None => FaceSettings::default(),
+        };
+        if !SEPARATORS.contains(&gateway.tool_separator.as_str()) {
             return Err(Error::Config(format!(
                 "tool_separator `{}` is not one of `/`, `__`, `.`",
-                cfg.gateway.tool_separator
+                gateway.tool_separator
             )));
         }
-        if cfg.gateway.bare_names && cfg.servers.len() != 1 {
-            return Err(Error::Config(
-                "`bare_names` needs exactly one server".into(),
-            ));
-        }
-        for (name, server) in &cfg.servers {
+        let mut servers = BTreeMap::new();
+        for (name, server) in manifest.servers() {
+            if server.transport.is_empty() {
+                // Declared for policy only (no transport): not an upstream of this gateway.
+                continue;
+            }
+            let mut cfg: ServerConfig = server
+                .transport
+                .clone()
+                .try_into()
+                .map_err(|e| Error::Config(format!("[servers.{name}]: {e}")))?;
             if name.is_empty() || SEPARATORS.iter().any(|s| name.contains(s)) {
                 return Err(Error::Config(format!(
                     "server name `{name}` is empty or holds a separator"
                 )));
             }
-            if server.command.is_some() == server.url.is_some() {
+            if cfg.command.is_some() == cfg.url.is_some() {
                 return Err(Error::Config(format!(
                     "server `{name}` needs exactly one of `command` and `url`"
                 )));
             }
+            cfg.era = gateway.eras.get(name).copied().unwrap_or_default();
+            servers.insert(name.clone(), cfg);
         }
-        Ok(cfg)
+        if let Some(unknown) = gateway.eras.keys().find(|k| !servers.contains_key(*k)) {
+            return Err(Error::Config(format!(
+                "[gateway.eras] names `{unknown}`, which is not an upstream server"
+            )));
+        }
+        if gateway.bare_names && servers.len() != 1 {
+            return Err(Error::Config(
+                "`bare_names` needs exactly one server".into(),
+            ));
+        }
+        Ok(Self {
+            gateway,
+            servers,
+            base_dir: base_dir.to_path_buf(),
+            manifest: Arc::new(manifest.clone()),
+        })
+    }
+
+    /// The manifest this view was made from.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
     }
 
     /// Resolves a path relative to the config file.
@@ -175,19 +204,14 @@ impl GatewayConfig {
         }
     }
 
-    /// The label every result of `server/tool` carries by configuration.
+    /// The label every result of `server/tool` carries by configuration (the kernel's reading
+    /// of the manifest: `tool:<server>/<tool>`, trusted, unless `label` / `trusted` say else).
     pub fn source_label(&self, server: &str, tool: &str) -> Label {
-        let cfg = self.servers.get(server);
-        let tool_cfg = cfg.and_then(|s| s.tools.get(tool));
-        let sources = tool_cfg
-            .and_then(|t| t.labels.clone())
-            .or_else(|| cfg.map(|s| s.labels.clone()).filter(|l| !l.is_empty()))
-            .unwrap_or_else(|| vec![format!("tool:{server}/{tool}")]);
-        let integrity = tool_cfg
-            .and_then(|t| t.trust)
-            .or_else(|| cfg.and_then(|s| s.trust))
-            .unwrap_or(Integrity::Untrusted);
-        Label::new(sources, integrity)
+        let Ok(id) = ToolId::new(server, tool) else {
+            // A name the kernel cannot even represent: assume the worst.
+            return Label::new([format!("tool:{server}")], Integrity::Untrusted);
+        };
+        crate::kernel_authority::from_kernel_label(&self.manifest.tool_output_label(&id))
     }
 
     /// Splits an agent-facing tool name into (server, tool).
@@ -213,47 +237,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_servers_and_labels() {
+    fn reads_transports_labels_and_eras() {
         let cfg = GatewayConfig::parse(
             r#"
-            [agents.x]
-            ignored = true
+            trust_domain = "example.org"
+            [gateway]
+            pins = "p.json"
+            [gateway.eras]
+            fs = "legacy"
             [servers.fs]
             command = "mcp-server-filesystem"
             args = ["/tmp"]
-            trust = "untrusted"
-            labels = ["file:workspace"]
-            [servers.fs.tools.write_file]
-            trust = "trusted"
+            label = "file:workspace"
+            trusted = false
             [servers.clock]
             url = "http://127.0.0.1:1/mcp"
-            trust = "trusted"
+            [servers.policy_only]
             "#,
         )
         .unwrap();
+        assert_eq!(cfg.servers.len(), 2);
+        assert_eq!(cfg.servers["fs"].era, Era::Legacy);
         assert_eq!(
             cfg.split_tool("fs/read_text_file"),
             Some(("fs", "read_text_file"))
         );
         assert_eq!(cfg.split_tool("nope/x"), None);
-        assert!(cfg.source_label("fs", "read_text_file").is_untrusted());
-        assert!(!cfg.source_label("fs", "write_file").is_untrusted());
-        assert_eq!(
-            cfg.source_label("clock", "now")
-                .sources
-                .into_iter()
-                .collect::<Vec<_>>(),
-            vec!["tool:clock/now".to_string()]
-        );
+        let fs = cfg.source_label("fs", "read_text_file");
+        assert!(fs.is_untrusted());
+        assert!(fs.sources.contains("file:workspace"));
+        let clock = cfg.source_label("clock", "now");
+        assert!(!clock.is_untrusted());
+        assert!(clock.sources.contains("tool:clock/now"));
     }
 
     #[test]
     fn refuses_ambiguous_servers() {
-        assert!(GatewayConfig::parse("[servers.a]\n").is_err());
-        assert!(GatewayConfig::parse("[servers.\"a/b\"]\ncommand = \"x\"\n").is_err());
+        let base = "trust_domain = \"example.org\"\n";
         assert!(
-            GatewayConfig::parse("[servers.a]\ncommand = \"x\"\nurl = \"http://x\"\n").is_err()
+            GatewayConfig::parse(&format!(
+                "{base}[servers.a]\ncommand = \"x\"\nurl = \"http://x\"\n"
+            ))
+            .is_err()
         );
-        assert!(GatewayConfig::parse("[gateway]\ntool_separator = \"-\"\n").is_err());
+        assert!(
+            GatewayConfig::parse(&format!("{base}[gateway]\ntool_separator = \"-\"\n")).is_err()
+        );
+        assert!(GatewayConfig::parse(&format!("{base}[gateway]\nnot_a_setting = 1\n")).is_err());
+        assert!(
+            GatewayConfig::parse(&format!("{base}[gateway.eras]\nghost = \"legacy\"\n")).is_err()
+        );
     }
 }

@@ -11,55 +11,86 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Agent, StandIn, error_code, npm_bin, text, without_warden_meta};
+use common::{Agent, MemoryLog, authority, error_code, npm_bin, text, without_warden_meta};
 use serde_json::{Value, json};
 use warden_gateway::GatewayConfig;
 
 struct Fixture {
     dir: tempfile::TempDir,
     allowed: std::path::PathBuf,
-    standin: Arc<StandIn>,
+    log: Arc<MemoryLog>,
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let allowed = dir.path().join("work").canonicalize().unwrap_or_else(|_| {
-        std::fs::create_dir_all(dir.path().join("work")).unwrap();
-        dir.path().join("work").canonicalize().unwrap()
-    });
-    let standin = StandIn::new(allowed.clone());
+    std::fs::create_dir_all(dir.path().join("work")).unwrap();
+    let allowed = dir.path().join("work").canonicalize().unwrap();
     Fixture {
         dir,
         allowed,
-        standin,
+        log: Arc::default(),
     }
 }
 
-fn config(f: &Fixture, extra: &str) -> GatewayConfig {
-    let text = format!(
+/// The manifest of these tests: the agent may read anything the server serves, write only
+/// inside the work directory and only trusted content, and move files with a human's approval.
+fn manifest(f: &Fixture, extra: &str) -> String {
+    format!(
         r#"
+        trust_domain = "example.org"
+        [agents.tester]
+        id = "spiffe://example.org/agent/tester"
+
         [gateway]
         pins = "{pins}"
         approval_timeout_secs = 2
         {extra}
+        [gateway.eras]
+        fs = "legacy"
+
         [servers.fs]
         command = "{cmd}"
         args = ["{allowed}"]
-        era = "legacy"
-        labels = ["file:workspace"]
-        trust = "untrusted"
+        label = "file:workspace"
+        trusted = false
+
+        [[allow]]
+        id = "fs-read"
+        agents = ["tester"]
+        tools = ["fs/read_text_file", "fs/list_directory"]
+
+        [[allow]]
+        id = "fs-write"
+        agents = ["tester"]
+        tools = ["fs/write_file"]
+        [allow.args.path]
+        rule = "fs-allowed-dir"
+        regex = "^{allowed}/"
+        [allow.args.content]
+        rule = "no-untrusted-writes"
+        require_trusted = true
+
+        [[allow]]
+        id = "approve-moves"
+        agents = ["tester"]
+        tools = ["fs/move_file"]
+        approval = "human"
+        [allow.args.destination]
+        rule = "fs-allowed-dir-move"
+        regex = "^{allowed}/"
         "#,
         pins = f.dir.path().join("pins.json").display(),
         cmd = npm_bin("mcp-server-filesystem"),
         allowed = f.allowed.display(),
-    );
-    GatewayConfig::parse(&text).unwrap()
+    )
 }
 
 async fn agent(f: &Fixture, extra: &str) -> (Agent, Arc<warden_gateway::Gateway>) {
+    let text = manifest(f, extra);
+    let cfg = GatewayConfig::parse(&text).unwrap();
     let (mut a, gw) = Agent::start(
-        config(f, extra),
-        f.standin.clone(),
+        cfg,
+        authority(&text, f.log.clone()),
         "spiffe://example.org/agent/tester",
     )
     .await;
@@ -127,7 +158,7 @@ async fn denied_write_outside_never_reaches_upstream() {
     assert_eq!(error_code(&r), Some(warden_gateway::jsonrpc::DENIED), "{r}");
     assert_eq!(r["error"]["data"]["rules"], json!(["fs-allowed-dir"]));
     assert!(!outside.exists());
-    let records = f.standin.records.lock().unwrap();
+    let records = f.log.records();
     assert!(
         records
             .iter()
@@ -189,9 +220,21 @@ async fn injected_file_taints_copied_arguments_only() {
         std::fs::read_to_string(f.allowed.join("out.txt")).unwrap(),
         "Summary: the meeting is on Tuesday."
     );
-    let records = f.standin.records.lock().unwrap();
+    let records = f.log.records();
     let denied = records.iter().find(|r| r["decision"] == "deny").unwrap();
-    assert_eq!(denied["labels"]["content"], json!(["file:workspace"]));
+    assert_eq!(
+        denied["labels"]["content"],
+        json!(["file:workspace"]),
+        "{denied}"
+    );
+    assert_eq!(denied["taint"], "untrusted");
+    // The allowed write carried a certificate bound to its arguments.
+    let allowed = records
+        .iter()
+        .rev()
+        .find(|r| r["decision"] == "allow" && r["tool"] == "fs/write_file")
+        .unwrap();
+    assert!(allowed["certificate"].is_object(), "{allowed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,10 +306,8 @@ async fn changed_definition_is_hidden_and_refused_until_accepted() {
         "{r}"
     );
     assert!(
-        f.standin
-            .records
-            .lock()
-            .unwrap()
+        f.log
+            .records()
             .iter()
             .any(|r| r["type"] == "warden.tool_pinned" && r["status"] == "changed")
     );
@@ -323,10 +364,8 @@ async fn approval_granted_denied_and_timed_out() {
     assert!(r.get("result").is_some(), "{r}");
     assert!(f.allowed.join("a2").exists());
     assert!(
-        f.standin
-            .records
-            .lock()
-            .unwrap()
+        f.log
+            .records()
             .iter()
             .any(|r| r["type"] == "warden.approval" && r["approver"] == json!(who))
     );
@@ -378,9 +417,7 @@ async fn approval_granted_denied_and_timed_out() {
 async fn audit_failure_refuses_the_call() {
     let f = fixture();
     let (mut a, _gw) = agent(&f, "").await;
-    f.standin
-        .fail
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    f.log.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     let target = f.allowed.join("out.txt");
     let r = a
         .call(

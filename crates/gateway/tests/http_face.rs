@@ -13,7 +13,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{StandIn, npm_bin};
+use common::{authority, npm_bin};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use p256::pkcs8::EncodePrivateKey;
 use serde_json::{Value, json};
@@ -26,7 +26,7 @@ struct Key {
 }
 
 fn key(kid: &str) -> Key {
-    let secret = p256::SecretKey::random(&mut rand_core::OsRng);
+    let secret = p256::SecretKey::random(&mut rand_core_06::OsRng);
     let der = secret.to_pkcs8_der().unwrap();
     let enc = EncodingKey::from_ec_der(der.as_bytes());
     let mut jwk =
@@ -92,7 +92,7 @@ struct Face {
     _face: Arc<HttpFace>,
 }
 
-async fn face(extra_servers: &str) -> Face {
+async fn face(eras: &str, extra: &str) -> Face {
     let dir = tempfile::tempdir().unwrap();
     let good = key("k1");
     let jwks = dir.path().join("bundle.jwks");
@@ -101,20 +101,27 @@ async fn face(extra_servers: &str) -> Face {
         serde_json::to_vec(&json!({"keys": [good.jwk]})).unwrap(),
     )
     .unwrap();
-    let cfg = GatewayConfig::parse(&format!(
+    let text = format!(
         r#"
+        trust_domain = "example.org"
+        [agents.alice]
+        id = "spiffe://example.org/agent/alice"
+        [agents.bob]
+        id = "spiffe://example.org/agent/bob"
         [gateway]
         pins = "{pins}"
         jwks = "{jwks}"
         audience = "warden-test"
         approvers = ["spiffe://example.org/human/alice"]
-        {extra_servers}
+        [gateway.eras]
+        {eras}
+        {extra}
         "#,
         pins = dir.path().join("pins.json").display(),
         jwks = jwks.display(),
-    ))
-    .unwrap();
-    let gw = Gateway::new(cfg, StandIn::new(dir.path().to_path_buf())).unwrap();
+    );
+    let cfg = GatewayConfig::parse(&text).unwrap();
+    let gw = Gateway::new(cfg, authority(&text, Arc::default())).unwrap();
     let face = HttpFace::new(gw).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", l.local_addr().unwrap());
@@ -167,7 +174,7 @@ async fn post(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_origin_and_session_checks() {
-    let f = face("").await;
+    let f = face("", "").await;
     let alice = format!(
         "Bearer {}",
         token(
@@ -317,7 +324,7 @@ async fn bearer_origin_and_session_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modern_headers_must_match_the_body() {
-    let f = face("").await;
+    let f = face("", "").await;
     let alice = format!(
         "Bearer {}",
         token(
@@ -428,9 +435,13 @@ async fn bearer_never_goes_upstream_and_http_upstreams_work() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let f = face(&format!(
-        "[servers.rec]\nurl = \"{rec_url}\"\nera = \"legacy\"\n[servers.every]\nurl = \"http://127.0.0.1:{port}/mcp\"\nera = \"legacy\"\n"
-    ))
+    let f = face(
+        "rec = \"legacy\"\nevery = \"legacy\"",
+        &format!(
+            "[servers.rec]\nurl = \"{rec_url}\"\n[servers.every]\nurl = \"http://127.0.0.1:{port}/mcp\"\n\
+             [[allow]]\nid = \"alice-echo\"\nagents = [\"alice\"]\ntools = [\"rec/echo\", \"every/echo\"]\n"
+        ),
+    )
     .await;
     let jwt = token(
         &f.good,

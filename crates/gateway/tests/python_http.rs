@@ -12,8 +12,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{PyDriver, StandIn, npm_bin, py_bin};
-use serde_json::{Value, json};
+use common::{MemoryLog, PyDriver, authority, npm_bin, py_bin};
+use serde_json::json;
 use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,28 +22,44 @@ async fn python_client_in_every_mode_through_http() {
     std::fs::create_dir_all(dir.path().join("work")).unwrap();
     let allowed = dir.path().join("work").canonicalize().unwrap();
     std::fs::write(allowed.join("hello.txt"), "hello through the gateway").unwrap();
-    let cfg = GatewayConfig::parse(&format!(
+    let text = format!(
         r#"
+        trust_domain = "example.org"
+        [agents.py]
+        id = "spiffe://example.org/agent/py"
         [gateway]
         pins = "{pins}"
         http_agent = "spiffe://example.org/agent/py"
+        [gateway.eras]
+        fs = "legacy"
         [servers.fs]
         command = "{fs}"
         args = ["{allowed}"]
-        era = "legacy"
+        label = "file:workspace"
+        trusted = false
         [servers.time]
         command = "{time}"
         args = ["--local-timezone", "UTC"]
-        trust = "trusted"
+        [[allow]]
+        id = "py-read"
+        agents = ["py"]
+        tools = ["fs/read_text_file", "time/get_current_time"]
+        [[allow]]
+        id = "py-write"
+        agents = ["py"]
+        tools = ["fs/write_file"]
+        [allow.args.path]
+        rule = "fs-allowed-dir"
+        regex = "^{allowed}/"
         "#,
         pins = dir.path().join("pins.json").display(),
         fs = npm_bin("mcp-server-filesystem"),
         allowed = allowed.display(),
         time = py_bin("mcp-server-time"),
-    ))
-    .unwrap();
-    let standin = StandIn::new(allowed.clone());
-    let gw = Gateway::new(cfg, standin.clone()).unwrap();
+    );
+    let cfg = GatewayConfig::parse(&text).unwrap();
+    let log = Arc::new(MemoryLog::default());
+    let gw = Gateway::new(cfg, authority(&text, log.clone())).unwrap();
     let face = HttpFace::new(gw).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
@@ -112,14 +128,13 @@ async fn python_client_in_every_mode_through_http() {
         assert!(!outside.exists());
         py.cmd(json!({"op": "close"})).await;
     }
-    let records = standin.records.lock().unwrap();
+    let records = log.records();
     assert_eq!(
         records
             .iter()
-            .filter(|r: &&Value| r["decision"] == "deny")
+            .filter(|r| r["decision"] == "deny" && r["rules"] == json!(["fs-allowed-dir"]))
             .count(),
         3
     );
     drop(face);
-    let _ = Arc::strong_count(&standin);
 }

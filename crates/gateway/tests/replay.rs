@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::StandIn;
+use std::sync::Arc;
+
+use common::{MemoryLog, authority};
 use serde_json::json;
 use warden_gateway::GatewayConfig;
 use warden_gateway::replay::{parse_recording, replay};
@@ -16,11 +18,35 @@ use warden_gateway::replay::{parse_recording, replay};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_session_yields_the_live_decisions() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = GatewayConfig::parse(&format!(
-        "[gateway]\npins = \"{}\"\n[servers.fs]\ncommand = \"/nonexistent/never-started\"\nlabels = [\"file:workspace\"]\n",
+    let manifest = format!(
+        r#"
+        trust_domain = "example.org"
+        [agents.r]
+        id = "spiffe://example.org/agent/r"
+        [gateway]
+        pins = "{}"
+        [servers.fs]
+        command = "/nonexistent/never-started"
+        label = "file:workspace"
+        trusted = false
+        [[allow]]
+        id = "fs-read"
+        agents = ["r"]
+        tools = ["fs/read_text_file"]
+        [[allow]]
+        id = "fs-write"
+        agents = ["r"]
+        tools = ["fs/write_file"]
+        [allow.args.path]
+        rule = "fs-allowed-dir"
+        regex = "^/w/"
+        [allow.args.content]
+        rule = "no-untrusted-writes"
+        require_trusted = true
+        "#,
         dir.path().join("pins.json").display()
-    ))
-    .unwrap();
+    );
+    let cfg = GatewayConfig::parse(&manifest).unwrap();
     let tools = json!({"tools": [
         {"name": "read_text_file", "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}}},
         {"name": "write_file", "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}}
@@ -39,10 +65,10 @@ async fn recorded_session_yields_the_live_decisions() {
     ];
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let recording = parse_recording(&text).unwrap();
-    let standin = StandIn::new("/w".into());
+    let log = Arc::new(MemoryLog::default());
     let decisions = replay(
         cfg,
-        standin.clone(),
+        authority(&manifest, log.clone()),
         "spiffe://example.org/agent/r",
         &recording,
     )
@@ -55,9 +81,9 @@ async fn recorded_session_yields_the_live_decisions() {
     assert_eq!(
         summary,
         vec![
-            ("allow", vec!["allow-all".to_string()]),
+            ("allow", vec!["fs-read".to_string()]),
             ("deny", vec!["no-untrusted-writes".to_string()]),
-            ("allow", vec!["allow-all".to_string()]),
+            ("allow", vec!["fs-write".to_string()]),
             ("deny", vec!["fs-allowed-dir".to_string()]),
             ("refused", vec![]),
         ]

@@ -155,133 +155,61 @@ pub fn without_warden_meta(mut resp: Value) -> Value {
     resp
 }
 
-/// TEMPORARY stand-in for the kernel + log, until `warden-kernel` and `warden-log` land: a fixed
-/// policy (writes only under `allowed`, no untrusted argument to a write, moves need approval)
-/// and an in-memory record list.
-pub struct StandIn {
-    pub allowed: PathBuf,
-    pub records: std::sync::Mutex<Vec<Value>>,
+/// TEMPORARY stand-in for the log only (until `warden-log` lands): records in memory, and a
+/// switch that makes appends fail. The kernel is the real one.
+#[derive(Default)]
+pub struct MemoryLog {
+    pub entries: std::sync::Mutex<Vec<Vec<u8>>>,
     pub fail: std::sync::atomic::AtomicBool,
 }
 
-impl StandIn {
-    pub fn new(allowed: PathBuf) -> Arc<Self> {
-        Arc::new(Self {
-            allowed,
-            records: Default::default(),
-            fail: Default::default(),
-        })
-    }
-
-    fn append(&self, record: Value) -> Result<String, warden_gateway::AuthorityError> {
+impl warden_gateway::RecordSink for MemoryLog {
+    fn append(&self, entry: &[u8]) -> Result<(), String> {
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(warden_gateway::AuthorityError("log unavailable".into()));
+            return Err("disk full".into());
         }
-        let mut r = self.records.lock().unwrap();
-        let id = format!("rec-{}", r.len());
-        let mut record = record;
-        record["id"] = json!(id);
-        r.push(record);
-        Ok(id)
+        self.entries.lock().unwrap().push(entry.to_vec());
+        Ok(())
     }
 }
 
-impl Authority for StandIn {
-    fn decide(
-        &self,
-        call: &warden_gateway::CallRequest,
-    ) -> Result<warden_gateway::Verdict, warden_gateway::AuthorityError> {
-        use warden_gateway::Verdict;
-        let writes = ["write_file", "edit_file", "move_file", "create_directory"];
-        let mut verdict = ("allow", vec!["allow-all".to_string()], String::new());
-        if writes.contains(&call.tool.as_str()) {
-            let paths = ["path", "source", "destination"];
-            let outside = call.arguments.as_object().unwrap().iter().any(|(k, v)| {
-                paths.contains(&k.as_str())
-                    && !v
-                        .as_str()
-                        .is_some_and(|p| p.starts_with(self.allowed.to_str().unwrap()))
-            });
-            if outside {
-                verdict = (
-                    "deny",
-                    vec!["fs-allowed-dir".into()],
-                    "path outside the allowed directory".into(),
-                );
-            } else if call
-                .labels
-                .values()
-                .any(warden_gateway::Label::is_untrusted)
-            {
-                verdict = (
-                    "deny",
-                    vec!["no-untrusted-writes".into()],
-                    "an argument came from untrusted content".into(),
-                );
-            } else if call.tool == "move_file" {
-                verdict = (
-                    "needs_approval",
-                    vec!["approve-moves".into()],
-                    "moves need a human".into(),
-                );
-            }
-        }
-        let labels: serde_json::Map<String, Value> = call
-            .labels
+impl MemoryLog {
+    /// The records, parsed.
+    pub fn records(&self) -> Vec<Value> {
+        self.entries
+            .lock()
+            .unwrap()
             .iter()
-            .map(|(k, l)| (k.clone(), json!(l.sources)))
-            .collect();
-        let record = self.append(json!({"type": "warden.decision", "decision": verdict.0, "agent": call.agent,
-            "tool": format!("{}/{}", call.server, call.tool), "labels": labels, "rules": verdict.1}))?;
-        Ok(match verdict.0 {
-            "allow" => Verdict::Allow {
-                certificate: json!({"id": record, "tool": call.tool}),
-                record,
-                rules: verdict.1,
-            },
-            "deny" => Verdict::Deny {
-                record,
-                rules: verdict.1,
-                reason: verdict.2,
-            },
-            _ => Verdict::NeedsApproval {
-                record,
-                rules: verdict.1,
-                reason: verdict.2,
-            },
-        })
+            .map(|e| serde_json::from_slice(e).unwrap())
+            .collect()
     }
+}
 
-    fn resolve(
-        &self,
-        call: &warden_gateway::CallRequest,
-        pending: &str,
-        approval: &warden_gateway::Approval,
-    ) -> Result<warden_gateway::Verdict, warden_gateway::AuthorityError> {
-        use warden_gateway::Verdict;
-        let decision = if approval.granted { "allow" } else { "deny" };
-        let record = self.append(
-            json!({"type": "warden.approval", "decision": decision, "pending": pending,
-            "approver": approval.approver, "tool": format!("{}/{}", call.server, call.tool)}),
-        )?;
-        Ok(if approval.granted {
-            Verdict::Allow {
-                certificate: json!({"id": record, "approval": {"by": approval.approver}}),
-                record,
-                rules: vec!["approve-moves".into()],
-            }
-        } else {
-            Verdict::Deny {
-                record,
-                rules: vec!["approve-moves".into()],
-                reason: format!("refused by {}", approval.approver),
-            }
-        })
-    }
+/// The real kernel over `manifest` (a throwaway signing key) with `log` behind it.
+pub fn authority(manifest: &str, log: Arc<MemoryLog>) -> Arc<dyn Authority> {
+    authority_with_tools(manifest, log, Vec::new())
+}
 
-    fn record_event(&self, event: &Value) -> Result<(), warden_gateway::AuthorityError> {
-        self.append(event.clone()).map(|_| ())
-    }
+/// As [`authority`], knowing `tools` from the start (so `server/*` entries validate).
+pub fn authority_with_tools(
+    manifest: &str,
+    log: Arc<MemoryLog>,
+    tools: Vec<warden_kernel::ToolSpec>,
+) -> Arc<dyn Authority> {
+    let m = warden_kernel::Manifest::from_toml_str(manifest).unwrap();
+    let kernel = warden_kernel::Kernel::new(
+        m,
+        Vec::new(),
+        tools,
+        warden_kernel::CertSigningKey::from_seed(&[7; 32]),
+    )
+    .unwrap();
+    Arc::new(warden_gateway::KernelAuthority::new(
+        kernel,
+        log,
+        Arc::new(warden_gateway::SystemClock),
+        getrandom::rand_core::UnwrapErr(getrandom::SysRng),
+    ))
 }
 
 /// The Python driver (tests/py/driver.py) in the peers' venv, kept alive for a whole test.
