@@ -13,6 +13,7 @@ pub(crate) mod kernel_config;
 pub(crate) mod policy;
 
 // ---- log ----
+pub(crate) mod log;
 
 // ---- sandbox ----
 pub(crate) mod run;
@@ -30,7 +31,7 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         Command::Cert(command) => cert::run(&command),
         Command::Demo(args) => demo::run(&args),
         // ---- log ----
-
+        Command::Log(args) => log::run(args),
         // ---- sandbox ----
         Command::Run(args) => run::run(args),
         // ---- identity ----

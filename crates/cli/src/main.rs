@@ -34,7 +34,8 @@ enum Command {
     /// Play a short multi-agent story through real kernel decisions.
     Demo(cmd::demo::DemoArgs),
     // ---- log ----
-
+    /// The transparency log: verify, prove, check proofs, show and export decisions.
+    Log(cmd::log::LogArgs),
     // ---- sandbox ----
     /// Run a command in a sandbox (minimal root, no network but allowlisted hosts, limits).
     Run(cmd::run::RunArgs),

@@ -112,6 +112,8 @@ int main(int argc, char **argv) {
         return ok();
     }
     if (!strcmp(a, "hardlink")) return check(link(x, y));
+    if (!strcmp(a, "chmod")) return check(chmod(x, strtol(y, 0, 8)));
+    if (!strcmp(a, "create-mode")) return check(open(x, O_WRONLY | O_CREAT | O_EXCL, strtol(y, 0, 8)));
     if (!strcmp(a, "mknod")) return check(mknod(x, S_IFCHR | 0666, makedev(1, 3)));
     if (!strcmp(a, "kill")) return check(kill(atoi(x), atoi(y)));
     if (!strcmp(a, "ptrace-child") || !strcmp(a, "vmread-child")) {
