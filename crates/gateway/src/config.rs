@@ -63,6 +63,8 @@ pub struct FaceSettings {
     pub admin_socket: PathBuf,
     /// Era of each upstream (`auto` when absent).
     pub eras: BTreeMap<String, Era>,
+    /// Directory of the decision log, relative to the config file.
+    pub log: PathBuf,
 }
 
 impl Default for FaceSettings {
@@ -81,6 +83,7 @@ impl Default for FaceSettings {
             approvers: Vec::new(),
             admin_socket: PathBuf::from("warden-admin.sock"),
             eras: BTreeMap::new(),
+            log: PathBuf::from("log"),
         }
     }
 }

@@ -23,6 +23,29 @@ pub trait RecordSink: Send + Sync {
     fn append(&self, entry: &[u8]) -> Result<(), String>;
 }
 
+impl RecordSink for warden_log::LogWriter {
+    fn append(&self, entry: &[u8]) -> Result<(), String> {
+        warden_log::LogWriter::append(self, entry.to_vec())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Restores the kernel's budgets, rate limits and settled approvals from the decision records
+/// in `log` (after a restart). Returns how many records were replayed.
+pub fn rebuild_from_log(kernel: &Kernel, log: &warden_log::Log) -> Result<usize, String> {
+    let entries = log.records(0).map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    for (index, bytes) in entries {
+        match warden_kernel::DecisionRecord::from_log_entry(&bytes) {
+            Ok(Some(r)) => records.push(r),
+            Ok(None) => {}
+            Err(e) => return Err(format!("log entry {index}: {e}")),
+        }
+    }
+    kernel.rebuild_from(&records).map_err(|e| e.to_string())
+}
+
 /// The kernel and the log behind the gateway's seam.
 pub struct KernelAuthority<R> {
     kernel: RwLock<Kernel>,

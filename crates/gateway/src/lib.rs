@@ -42,7 +42,9 @@ pub use authority::{Approval, Authority, AuthorityError, CallRequest, Verdict};
 pub use config::{Era, FaceSettings, GatewayConfig, ServerConfig};
 pub use error::Error;
 pub use http::HttpFace;
-pub use kernel_authority::{KernelAuthority, RecordSink, from_kernel_label, to_kernel_label};
+pub use kernel_authority::{
+    KernelAuthority, RecordSink, from_kernel_label, rebuild_from_log, to_kernel_label,
+};
 pub use labels::{Integrity, Label};
 pub use pins::{Pin, PinStatus, PinStore, definition_hash};
 pub use session::{Gateway, Session};

@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{authority_with_tools, peers};
+use common::{TestLog, authority_with_tools, peers};
 use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 
 /// Scenarios of the 2026-07-28 run that may score lower through the gateway, and why:
@@ -171,13 +171,10 @@ async fn conformance_through_the_gateway_matches_direct() {
         dir.path().join("pins.json").display()
     );
     let cfg = GatewayConfig::parse(&text).unwrap();
+    let log = TestLog::new();
     let gw = Gateway::new(
         cfg,
-        authority_with_tools(
-            &text,
-            std::sync::Arc::default(),
-            list_tools(&direct_url).await,
-        ),
+        authority_with_tools(&text, &log, list_tools(&direct_url).await),
     )
     .unwrap();
     let face = HttpFace::new(gw).unwrap();

@@ -11,14 +11,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Agent, MemoryLog, authority, error_code, npm_bin, text, without_warden_meta};
+use common::{Agent, TestLog, authority, error_code, npm_bin, text, without_warden_meta};
 use serde_json::{Value, json};
 use warden_gateway::GatewayConfig;
 
 struct Fixture {
     dir: tempfile::TempDir,
     allowed: std::path::PathBuf,
-    log: Arc<MemoryLog>,
+    log: Arc<TestLog>,
 }
 
 fn fixture() -> Fixture {
@@ -28,7 +28,7 @@ fn fixture() -> Fixture {
     Fixture {
         dir,
         allowed,
-        log: Arc::default(),
+        log: TestLog::new(),
     }
 }
 
@@ -57,7 +57,13 @@ fn manifest(f: &Fixture, extra: &str) -> String {
         [[allow]]
         id = "fs-read"
         agents = ["tester"]
-        tools = ["fs/read_text_file", "fs/list_directory"]
+        tools = ["fs/read_text_file"]
+
+        [[allow]]
+        id = "fs-list-budget"
+        agents = ["tester"]
+        tools = ["fs/list_directory"]
+        budget = {{ agent = "2/day" }}
 
         [[allow]]
         id = "fs-write"
@@ -90,7 +96,7 @@ async fn agent(f: &Fixture, extra: &str) -> (Agent, Arc<warden_gateway::Gateway>
     let cfg = GatewayConfig::parse(&text).unwrap();
     let (mut a, gw) = Agent::start(
         cfg,
-        authority(&text, f.log.clone()),
+        authority(&text, &f.log),
         "spiffe://example.org/agent/tester",
     )
     .await;
@@ -415,9 +421,9 @@ async fn approval_granted_denied_and_timed_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_failure_refuses_the_call() {
-    let f = fixture();
+    let mut f = fixture();
+    f.log = TestLog::failing();
     let (mut a, _gw) = agent(&f, "").await;
-    f.log.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     let target = f.allowed.join("out.txt");
     let r = a
         .call(
@@ -486,4 +492,31 @@ impl DirectClient {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_survive_a_restart_through_the_log() {
+    let f = fixture();
+    let dir = f.allowed.display().to_string();
+    {
+        let (mut a, _gw) = agent(&f, "").await;
+        for _ in 0..2 {
+            let r = a.call("fs/list_directory", json!({"path": dir})).await;
+            assert!(r.get("result").is_some(), "{r}");
+        }
+        let r = a.call("fs/list_directory", json!({"path": dir})).await;
+        assert_eq!(error_code(&r), Some(warden_gateway::jsonrpc::DENIED), "{r}");
+    }
+    // A new gateway and kernel over the same log: the budget is rebuilt, not reset.
+    let (mut a, _gw) = agent(&f, "").await;
+    let r = a.call("fs/list_directory", json!({"path": dir})).await;
+    assert_eq!(error_code(&r), Some(warden_gateway::jsonrpc::DENIED), "{r}");
+    assert_eq!(
+        f.log
+            .records()
+            .iter()
+            .filter(|r| r["tool"] == "fs/list_directory" && r["decision"] == "allow")
+            .count(),
+        2
+    );
 }

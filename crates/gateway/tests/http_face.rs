@@ -13,7 +13,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{authority, npm_bin};
+use common::{TestLog, authority, npm_bin};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use p256::pkcs8::EncodePrivateKey;
 use serde_json::{Value, json};
@@ -90,6 +90,7 @@ struct Face {
     good: Key,
     _dir: tempfile::TempDir,
     _face: Arc<HttpFace>,
+    _log: Arc<TestLog>,
 }
 
 async fn face(eras: &str, extra: &str) -> Face {
@@ -121,7 +122,8 @@ async fn face(eras: &str, extra: &str) -> Face {
         jwks = jwks.display(),
     );
     let cfg = GatewayConfig::parse(&text).unwrap();
-    let gw = Gateway::new(cfg, authority(&text, Arc::default())).unwrap();
+    let log = TestLog::new();
+    let gw = Gateway::new(cfg, authority(&text, &log)).unwrap();
     let face = HttpFace::new(gw).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", l.local_addr().unwrap());
@@ -132,6 +134,7 @@ async fn face(eras: &str, extra: &str) -> Face {
         good,
         _dir: dir,
         _face: face,
+        _log: log,
     }
 }
 

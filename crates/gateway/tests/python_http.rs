@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{MemoryLog, PyDriver, authority, npm_bin, py_bin};
+use common::{PyDriver, TestLog, authority, npm_bin, py_bin};
 use serde_json::json;
 use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 
@@ -58,8 +56,8 @@ async fn python_client_in_every_mode_through_http() {
         time = py_bin("mcp-server-time"),
     );
     let cfg = GatewayConfig::parse(&text).unwrap();
-    let log = Arc::new(MemoryLog::default());
-    let gw = Gateway::new(cfg, authority(&text, log.clone())).unwrap();
+    let log = TestLog::new();
+    let gw = Gateway::new(cfg, authority(&text, &log)).unwrap();
     let face = HttpFace::new(gw).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());

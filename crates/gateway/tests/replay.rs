@@ -8,9 +8,7 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{MemoryLog, authority};
+use common::{TestLog, authority};
 use serde_json::json;
 use warden_gateway::GatewayConfig;
 use warden_gateway::replay::{parse_recording, replay};
@@ -65,10 +63,10 @@ async fn recorded_session_yields_the_live_decisions() {
     ];
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let recording = parse_recording(&text).unwrap();
-    let log = Arc::new(MemoryLog::default());
+    let log = TestLog::new();
     let decisions = replay(
         cfg,
-        authority(&manifest, log.clone()),
+        authority(&manifest, &log),
         "spiffe://example.org/agent/r",
         &recording,
     )

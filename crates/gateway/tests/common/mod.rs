@@ -155,45 +155,73 @@ pub fn without_warden_meta(mut resp: Value) -> Value {
     resp
 }
 
-/// TEMPORARY stand-in for the log only (until `warden-log` lands): records in memory, and a
-/// switch that makes appends fail. The kernel is the real one.
-#[derive(Default)]
-pub struct MemoryLog {
-    pub entries: std::sync::Mutex<Vec<Vec<u8>>>,
-    pub fail: std::sync::atomic::AtomicBool,
+/// A real durable log in a temporary directory.
+pub struct TestLog {
+    pub dir: tempfile::TempDir,
+    pub log: warden_log::Log,
 }
 
-impl warden_gateway::RecordSink for MemoryLog {
-    fn append(&self, entry: &[u8]) -> Result<(), String> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err("disk full".into());
-        }
-        self.entries.lock().unwrap().push(entry.to_vec());
-        Ok(())
+impl TestLog {
+    pub fn new() -> Arc<Self> {
+        Self::with_options(warden_log::LogOptions::default())
+    }
+
+    /// A log whose every write fails (an I/O error on the first frame).
+    pub fn failing() -> Arc<Self> {
+        Self::with_options(warden_log::LogOptions {
+            danger_fail_writes_after: Some(0),
+            ..Default::default()
+        })
+    }
+
+    pub fn with_options(options: warden_log::LogOptions) -> Arc<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = warden_log::Log::open_or_create(
+            dir.path(),
+            "warden.test/gateway",
+            &mut warden_log::os_entropy,
+            options,
+        )
+        .unwrap();
+        Arc::new(Self { dir, log })
+    }
+
+    /// The records, parsed.
+    pub fn records(&self) -> Vec<Value> {
+        self.log
+            .records(0)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| serde_json::from_slice(&e).unwrap())
+            .collect()
+    }
+
+    /// Verifies the whole log offline (tree, checkpoints, signatures, tiles).
+    pub fn verify(&self) {
+        let report =
+            warden_log::verify_dir(self.dir.path(), self.log.verifier(), &mut |_, _| {}).unwrap();
+        let _ = report;
     }
 }
 
-impl MemoryLog {
-    /// The records, parsed.
-    pub fn records(&self) -> Vec<Value> {
-        self.entries
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::from_slice(e).unwrap())
-            .collect()
+impl Drop for TestLog {
+    fn drop(&mut self) {
+        // The log verifies after every test that used it.
+        if !std::thread::panicking() && self.log.health().is_ok() {
+            self.verify();
+        }
     }
 }
 
 /// The real kernel over `manifest` (a throwaway signing key) with `log` behind it.
-pub fn authority(manifest: &str, log: Arc<MemoryLog>) -> Arc<dyn Authority> {
+pub fn authority(manifest: &str, log: &TestLog) -> Arc<dyn Authority> {
     authority_with_tools(manifest, log, Vec::new())
 }
 
 /// As [`authority`], knowing `tools` from the start (so `server/*` entries validate).
 pub fn authority_with_tools(
     manifest: &str,
-    log: Arc<MemoryLog>,
+    log: &TestLog,
     tools: Vec<warden_kernel::ToolSpec>,
 ) -> Arc<dyn Authority> {
     let m = warden_kernel::Manifest::from_toml_str(manifest).unwrap();
@@ -204,9 +232,10 @@ pub fn authority_with_tools(
         warden_kernel::CertSigningKey::from_seed(&[7; 32]),
     )
     .unwrap();
+    warden_gateway::rebuild_from_log(&kernel, &log.log).unwrap();
     Arc::new(warden_gateway::KernelAuthority::new(
         kernel,
-        log,
+        Arc::new(log.log.writer()),
         Arc::new(warden_gateway::SystemClock),
         getrandom::rand_core::UnwrapErr(getrandom::SysRng),
     ))
