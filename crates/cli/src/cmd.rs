@@ -21,6 +21,11 @@ pub(crate) mod run;
 // ---- identity ----
 
 // ---- gateway ----
+pub(crate) mod approvals;
+pub(crate) mod mcp;
+pub(crate) mod replay;
+pub(crate) mod serve;
+pub(crate) mod tools;
 
 pub(crate) fn dispatch(command: Command) -> ExitCode {
     match command {
@@ -37,5 +42,10 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         // ---- identity ----
 
         // ---- gateway ----
+        Command::Mcp(args) => mcp::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Replay(args) => replay::run(&args),
+        Command::Approvals(command) => approvals::run(&command),
+        Command::Tools(command) => tools::run(&command),
     }
 }
