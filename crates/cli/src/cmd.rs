@@ -22,6 +22,11 @@ pub(crate) mod run;
 pub(crate) mod identity;
 
 // ---- gateway ----
+pub(crate) mod approvals;
+pub(crate) mod mcp;
+pub(crate) mod replay;
+pub(crate) mod serve;
+pub(crate) mod tools;
 
 pub(crate) fn dispatch(command: Command) -> ExitCode {
     match command {
@@ -38,5 +43,10 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         // ---- identity ----
         Command::Identity(args) => identity::run(args),
         // ---- gateway ----
+        Command::Mcp(args) => mcp::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Replay(args) => replay::run(&args),
+        Command::Approvals(command) => approvals::run(&command),
+        Command::Tools(command) => tools::run(&command),
     }
 }
