@@ -69,15 +69,16 @@ fn fd_from_ret(ret: c_long) -> io::Result<OwnedFd> {
 
 /// Spawns `cmd` with `fds` duplicated onto the given descriptor numbers in the child (clearing
 /// close-on-exec there only, so no other concurrently spawned child inherits them), after the
-/// child has moved itself into each cgroup whose `cgroup.procs` path is in `cgroup_procs`
-/// (writing `0` moves the writer), so it runs nothing outside them.
+/// child has moved itself into each cgroup whose `tasks` (v1) or `cgroup.procs` (v2) file is in
+/// `cgroup_join` (writing `0` moves the writer, the child's only thread), so it runs nothing
+/// outside them.
 pub(crate) fn spawn_with_fds(
     cmd: &mut Command,
     fds: Vec<(OwnedFd, RawFd)>,
-    cgroup_procs: &[PathBuf],
+    cgroup_join: &[PathBuf],
 ) -> io::Result<std::process::Child> {
     let raw: Vec<(RawFd, RawFd)> = fds.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect();
-    let procs: Vec<CString> = cgroup_procs
+    let procs: Vec<CString> = cgroup_join
         .iter()
         .map(|p| cstr(p))
         .collect::<io::Result<_>>()?;

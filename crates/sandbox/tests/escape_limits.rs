@@ -160,3 +160,61 @@ fn daemonised_grandchild_does_not_survive() {
     }
     assert_ne!(first, second, "the control grandchild should still run");
 }
+
+/// The memory and pids cgroup paths of `pid` (`/proc/PID/cgroup`; the unified one on v2).
+fn cgroup_paths(pid: u32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let v2 = !text.lines().any(|l| l.contains(":memory:"));
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let hit = if v2 {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == "memory" || c == "pids")
+            };
+            hit.then(|| path.to_owned())
+        })
+        .collect()
+}
+
+fn in_sandbox_cgroups(pid: u32) -> bool {
+    let paths = cgroup_paths(pid);
+    !paths.is_empty()
+        && paths.iter().all(|p| {
+            p.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("warden-"))
+        })
+}
+
+#[test]
+fn every_sandbox_process_starts_inside_its_cgroups() {
+    // The helper joins its memory and pids cgroups between fork and exec (on v1 by moving its one
+    // thread); the helper, the sandbox's PID 1 and the command must all be inside.
+    let sandbox = warden_sandbox::Sandbox::new(Profile::default(), options());
+    let argv = vec!["/bin/sleep".to_owned(), "30".to_owned()];
+    let null = || std::process::Stdio::null();
+    let mut child = sandbox.spawn(&argv, [null(), null(), null()]).unwrap();
+    let helper = u32::try_from(child.id()).unwrap();
+    let mut pids = vec![helper];
+    let mut i = 0;
+    while let Some(&pid) = pids.get(i) {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        pids.extend(
+            children
+                .split_whitespace()
+                .map(|c| c.parse::<u32>().unwrap()),
+        );
+        i += 1;
+    }
+    let all: Vec<(u32, Vec<String>)> = pids.iter().map(|&p| (p, cgroup_paths(p))).collect();
+    let inside = pids.iter().all(|&p| in_sandbox_cgroups(p));
+    child.kill();
+    let _ = child.wait();
+    assert_eq!(pids.len(), 3, "helper, PID 1 and the command: {all:?}");
+    assert!(inside, "a sandbox process outside its cgroups: {all:?}");
+    // Control: the test process itself is not in a sandbox's cgroups, so the check can fail.
+    assert!(!in_sandbox_cgroups(std::process::id()));
+}
