@@ -218,3 +218,31 @@ fn every_sandbox_process_starts_inside_its_cgroups() {
     // Control: the test process itself is not in a sandbox's cgroups, so the check can fail.
     assert!(!in_sandbox_cgroups(std::process::id()));
 }
+
+/// `se.slice` from a `/proc/PID/sched` text (the fair scheduler's slice, in nanoseconds).
+fn slice(sched: &str) -> Option<u64> {
+    sched.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "se.slice").then(|| v.trim().parse().ok())?
+    })
+}
+
+#[test]
+fn command_runs_with_the_default_scheduler_slice() {
+    // The helper and PID 1 ask for a short slice for their set-up; the command must not keep it.
+    let own = std::fs::read_to_string("/proc/self/sched").expect("/proc/self/sched is needed");
+    let own = slice(&own).expect("se.slice in /proc/self/sched");
+    let r = run(Profile::default(), &["/bin/cat", "/proc/self/sched"]);
+    assert_eq!(r.outcome.ending, Ending::Exited { code: 0 }, "{r:?}");
+    assert_eq!(slice(&r.stdout), Some(own), "{}", r.stdout);
+
+    // Control: the helper itself runs with the short set-up slice, so the check can fail.
+    let sandbox = warden_sandbox::Sandbox::new(Profile::default(), options());
+    let argv = vec!["/bin/sleep".to_owned(), "30".to_owned()];
+    let null = || std::process::Stdio::null();
+    let mut child = sandbox.spawn(&argv, [null(), null(), null()]).unwrap();
+    let helper = std::fs::read_to_string(format!("/proc/{}/sched", child.id())).unwrap();
+    child.kill();
+    let _ = child.wait();
+    assert_ne!(slice(&helper), Some(own), "{helper}");
+}
