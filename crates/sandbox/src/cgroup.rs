@@ -129,9 +129,17 @@ impl Cgroup {
         Ok(cg)
     }
 
-    /// The `cgroup.procs` files the helper writes its pid into.
-    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    /// The files the freshly forked, single-threaded helper writes `0` (itself) into to join.
+    ///
+    /// On v1 that is `tasks`: moving the one calling thread skips the cgroup threadgroup rwsem,
+    /// whose writer side (taken by any `cgroup.procs` write) waits a full RCU grace period —
+    /// 10-20 ms on a loaded machine, most of a sandbox's start-up. The helper has exactly one
+    /// thread between `fork` and `exec`, so moving that thread moves the whole process, and
+    /// everything it starts later is born inside. v2 has no such file for a domain cgroup
+    /// (`cgroup.threads` needs threaded mode), so it keeps `cgroup.procs`.
+    pub(crate) fn join_files(&self) -> Vec<PathBuf> {
+        let file = if self.v2 { "cgroup.procs" } else { "tasks" };
+        self.dirs.iter().map(|d| d.join(file)).collect()
     }
 
     /// Whether the kernel killed a task of this cgroup for lack of memory.

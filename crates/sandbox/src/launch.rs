@@ -320,7 +320,7 @@ impl Sandbox {
         let procs = child
             .cgroup
             .as_ref()
-            .map(Cgroup::procs_files)
+            .map(Cgroup::join_files)
             .unwrap_or_default();
         let fds = vec![(config_r, CONFIG_FD), (report_w, REPORT_FD)];
         let mut helper = sys::spawn_with_fds(&mut cmd, fds, &procs).map_err(|e| {

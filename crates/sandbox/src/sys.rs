@@ -69,15 +69,16 @@ fn fd_from_ret(ret: c_long) -> io::Result<OwnedFd> {
 
 /// Spawns `cmd` with `fds` duplicated onto the given descriptor numbers in the child (clearing
 /// close-on-exec there only, so no other concurrently spawned child inherits them), after the
-/// child has moved itself into each cgroup whose `cgroup.procs` path is in `cgroup_procs`
-/// (writing `0` moves the writer), so it runs nothing outside them.
+/// child has moved itself into each cgroup whose `tasks` (v1) or `cgroup.procs` (v2) file is in
+/// `cgroup_join` (writing `0` moves the writer, the child's only thread), so it runs nothing
+/// outside them.
 pub(crate) fn spawn_with_fds(
     cmd: &mut Command,
     fds: Vec<(OwnedFd, RawFd)>,
-    cgroup_procs: &[PathBuf],
+    cgroup_join: &[PathBuf],
 ) -> io::Result<std::process::Child> {
     let raw: Vec<(RawFd, RawFd)> = fds.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect();
-    let procs: Vec<CString> = cgroup_procs
+    let procs: Vec<CString> = cgroup_join
         .iter()
         .map(|p| cstr(p))
         .collect::<io::Result<_>>()?;
@@ -206,6 +207,43 @@ pub(crate) fn euid_egid() -> (u32, u32) {
 pub(crate) fn setsid() -> io::Result<()> {
     // SAFETY: plain syscall without arguments.
     check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// Sets this process's fair-scheduler slice request (`sched_attr.sched_runtime`, honoured by
+/// Linux 6.12 and later; older kernels ignore it), keeping its policy and nice value; `0`
+/// restores the default. Leaves processes under any other policy alone, and does nothing where
+/// `sched_getattr` is unavailable.
+pub(crate) fn set_fair_slice(nanos: u64) -> io::Result<()> {
+    let size = u32::try_from(std::mem::size_of::<libc::sched_attr>()).unwrap_or(0);
+    let mut attr = libc::sched_attr {
+        size,
+        sched_policy: 0,
+        sched_flags: 0,
+        sched_nice: 0,
+        sched_priority: 0,
+        sched_runtime: 0,
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: `attr` is a writable `sched_attr` of the size passed.
+    let read =
+        unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut attr, size, 0 as c_uint) };
+    if read != 0 {
+        // Without `sched_getattr` no slice was ever set here either: nothing to do or undo.
+        return Ok(());
+    }
+    let fair = [libc::SCHED_OTHER, libc::SCHED_BATCH]
+        .iter()
+        .any(|&p| u32::try_from(p).ok() == Some(attr.sched_policy));
+    if !fair {
+        return Ok(());
+    }
+    attr.size = size;
+    attr.sched_flags = 0;
+    attr.sched_runtime = nanos;
+    // SAFETY: `attr` is a valid `sched_attr` filled by the kernel above.
+    check_long(unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0 as c_uint) })
+        .map(drop)
 }
 
 /// `setrlimit(2)` with equal soft and hard limits.

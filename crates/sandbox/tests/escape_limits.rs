@@ -160,3 +160,89 @@ fn daemonised_grandchild_does_not_survive() {
     }
     assert_ne!(first, second, "the control grandchild should still run");
 }
+
+/// The memory and pids cgroup paths of `pid` (`/proc/PID/cgroup`; the unified one on v2).
+fn cgroup_paths(pid: u32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let v2 = !text.lines().any(|l| l.contains(":memory:"));
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let hit = if v2 {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == "memory" || c == "pids")
+            };
+            hit.then(|| path.to_owned())
+        })
+        .collect()
+}
+
+fn in_sandbox_cgroups(pid: u32) -> bool {
+    let paths = cgroup_paths(pid);
+    !paths.is_empty()
+        && paths.iter().all(|p| {
+            p.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("warden-"))
+        })
+}
+
+#[test]
+fn every_sandbox_process_starts_inside_its_cgroups() {
+    // The helper joins its memory and pids cgroups between fork and exec (on v1 by moving its one
+    // thread); the helper, the sandbox's PID 1 and the command must all be inside.
+    let sandbox = warden_sandbox::Sandbox::new(Profile::default(), options());
+    let argv = vec!["/bin/sleep".to_owned(), "30".to_owned()];
+    let null = || std::process::Stdio::null();
+    let mut child = sandbox.spawn(&argv, [null(), null(), null()]).unwrap();
+    let helper = u32::try_from(child.id()).unwrap();
+    let mut pids = vec![helper];
+    let mut i = 0;
+    while let Some(&pid) = pids.get(i) {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        pids.extend(
+            children
+                .split_whitespace()
+                .map(|c| c.parse::<u32>().unwrap()),
+        );
+        i += 1;
+    }
+    let all: Vec<(u32, Vec<String>)> = pids.iter().map(|&p| (p, cgroup_paths(p))).collect();
+    let inside = pids.iter().all(|&p| in_sandbox_cgroups(p));
+    child.kill();
+    let _ = child.wait();
+    assert_eq!(pids.len(), 3, "helper, PID 1 and the command: {all:?}");
+    assert!(inside, "a sandbox process outside its cgroups: {all:?}");
+    // Control: the test process itself is not in a sandbox's cgroups, so the check can fail.
+    assert!(!in_sandbox_cgroups(std::process::id()));
+}
+
+/// `se.slice` from a `/proc/PID/sched` text (the fair scheduler's slice, in nanoseconds).
+fn slice(sched: &str) -> Option<u64> {
+    sched.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "se.slice").then(|| v.trim().parse().ok())?
+    })
+}
+
+#[test]
+fn command_runs_with_the_default_scheduler_slice() {
+    // The helper and PID 1 ask for a short slice for their set-up; the command must not keep it.
+    let own = std::fs::read_to_string("/proc/self/sched").expect("/proc/self/sched is needed");
+    let own = slice(&own).expect("se.slice in /proc/self/sched");
+    let r = run(Profile::default(), &["/bin/cat", "/proc/self/sched"]);
+    assert_eq!(r.outcome.ending, Ending::Exited { code: 0 }, "{r:?}");
+    assert_eq!(slice(&r.stdout), Some(own), "{}", r.stdout);
+
+    // Control: the helper itself runs with the short set-up slice, so the check can fail.
+    let sandbox = warden_sandbox::Sandbox::new(Profile::default(), options());
+    let argv = vec!["/bin/sleep".to_owned(), "30".to_owned()];
+    let null = || std::process::Stdio::null();
+    let mut child = sandbox.spawn(&argv, [null(), null(), null()]).unwrap();
+    let helper = std::fs::read_to_string(format!("/proc/{}/sched", child.id())).unwrap();
+    child.kill();
+    let _ = child.wait();
+    assert_ne!(slice(&helper), Some(own), "{helper}");
+}
