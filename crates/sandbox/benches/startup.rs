@@ -1,0 +1,2 @@
+//! Start-up benchmark (placeholder).
+fn main() {}
