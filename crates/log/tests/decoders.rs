@@ -90,13 +90,13 @@ proptest! {
         let original = Receipt::parse(&bytes).unwrap();
         let i = pos.index(bytes.len());
         bytes[i] ^= 1 << bit;
-        if let Ok(r) = Receipt::parse(&bytes) {
-            if r.verify(&entry, &signer().verifier()).is_ok() {
+        if let Ok(r) = Receipt::parse(&bytes)
+            && r.verify(&entry, &signer().verifier()).is_ok()
+        {
                 // Only the unauthenticated extra data may differ.
                 prop_assert_eq!(r.index, original.index);
                 prop_assert_eq!(&r.proof, &original.proof);
                 prop_assert_eq!(&r.checkpoint, &original.checkpoint);
-            }
         }
     }
 
