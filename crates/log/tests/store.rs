@@ -521,3 +521,13 @@ fn key_files_are_private_and_checked() {
     let err = Log::open_or_create(dir, ORIGIN, &mut no_entropy, LogOptions::default()).unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
+
+#[test]
+fn handles_can_cross_threads_and_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Log>();
+    send_sync::<warden_log::LogWriter>();
+    send::<warden_log::Ticket>();
+    send_sync::<warden_log::Appended>();
+}
