@@ -19,8 +19,14 @@ pub(crate) mod log;
 pub(crate) mod run;
 
 // ---- identity ----
+pub(crate) mod identity;
 
 // ---- gateway ----
+pub(crate) mod approvals;
+pub(crate) mod mcp;
+pub(crate) mod replay;
+pub(crate) mod serve;
+pub(crate) mod tools;
 
 pub(crate) fn dispatch(command: Command) -> ExitCode {
     match command {
@@ -35,7 +41,12 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         // ---- sandbox ----
         Command::Run(args) => run::run(args),
         // ---- identity ----
-
+        Command::Identity(args) => identity::run(args),
         // ---- gateway ----
+        Command::Mcp(args) => mcp::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Replay(args) => replay::run(&args),
+        Command::Approvals(command) => approvals::run(&command),
+        Command::Tools(command) => tools::run(&command),
     }
 }

@@ -111,6 +111,22 @@ impl PendingCall {
     }
 }
 
+/// The policy's answer alone (see [`Kernel::evaluate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evaluation {
+    /// The policy allows the call (limits not checked).
+    Allow {
+        /// Rule ids of the permits that applied.
+        rules: Vec<String>,
+        /// Whether a permit asks for human approval.
+        needs_approval: bool,
+        /// `@risk` of the permits.
+        risk: Option<String>,
+    },
+    /// The policy or the strict checks refuse the call.
+    Deny(Denial),
+}
+
 /// The kernel's answer.
 #[derive(Debug, Clone)]
 pub enum Decision {
@@ -141,6 +157,7 @@ pub struct Kernel {
     bundle: Arc<PolicyBundle>,
     manifest: Arc<Manifest>,
     files: Arc<Vec<PolicyFile>>,
+    learned: Arc<Vec<ToolSpec>>,
     signer: Arc<CertSigningKey>,
     kid: String,
     state: Arc<Mutex<LimitState>>,
@@ -161,6 +178,7 @@ impl Kernel {
             bundle: Arc::new(bundle),
             manifest: Arc::new(manifest),
             files: Arc::new(files),
+            learned: Arc::new(learned),
             signer: Arc::new(signer),
             kid,
             state: Arc::new(Mutex::new(LimitState::default())),
@@ -172,11 +190,9 @@ impl Kernel {
     /// one's limit state, so swapping it in loses no counters.
     pub fn with_tools(&self, tools: Vec<ToolSpec>) -> Result<Self, Error> {
         let mut learned: BTreeMap<ToolId, ToolSpec> = self
-            .bundle
-            .tools
+            .learned
             .iter()
-            .filter(|(id, _)| !self.manifest.declared_tools().iter().any(|d| d.id() == *id))
-            .map(|(id, s)| (id.clone(), s.clone()))
+            .map(|t| (t.id().clone(), t.clone()))
             .collect();
         for t in tools {
             learned.insert(t.id().clone(), t);
@@ -185,6 +201,7 @@ impl Kernel {
         let bundle = PolicyBundle::build(&self.manifest, &self.files, &learned)?;
         Ok(Self {
             bundle: Arc::new(bundle),
+            learned: Arc::new(learned),
             ..self.clone()
         })
     }
@@ -246,6 +263,59 @@ impl Kernel {
         crate::label::propagate(&self.manifest.tool_output_label(tool), inputs)
     }
 
+    /// The policy part alone, without side effects: request checks, strict arguments and Cedar
+    /// against the current usage, but no limits are charged, no hold is registered and nothing
+    /// is signed. For dry runs (`warden replay`, policy tests) and benchmarks.
+    pub fn evaluate(&self, request: &CallRequest, now: Timestamp) -> Evaluation {
+        let deny = |rule: &str, reason: String| {
+            Evaluation::Deny(Denial {
+                rules: vec![rule.to_owned()],
+                reason,
+            })
+        };
+        if let Err(reason) = check_spiffe_id(&request.agent) {
+            return deny("invalid-request", reason);
+        }
+        let Some(spec) = self.bundle.tools.get(&request.tool) else {
+            return deny(
+                "unknown-tool",
+                format!("tool `{}` is not known to the kernel", request.tool),
+            );
+        };
+        let args = match spec.parse_arguments(&request.arguments) {
+            Ok(args) => args,
+            Err(e) => return deny("strict-args", e.to_string()),
+        };
+        let (labels, call_label) = call_labels(request, Some(&args));
+        let Some(usage) = self
+            .lock()
+            .map(|s| s.usage(&request.agent, request.session.as_deref()))
+        else {
+            return deny("internal-error", "limit state is unusable".to_owned());
+        };
+        match self.bundle.evaluate(&EvalInput {
+            agent: &request.agent,
+            tool: &request.tool,
+            args: args.as_map(),
+            labels: &labels,
+            taint: call_label.integrity().as_str(),
+            delegation: &request.delegation,
+            usage,
+            now,
+        }) {
+            PolicyOutcome::Deny { rules, reason, .. } => Evaluation::Deny(Denial { rules, reason }),
+            PolicyOutcome::Allow {
+                rules,
+                approval,
+                risk,
+            } => Evaluation::Allow {
+                rules,
+                needs_approval: approval,
+                risk,
+            },
+        }
+    }
+
     /// Decides `request` at `now`. Never panics and never fails: every problem is a denial with
     /// a record.
     pub fn enforce(
@@ -295,25 +365,8 @@ impl Kernel {
             .tools
             .get(&request.tool)
             .map(|spec| spec.parse_arguments(&request.arguments));
-        let mut labels: BTreeMap<String, Label> = BTreeMap::new();
-        match &parsed_args {
-            Some(Ok(args)) => {
-                for name in args.as_map().keys() {
-                    let label = request
-                        .labels
-                        .get(name)
-                        .cloned()
-                        .unwrap_or_else(|| request.default_label.clone());
-                    labels.insert(name.clone(), label);
-                }
-            }
-            // Unparseable arguments: record the labels as given.
-            _ => labels.clone_from(&request.labels),
-        }
-        let mut call_label = labels.values().fold(Label::empty(), |acc, l| acc.join(l));
-        if let Some(intent) = &request.intent {
-            call_label = call_label.join(intent.label());
-        }
+        let (labels, call_label) =
+            call_labels(request, parsed_args.as_ref().and_then(|p| p.as_ref().ok()));
         record.labels = labels
             .iter()
             .map(|(k, l)| (k.clone(), l.source_strings()))
@@ -627,6 +680,30 @@ fn approval_record(
         pending: Some(pending.id.clone()),
         approver: Some(approver.to_owned()),
     }
+}
+
+/// The labels of the present arguments (unlabeled ones get the default label) and the call-wide
+/// label: their join with the intent's label. Unparseable arguments: the labels as given.
+fn call_labels(
+    request: &CallRequest,
+    args: Option<&Arguments>,
+) -> (BTreeMap<String, Label>, Label) {
+    let labels: BTreeMap<String, Label> = match args {
+        Some(args) => args
+            .as_map()
+            .keys()
+            .map(|name| {
+                let label = request.labels.get(name).unwrap_or(&request.default_label);
+                (name.clone(), label.clone())
+            })
+            .collect(),
+        None => request.labels.clone(),
+    };
+    let mut call_label = labels.values().fold(Label::empty(), |acc, l| acc.join(l));
+    if let Some(intent) = &request.intent {
+        call_label = call_label.join(intent.label());
+    }
+    (labels, call_label)
 }
 
 fn random_id(rng: &mut (impl rand_core::CryptoRng + ?Sized)) -> String {

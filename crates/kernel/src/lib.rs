@@ -64,7 +64,7 @@ pub use cert::{
     CertificateClaims, CertificateVerifier, CertifiedIntent, CertifiedTool,
 };
 pub use json::{MAX_SAFE_INTEGER, canonical_bytes, parse_strict, sha256_tag};
-pub use kernel::{CallRequest, Decision, Denial, Enforcement, Kernel, PendingCall};
+pub use kernel::{CallRequest, Decision, Denial, Enforcement, Evaluation, Kernel, PendingCall};
 pub use label::{Integrity, Label, Labeled, Source, propagate};
 pub use limits::{Rate, parse_duration};
 pub use manifest::{AgentConfig, Manifest, ServerConfig};

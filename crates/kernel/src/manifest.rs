@@ -652,11 +652,13 @@ impl Manifest {
         };
         let rule_id = r.rule.clone().unwrap_or_else(|| format!("{entry}/{arg}"));
         let value = format!("context.args[{}]", cedar_str(arg));
+        // The violation of `cond`. An absent optional argument violates nothing; the `has` comes
+        // first so the validator can prove the access safe.
         let guard = |cond: String| {
             if required {
-                cond
+                format!("!({cond})")
             } else {
-                format!("!(context.args has {}) || ({cond})", cedar_str(arg))
+                format!("context.args has {} && !({cond})", cedar_str(arg))
             }
         };
         let needs_type = || {
@@ -688,7 +690,7 @@ impl Manifest {
                 &reason,
                 None,
                 scope,
-                "unless",
+                "when",
                 &cond,
             );
         }
@@ -706,7 +708,7 @@ impl Manifest {
                 &reason,
                 None,
                 scope,
-                "unless",
+                "when",
                 &cond,
             );
         }
@@ -737,7 +739,7 @@ impl Manifest {
                 &reason,
                 None,
                 scope,
-                "unless",
+                "when",
                 &guard(cond),
             );
         }
@@ -762,14 +764,14 @@ impl Manifest {
             ));
         }
         for (fact, reason) in facts {
-            let cond = format!("context.facts[{}]", cedar_str(&fact.key()));
+            let cond = format!("!context.facts[{}]", cedar_str(&fact.key()));
             forbid(
                 &mut out.cedar,
                 &rule_id,
                 &reason,
                 None,
                 scope,
-                "unless",
+                "when",
                 &cond,
             );
             let list = out.facts.entry(spec.id().clone()).or_default();

@@ -91,11 +91,30 @@ impl PolicyBundle {
         }
         let result = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
         if !result.validation_passed() {
-            let messages: Vec<String> =
-                result.validation_errors().map(|e| format!("{e}")).collect();
+            let source_of = |id: &PolicyId| -> &str {
+                let file = id.to_string();
+                let file = file
+                    .rsplit_once('#')
+                    .map_or(file.as_str(), |(f, _)| f)
+                    .to_owned();
+                if file == "warden.toml" {
+                    &compiled.cedar
+                } else {
+                    files
+                        .iter()
+                        .find(|f| f.name == file)
+                        .map_or("", |f| f.text.as_str())
+                }
+            };
+            let messages: Vec<String> = result
+                .validation_errors()
+                .map(|e| {
+                    let at = location(source_of(e.policy_id()), e);
+                    format!("policy `{}`{at}: {e}", e.policy_id())
+                })
+                .collect();
             return Err(Error::PolicyValidation(messages.join("; ")));
         }
-
         let mut entity_list = Vec::new();
         let mut groups_of: HashMap<String, Vec<String>> = HashMap::new();
         for agent in manifest.agents() {
@@ -478,18 +497,21 @@ fn add_text(all: &mut PolicySet, file: &str, text: &str) -> Result<(), Error> {
 }
 
 fn parse_message(text: &str, e: &cedar_policy::ParseErrors) -> String {
-    use miette::Diagnostic;
-    let at = e
+    format!("{}{e}", location(text, e).trim_start_matches(' '))
+}
+
+/// ` (line L, column C)` of the first label of `diagnostic` in `text`, or nothing.
+fn location(text: &str, diagnostic: &dyn miette::Diagnostic) -> String {
+    diagnostic
         .labels()
         .and_then(|mut l| l.next())
         .map(|l| {
             let before = text.get(..l.offset()).unwrap_or_default();
             let line = before.matches('\n').count() + 1;
             let col = before.rsplit('\n').next().map_or(0, |s| s.chars().count()) + 1;
-            format!("line {line}, column {col}: ")
+            format!(" (line {line}, column {col})")
         })
-        .unwrap_or_default();
-    format!("{at}{e}")
+        .unwrap_or_default()
 }
 
 fn cedar_type(ty: &PolicyType) -> Value {

@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, ToSo
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ use crate::Error;
 const MAX_HEAD: usize = 8 * 1024;
 /// Longest TLS record accepted as the first record (2^14 plus header and slack).
 const MAX_RECORD: usize = 16 * 1024 + 2048;
+/// Most tunnels one proxy (one sandbox) may hold open at once; more are refused.
+const MAX_CONNECTIONS: usize = 64;
 /// Time a client has to send its request or ClientHello, and an upstream to accept.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -358,6 +360,7 @@ impl EgressProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
         let policy = Arc::new(policy);
+        let active = Arc::new(AtomicUsize::new(0));
         thread::Builder::new()
             .name("warden-egress".to_owned())
             .spawn(move || {
@@ -365,12 +368,31 @@ impl EgressProxy {
                     if stop_flag.load(Ordering::SeqCst) {
                         break;
                     }
-                    let Ok(conn) = conn else { continue };
+                    let Ok(mut conn) = conn else { continue };
+                    if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        active.fetch_sub(1, Ordering::SeqCst);
+                        let _ = conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\n");
+                        sink(EgressEvent {
+                            host: String::new(),
+                            port: 0,
+                            decision: EgressDecision::Refuse {
+                                reason: format!("more than {MAX_CONNECTIONS} open tunnels"),
+                            },
+                        });
+                        continue;
+                    }
                     let policy = Arc::clone(&policy);
                     let sink = Arc::clone(&sink);
-                    let _ = thread::Builder::new()
+                    let active_conn = Arc::clone(&active);
+                    let spawned = thread::Builder::new()
                         .name("warden-egress-conn".to_owned())
-                        .spawn(move || serve(conn, &policy, &sink));
+                        .spawn(move || {
+                            serve(conn, &policy, &sink);
+                            active_conn.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
             })
             .map_err(|e| Error::Egress(format!("cannot start the proxy thread: {e}")))?;
@@ -589,10 +611,11 @@ fn splice(client: UnixStream, upstream: TcpStream) {
     let (Ok(mut client_r), Ok(mut upstream_w)) = (client.try_clone(), upstream.try_clone()) else {
         return;
     };
-    let up = thread::spawn(move || {
+    let up = thread::Builder::new().spawn(move || {
         let _ = io::copy(&mut client_r, &mut upstream_w);
         let _ = upstream_w.shutdown(Shutdown::Write);
     });
+    let Ok(up) = up else { return };
     let (mut upstream_r, mut client_w) = (upstream, client);
     let _ = io::copy(&mut upstream_r, &mut client_w);
     let _ = client_w.shutdown(Shutdown::Write);
@@ -701,6 +724,64 @@ mod tests {
         rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
         rec.extend_from_slice(&hs);
         rec
+    }
+
+    #[test]
+    fn open_tunnels_are_capped_and_plain_http_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.sock");
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink_events = Arc::clone(&events);
+        let policy = EgressPolicy {
+            rules: vec![HostRule::parse("a.test:443").unwrap()],
+            resolver: Arc::new(SystemResolver),
+            danger_allow_loopback_for_tests: false,
+        };
+        let sink: EgressSink = Arc::new(move |e| sink_events.lock().unwrap().push(e));
+        let _proxy = EgressProxy::start(&path, policy, sink).unwrap();
+        let held: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let mut extra = UnixStream::connect(&path).unwrap();
+        let mut reply = String::new();
+        extra.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+        drop(held);
+        // Each dropped connection is reported (no request) and frees its slot.
+        let closed = |events: &Arc<std::sync::Mutex<Vec<EgressEvent>>>| {
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.decision == refused("incomplete request"))
+                .count()
+        };
+        for _ in 0..500 {
+            if closed(&events) == MAX_CONNECTIONS {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(closed(&events), MAX_CONNECTIONS);
+        let mut plain = UnixStream::connect(&path).unwrap();
+        plain
+            .write_all(b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        plain.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), MAX_CONNECTIONS + 2, "{events:?}");
+        let capped = format!("more than {MAX_CONNECTIONS} open tunnels");
+        assert!(events.iter().any(|e| e.decision == refused(&capped)));
+        assert!(events.iter().any(|e| matches!(&e.decision,
+            EgressDecision::Refuse { reason } if reason.contains("only CONNECT"))));
+    }
+
+    fn refused(reason: &str) -> EgressDecision {
+        EgressDecision::Refuse {
+            reason: reason.to_owned(),
+        }
     }
 
     #[test]

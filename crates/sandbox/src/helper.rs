@@ -1,7 +1,8 @@
 //! The launcher's side inside the new process: the single-threaded helper, the sandbox's PID 1
 //! and the command's last steps before `exec`.
 //!
-//! Process tree: caller → helper (joins cgroups, sets rlimits, prepares the bind mounts, drops to
+//! Process tree: caller → helper (already moved into the sandbox's cgroups by the caller before
+//! it receives its configuration, so it forks nothing outside them; sets rlimits, prepares the bind mounts, drops to
 //! the sandbox uid, unshares the namespaces) → PID 1 of the new pid namespace (builds the root,
 //! pivots, runs the egress relay, reaps, and exits with the command's status, which kills the
 //! namespace) → the command (no-new-privs, Landlock, capability drop, descriptors closed,
@@ -47,7 +48,6 @@ pub(crate) struct HelperConfig {
     pub read_write: Vec<PathBuf>,
     /// Uid and gid to drop to when started as root.
     pub drop_to: Option<(u32, u32)>,
-    pub cgroup_procs: Vec<PathBuf>,
     pub open_files: u64,
     pub file_size_bytes: u64,
     pub cpu_seconds: u64,
@@ -119,13 +119,6 @@ fn ctx<T>(what: &str, r: std::io::Result<T>) -> Result<T, String> {
 
 fn helper(config: &HelperConfig, report: &mut Option<File>) -> Result<i32, String> {
     ctx("setsid", sys::setsid())?;
-    let pid = sys::getpid().to_string();
-    for procs in &config.cgroup_procs {
-        ctx(
-            &format!("join cgroup `{}`", procs.display()),
-            fs::write(procs, &pid),
-        )?;
-    }
     ctx("rlimit core", sys::set_rlimit(libc::RLIMIT_CORE as i32, 0))?;
     ctx(
         "rlimit nofile",
@@ -144,7 +137,10 @@ fn helper(config: &HelperConfig, report: &mut Option<File>) -> Result<i32, Strin
     }
     // As root, prepare the mounts now (the only moment we may clone any host path and id-map
     // the granted ones), then drop to the sandbox user for good.
-    let plan = match config.drop_to {
+    // The drop applies only when the helper really runs as root (a caller may start it through
+    // a wrapper that already dropped privileges).
+    let root = sys::euid_egid().0 == 0;
+    let plan = match config.drop_to.filter(|_| root) {
         Some((uid, gid)) => {
             let plan = plan_root(config, Some((uid, gid)))?;
             ctx("drop to the sandbox user", sys::drop_to(uid, gid))?;
@@ -337,7 +333,8 @@ fn pid1(config: &HelperConfig, plan: Option<RootPlan>, report: &mut Option<File>
     };
     drop(report.take());
     if let Some(listener) = relay {
-        std::thread::spawn(move || run_relay(&listener));
+        // Without the relay thread the command simply has no egress.
+        let _ = std::thread::Builder::new().spawn(move || run_relay(&listener));
     }
     loop {
         match sys::waitpid(-1, 0) {
@@ -351,17 +348,20 @@ fn pid1(config: &HelperConfig, plan: Option<RootPlan>, report: &mut Option<File>
 fn run_relay(listener: &TcpListener) {
     for conn in listener.incoming() {
         let Ok(tcp) = conn else { continue };
-        std::thread::spawn(move || {
+        // Threads here count against the sandbox's pids limit; a refused spawn drops the
+        // connection.
+        let _ = std::thread::Builder::new().spawn(move || {
             let Ok(unix) = UnixStream::connect(PROXY_SOCKET_INSIDE) else {
                 return;
             };
             let (Ok(mut tcp_r), Ok(mut unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
                 return;
             };
-            let up = std::thread::spawn(move || {
+            let up = std::thread::Builder::new().spawn(move || {
                 let _ = std::io::copy(&mut tcp_r, &mut unix_w);
                 let _ = unix_w.shutdown(std::net::Shutdown::Write);
             });
+            let Ok(up) = up else { return };
             let (mut unix_r, mut tcp_w): (UnixStream, TcpStream) = (unix, tcp);
             let _ = std::io::copy(&mut unix_r, &mut tcp_w);
             let _ = tcp_w.shutdown(std::net::Shutdown::Write);

@@ -2,14 +2,13 @@
 //! helper, enforces the timeout and the output cap, and cleans everything up.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Error;
 use crate::cgroup::Cgroup;
@@ -20,6 +19,11 @@ use crate::sys;
 
 /// The port the egress relay listens on, on `127.0.0.1` inside the sandbox's network namespace.
 pub const PROXY_PORT_INSIDE: u16 = 3128;
+/// How long output may stay open after the sandbox's helper exited (every process of the
+/// sandbox is dead by then, so this only guards against a descriptor leaked outside it).
+const EXIT_DRAIN: Duration = Duration::from_millis(500);
+/// Configurations up to this size are written before the helper starts (a pipe holds 64 KiB).
+const PIPE_SAFE_BYTES: usize = 32 * 1024;
 /// Default uid and gid a root caller drops the sandbox to.
 pub const DEFAULT_SANDBOX_ID: u32 = 64_023;
 
@@ -219,7 +223,10 @@ impl Sandbox {
         let mut proxy_socket = None;
         if !self.profile.allow_hosts.is_empty() {
             let dir = std::env::temp_dir().join(&name);
-            std::fs::create_dir(&dir)
+            // Private from the start; an existing entry (planted by someone else) is an error.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
                 .map_err(|e| Error::Setup(format!("egress directory: {e}")))?;
             child.socket_dir = Some(dir.clone());
             let socket = dir.join("egress.sock");
@@ -236,8 +243,7 @@ impl Sandbox {
             // Only root and the sandbox (through its bind mount) reach the socket: the directory
             // is private, and the socket itself must be writable by the dropped uid.
             let mode = |m| std::fs::Permissions::from_mode(m);
-            std::fs::set_permissions(&dir, mode(0o700))
-                .and_then(|()| std::fs::set_permissions(&socket, mode(0o666)))
+            std::fs::set_permissions(&socket, mode(0o666))
                 .map_err(|e| Error::Setup(format!("egress socket permissions: {e}")))?;
             proxy_socket = Some(socket);
             let url = format!("http://127.0.0.1:{PROXY_PORT_INSIDE}");
@@ -272,11 +278,6 @@ impl Sandbox {
             read_only: canonical(&self.profile.read_only)?,
             read_write: canonical(&self.profile.read_write)?,
             drop_to: (euid == 0).then_some(self.options.sandbox_id),
-            cgroup_procs: child
-                .cgroup
-                .as_ref()
-                .map(Cgroup::procs_files)
-                .unwrap_or_default(),
             open_files: limits.open_files,
             file_size_bytes: limits.file_size_bytes,
             cpu_seconds: limits.timeout.as_secs().saturating_add(1),
@@ -290,10 +291,22 @@ impl Sandbox {
 
         let program = match &self.options.helper {
             HelperBinary::CurrentExe => PathBuf::from("/proc/self/exe"),
-            HelperBinary::Path(p) => p.clone(),
+            HelperBinary::Path(p) => std::path::absolute(p)
+                .map_err(|e| Error::Setup(format!("helper path `{}`: {e}", p.display())))?,
         };
         let (config_r, config_w) = sys::pipe().map_err(|e| Error::Setup(format!("pipe: {e}")))?;
         let (report_r, report_w) = sys::pipe().map_err(|e| Error::Setup(format!("pipe: {e}")))?;
+        let mut config_w = Some(std::fs::File::from(config_w));
+        let send = |w: &mut std::fs::File| {
+            w.write_all(&json)
+                .map_err(|e| Error::Setup(format!("cannot send the configuration: {e}")))
+        };
+        // A configuration that fits in the pipe goes in before the helper starts, so the helper
+        // never waits for the caller to be scheduled again.
+        let sent_early = json.len() <= PIPE_SAFE_BYTES;
+        if sent_early && let Some(mut w) = config_w.take() {
+            send(&mut w)?;
+        }
         let [stdin, stdout, stderr] = stdio;
         let mut cmd = Command::new(&program);
         cmd.arg(HELPER_ARG)
@@ -302,19 +315,25 @@ impl Sandbox {
             .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr);
-        let mut helper =
-            sys::spawn_with_fds(&mut cmd, vec![(config_r, CONFIG_FD), (report_w, REPORT_FD)])
-                .map_err(|e| {
-                    Error::Setup(format!("cannot start helper `{}`: {e}", program.display()))
-                })?;
+        // The helper moves itself into its cgroups between fork and exec: it never runs, and
+        // nothing it starts runs, outside them.
+        let procs = child
+            .cgroup
+            .as_ref()
+            .map(Cgroup::procs_files)
+            .unwrap_or_default();
+        let fds = vec![(config_r, CONFIG_FD), (report_w, REPORT_FD)];
+        let mut helper = sys::spawn_with_fds(&mut cmd, fds, &procs).map_err(|e| {
+            Error::Setup(format!("cannot start helper `{}`: {e}", program.display()))
+        })?;
         child.pid = i32::try_from(helper.id()).unwrap_or(0);
         child.stdin = helper.stdin.take();
         child.stdout = helper.stdout.take();
         child.stderr = helper.stderr.take();
         child.helper = Some(helper);
-        std::fs::File::from(config_w)
-            .write_all(&json)
-            .map_err(|e| Error::Setup(format!("cannot send the configuration: {e}")))?;
+        if let Some(mut w) = config_w.take() {
+            send(&mut w)?;
+        }
         let mut report = String::new();
         let _ = std::fs::File::from(report_r).read_to_string(&mut report);
         if !report.is_empty() {
@@ -335,12 +354,63 @@ impl Sandbox {
     ) -> Result<Outcome, Error> {
         let mut child = self.spawn(argv, [stdin, Stdio::piped(), Stdio::piped()])?;
         let cap = self.profile.limits.output_bytes;
-        let out = child.stdout.take().map(|s| capped_copy(s, stdout, cap));
-        let err = child.stderr.take().map(|s| capped_copy(s, stderr, cap));
-        let timed_out = child.wait_timeout(self.profile.limits.timeout)?;
+        let mut out = CappedStream::new(child.stdout.take(), stdout, cap);
+        let mut err = CappedStream::new(child.stderr.take(), stderr, cap);
+        let pidfd = child.pidfd()?;
+        let deadline = Instant::now().checked_add(self.profile.limits.timeout);
+        let mut exited_at: Option<Instant> = None;
+        let mut timed_out = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        // One thread multiplexes output, exit and the deadline: no helper threads to schedule.
+        loop {
+            let mut fds = Vec::with_capacity(3);
+            fds.extend(out.raw_fd());
+            fds.extend(err.raw_fd());
+            let streams = fds.len();
+            if exited_at.is_none() {
+                fds.push(pidfd.as_raw_fd());
+            }
+            if fds.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            let wait_until = match exited_at {
+                // Output still open after the sandbox ended: give writers a moment, then stop.
+                Some(at) => Some(at + EXIT_DRAIN),
+                None if timed_out => None,
+                None => deadline,
+            };
+            let ms = wait_until.map(|t| {
+                let left = t.saturating_duration_since(now).as_millis();
+                u64::try_from(left).unwrap_or(u64::MAX)
+            });
+            let ready =
+                sys::poll_readable(&fds, ms).map_err(|e| Error::Setup(format!("poll: {e}")))?;
+            if !ready.iter().any(|r| *r) {
+                if exited_at.is_some() {
+                    break;
+                }
+                timed_out = true;
+                child.kill();
+                continue;
+            }
+            let mut i = 0;
+            for stream in [&mut out, &mut err] {
+                if stream.raw_fd().is_some() {
+                    if ready.get(i).copied().unwrap_or(false) {
+                        stream.read_once(&mut buf);
+                    }
+                    i += 1;
+                }
+            }
+            if exited_at.is_none() && ready.get(streams).copied().unwrap_or(false) {
+                exited_at = Some(Instant::now());
+            }
+        }
+        child.reap()?;
         let mut outcome = child.finish(timed_out);
-        outcome.stdout_truncated = out.and_then(|h| h.join().ok()).unwrap_or(false);
-        outcome.stderr_truncated = err.and_then(|h| h.join().ok()).unwrap_or(false);
+        outcome.stdout_truncated = out.truncated;
+        outcome.stderr_truncated = err.truncated;
         Ok(outcome)
     }
 
@@ -349,56 +419,102 @@ impl Sandbox {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        if userns == 0 {
-            return Err(Error::Unsupported(
-                "user namespaces are disabled (user.max_user_namespaces = 0)".to_owned(),
-            ));
-        }
-        let abi = sys::landlock_abi();
-        if abi < 6 {
-            let what =
-                format!("landlock abi {abi} (6 needed for filesystem, tcp and scoping rules)");
-            if !self.options.weakening.allow_without_landlock {
-                return Err(Error::Unsupported(what));
-            }
-            weakened.push(what);
-        }
-        if crate::seccomp::program().is_none() {
-            return Err(Error::Unsupported(
-                "no seccomp filter for this architecture".to_owned(),
-            ));
-        }
+        let features = KernelFeatures {
+            user_namespaces: userns > 0,
+            landlock_abi: sys::landlock_abi(),
+            seccomp_filter: crate::seccomp::program().is_some(),
+        };
+        weakened.extend(features.verdict(self.options.weakening)?);
         Ok(())
     }
 }
 
-fn capped_copy<R: Read + Send + 'static>(
-    mut from: R,
-    mut to: Box<dyn Write + Send>,
-    cap: u64,
-) -> JoinHandle<bool> {
-    std::thread::spawn(move || {
-        let mut kept = 0u64;
-        let mut truncated = false;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let room = usize::try_from(cap.saturating_sub(kept)).unwrap_or(usize::MAX);
-            let take = n.min(room);
-            if take < n {
-                truncated = true;
-            }
-            if take > 0 {
-                let _ = to.write_all(buf.get(..take).unwrap_or_default());
-                let _ = to.flush();
-                kept += take as u64;
-            }
+/// What the running kernel offers the sandbox.
+#[derive(Debug, Clone, Copy)]
+struct KernelFeatures {
+    user_namespaces: bool,
+    landlock_abi: u32,
+    seccomp_filter: bool,
+}
+
+impl KernelFeatures {
+    /// Refuses when a protection is missing and not explicitly given up; returns the list of
+    /// protections given up otherwise. User namespaces and seccomp cannot be given up: without
+    /// them there is no sandbox at all.
+    fn verdict(self, weakening: Weakening) -> Result<Vec<String>, Error> {
+        if !self.user_namespaces {
+            return Err(Error::Unsupported(
+                "user namespaces (user.max_user_namespaces = 0)".to_owned(),
+            ));
         }
-        truncated
-    })
+        if !self.seccomp_filter {
+            return Err(Error::Unsupported(
+                "a seccomp filter for this architecture".to_owned(),
+            ));
+        }
+        let mut weakened = Vec::new();
+        if self.landlock_abi < 6 {
+            let abi = self.landlock_abi;
+            let what = format!("landlock abi 6 (filesystem, tcp and scoping rules; found {abi})");
+            if !weakening.allow_without_landlock {
+                return Err(Error::Unsupported(what));
+            }
+            weakened.push(format!("without {what}"));
+        }
+        Ok(weakened)
+    }
+}
+
+/// One output stream of [`Sandbox::run`]: the first `cap` bytes go to `sink`, the rest is read
+/// and dropped so the command never blocks on a full pipe.
+struct CappedStream {
+    source: Option<std::fs::File>,
+    sink: Box<dyn Write + Send>,
+    cap: u64,
+    kept: u64,
+    truncated: bool,
+}
+
+impl CappedStream {
+    fn new(source: Option<impl Into<OwnedFd>>, sink: Box<dyn Write + Send>, cap: u64) -> Self {
+        let source = source.map(|s| std::fs::File::from(s.into()));
+        Self {
+            source,
+            sink,
+            cap,
+            kept: 0,
+            truncated: false,
+        }
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        self.source.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// One read (the descriptor is readable, so it does not block); closes at end of file.
+    fn read_once(&mut self, buf: &mut [u8]) {
+        let Some(source) = self.source.as_mut() else {
+            return;
+        };
+        let n = match source.read(buf) {
+            Ok(0) | Err(_) => {
+                self.source = None;
+                let _ = self.sink.flush();
+                return;
+            }
+            Ok(n) => n,
+        };
+        let room = usize::try_from(self.cap.saturating_sub(self.kept)).unwrap_or(usize::MAX);
+        let take = n.min(room);
+        if take < n {
+            self.truncated = true;
+        }
+        if take > 0 {
+            let _ = self.sink.write_all(buf.get(..take).unwrap_or_default());
+            let _ = self.sink.flush();
+            self.kept += take as u64;
+        }
+    }
 }
 
 impl SandboxedChild {
@@ -410,22 +526,37 @@ impl SandboxedChild {
     /// Waits up to `timeout` for the command; on expiry kills the whole sandbox. Returns whether
     /// it timed out.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool, Error> {
-        let Some(mut helper) = self.helper.take() else {
+        if self.helper.is_none() {
             return Ok(false);
-        };
-        let (tx, rx) = mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let status = helper.wait();
-            let _ = tx.send(());
-            status
-        });
-        let timed_out = rx.recv_timeout(timeout).is_err();
+        }
+        let pidfd = self.pidfd()?;
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let ready = sys::poll_readable(&[pidfd.as_raw_fd()], Some(ms))
+            .map_err(|e| Error::Setup(format!("poll: {e}")))?;
+        let timed_out = !ready.first().copied().unwrap_or(false);
         if timed_out {
             self.kill();
         }
-        let status = waiter
-            .join()
-            .map_err(|_| Error::Setup("waiter thread panicked".to_owned()))?
+        self.reap()?;
+        Ok(timed_out)
+    }
+
+    /// A descriptor that becomes readable when the helper exits.
+    fn pidfd(&mut self) -> Result<OwnedFd, Error> {
+        sys::pidfd_open(self.pid).map_err(|e| {
+            // Fail closed: without it there is no timeout, so end the sandbox now.
+            self.kill();
+            Error::Setup(format!("pidfd_open: {e}"))
+        })
+    }
+
+    /// Waits for the helper and records its status.
+    fn reap(&mut self) -> Result<(), Error> {
+        let Some(mut helper) = self.helper.take() else {
+            return Ok(());
+        };
+        let status = helper
+            .wait()
             .map_err(|e| Error::Setup(format!("wait: {e}")))?;
         // Reaped: the pid may be reused from now on.
         self.pid = 0;
@@ -433,7 +564,7 @@ impl SandboxedChild {
             use std::os::unix::process::ExitStatusExt;
             status.signal().map(|s| 128 + s)
         });
-        Ok(timed_out)
+        Ok(())
     }
 
     /// Kills every process of the sandbox.
@@ -493,5 +624,48 @@ impl Drop for SandboxedChild {
     fn drop(&mut self) {
         self.kill();
         self.cleanup();
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_kernel_features_refuse_unless_given_up() {
+        let full = KernelFeatures {
+            user_namespaces: true,
+            landlock_abi: 7,
+            seccomp_filter: true,
+        };
+        assert!(full.verdict(Weakening::default()).unwrap().is_empty());
+        let old = KernelFeatures {
+            landlock_abi: 3,
+            ..full
+        };
+        assert!(matches!(
+            old.verdict(Weakening::default()),
+            Err(Error::Unsupported(_))
+        ));
+        let allow = Weakening {
+            allow_without_landlock: true,
+            ..Weakening::default()
+        };
+        assert_eq!(old.verdict(allow).unwrap().len(), 1);
+        let no_userns = KernelFeatures {
+            user_namespaces: false,
+            ..full
+        };
+        let all = Weakening {
+            allow_without_landlock: true,
+            allow_without_cgroups: true,
+        };
+        assert!(no_userns.verdict(all).is_err());
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! [`Sandbox::spawn`] starts a command (for example a stdio MCP server) and [`Sandbox::run`] runs
 //! one to completion. The caller re-executes its own binary as a single-threaded helper (its
-//! `main` must call [`run_helper_if_requested`] first), which joins memory and pids cgroups, sets
-//! rlimits, drops to a dedicated uid when root, unshares user, mount, network, pid, ipc, uts and
-//! cgroup namespaces, and pivots into a fresh read-only tmpfs root holding `/usr`, a few `/etc`
+//! `main` must call [`run_helper_if_requested`] first), which is moved into memory and pids
+//! cgroups before it gets its configuration, then sets rlimits, drops to a dedicated uid when
+//! root, unshares user, mount, network, pid, ipc, uts and cgroup namespaces, and pivots into a fresh read-only tmpfs root holding `/usr`, a few `/etc`
 //! files, the granted paths, a new `/proc`, a private `/tmp` and four devices. The command then
 //! gets no-new-privs, Landlock (filesystem, TCP, signal and abstract-socket scoping), no
 //! capabilities, no inherited descriptors and a seccomp filter before `exec`.

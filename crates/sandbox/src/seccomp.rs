@@ -6,7 +6,8 @@
 //! process_vm_*, mount and the whole new mount API, unshare/setns, chroot/pivot_root,
 //! open_by_handle_at, module and kexec loading, and `clone` with any namespace flag. `clone3`
 //! returns `ENOSYS` (its flags live in memory, where BPF cannot look; libcs then fall back to
-//! `clone`). `ioctl` with `TIOCSTI`/`TIOCLINUX` (low 32 bits, as the kernel reads them) is
+//! `clone`), as does `openat2`. Modes with setuid/setgid bits are refused in chmod, open, mknod
+//! and mkdir (see [`mode_syscalls`]). `ioctl` with `TIOCSTI`/`TIOCLINUX` (low 32 bits, as the kernel reads them) is
 //! denied; `socket` only creates unix, inet and inet6 sockets. On x86-64, a foreign architecture
 //! (i386 via `int 0x80`) kills the process and x32 syscall numbers are denied.
 
@@ -52,6 +53,37 @@ const AUDIT_ARCH: u32 = 0xc000_00b7;
 /// `open_tree_attr(2)` (Linux 6.15), not yet in `libc`.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const SYS_OPEN_TREE_ATTR: i64 = 467;
+
+/// `fchmodat2(2)` (Linux 6.6), not in `libc` for every architecture.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_FCHMODAT2: i64 = 452;
+
+/// Set-user-ID and set-group-ID mode bits.
+const SETID_BITS: u32 = 0o6000;
+
+/// Syscalls that take a file mode, with the index of that argument. A mode with setuid or
+/// setgid bits is refused: a file the sandbox creates in an id-mapped read-write grant belongs,
+/// on the host, to the grant's owner (often root), and must never become a set-id program there.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn mode_syscalls() -> Vec<(i64, u32)> {
+    let mut list = vec![
+        (libc::SYS_fchmod, 1),
+        (libc::SYS_fchmodat, 2),
+        (SYS_FCHMODAT2, 2),
+        (libc::SYS_openat, 3),
+        (libc::SYS_mknodat, 2),
+        (libc::SYS_mkdirat, 2),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    list.extend([
+        (libc::SYS_chmod, 1),
+        (libc::SYS_open, 2),
+        (libc::SYS_creat, 1),
+        (libc::SYS_mknod, 1),
+        (libc::SYS_mkdir, 1),
+    ]);
+    list
+}
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn denied_syscalls() -> Vec<i64> {
@@ -146,7 +178,19 @@ pub(crate) fn program() -> Option<Vec<sock_filter>> {
             p.push(jump(BPF_JEQ_K, nr(sys), 0, 1));
             p.push(stmt(BPF_RET_K, errno(libc::EPERM)));
         }
+        for (sys, arg) in mode_syscalls() {
+            p.extend([
+                jump(BPF_JEQ_K, nr(sys), 0, 4),
+                stmt(BPF_LD_W_ABS, offset_arg_low(arg)),
+                jump(BPF_JSET_K, SETID_BITS, 0, 1),
+                stmt(BPF_RET_K, errno(libc::EPERM)),
+                stmt(BPF_RET_K, RET_ALLOW),
+            ]);
+        }
         p.extend([
+            // openat2 keeps its mode in memory, out of BPF's reach; libcs fall back to openat.
+            jump(BPF_JEQ_K, nr(libc::SYS_openat2), 0, 1),
+            stmt(BPF_RET_K, errno(libc::ENOSYS)),
             jump(BPF_JEQ_K, nr(libc::SYS_clone3), 0, 1),
             stmt(BPF_RET_K, errno(libc::ENOSYS)),
             // clone: refuse namespace flags in the first argument.
@@ -255,6 +299,16 @@ mod tests {
             decide(libc::SYS_ioctl, [0, (1 << 32) | 0x5412, 0, 0, 0, 0]),
             eperm
         );
+        let setuid = [0, 0o4755, 0, 0, 0, 0];
+        assert_eq!(decide(libc::SYS_fchmod, setuid), eperm);
+        assert_eq!(decide(libc::SYS_fchmodat, [0, 0, 0o2755, 0, 0, 0]), eperm);
+        assert_eq!(decide(libc::SYS_openat, [0, 0, 0o100, 0o4755, 0, 0]), eperm);
+        assert_eq!(decide(libc::SYS_fchmod, [0, 0o755, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            decide(libc::SYS_openat, [0, 0, 0o100, 0o644, 0, 0]),
+            RET_ALLOW
+        );
+        assert_eq!(decide(libc::SYS_openat2, [0; 6]), errno(libc::ENOSYS));
         let netlink = libc::AF_NETLINK as u64;
         assert_eq!(
             decide(libc::SYS_socket, [netlink, 3, 0, 0, 0, 0]),

@@ -1,14 +1,17 @@
 //! The crate's only `unsafe`: thin, checked wrappers over the Linux system calls the launcher
 //! needs. Each wrapper converts a C return value into an `io::Result` and owns any descriptor it
 //! creates; nothing here holds state or decides policy.
-#![allow(unsafe_code)]
+#![expect(
+    unsafe_code,
+    reason = "the one module that talks to the kernel directly: namespaces, mounts, seccomp, capabilities"
+)]
 
 use std::ffi::{CString, c_int, c_long, c_uint, c_ulong, c_void};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `open_tree(2)` flag: clone the mount tree instead of opening it in place.
@@ -65,16 +68,32 @@ fn fd_from_ret(ret: c_long) -> io::Result<OwnedFd> {
 }
 
 /// Spawns `cmd` with `fds` duplicated onto the given descriptor numbers in the child (clearing
-/// close-on-exec there only, so no other concurrently spawned child inherits them).
+/// close-on-exec there only, so no other concurrently spawned child inherits them), after the
+/// child has moved itself into each cgroup whose `cgroup.procs` path is in `cgroup_procs`
+/// (writing `0` moves the writer), so it runs nothing outside them.
 pub(crate) fn spawn_with_fds(
     cmd: &mut Command,
     fds: Vec<(OwnedFd, RawFd)>,
+    cgroup_procs: &[PathBuf],
 ) -> io::Result<std::process::Child> {
     let raw: Vec<(RawFd, RawFd)> = fds.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect();
-    // SAFETY: the closure only calls `dup2`/`fcntl`, which are async-signal-safe, and touches
-    // no allocation or lock; `raw` was built before the fork.
+    let procs: Vec<CString> = cgroup_procs
+        .iter()
+        .map(|p| cstr(p))
+        .collect::<io::Result<_>>()?;
+    // SAFETY: the closure only calls `open`, `write`, `close`, `dup2` and `fcntl`, which are
+    // async-signal-safe, and touches no allocation or lock; `raw` and `procs` were built before
+    // the fork and are only read.
     unsafe {
         cmd.pre_exec(move || {
+            for path in &procs {
+                let fd = check(libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC))?;
+                let written = libc::write(fd, c"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             for &(from, to) in &raw {
                 if from == to {
                     let flags = check(libc::fcntl(from, libc::F_GETFD))?;
@@ -89,6 +108,35 @@ pub(crate) fn spawn_with_fds(
     let child = cmd.spawn();
     drop(fds);
     child
+}
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when process `pid` exits.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall on integers.
+    fd_from_ret(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as c_uint) })
+}
+
+/// `poll(2)` for readability on `fds`, retrying on `EINTR` (with the same timeout). Returns, per
+/// descriptor, whether it is readable or hung up. A `None` timeout waits indefinitely.
+pub(crate) fn poll_readable(fds: &[RawFd], timeout_ms: Option<u64>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let timeout = timeout_ms.map_or(-1, |ms| c_int::try_from(ms).unwrap_or(c_int::MAX));
+    loop {
+        let n = libc::nfds_t::try_from(pfds.len()).unwrap_or(0);
+        // SAFETY: `pfds` is a valid array of `n` pollfd structures for the call's duration.
+        match check(unsafe { libc::poll(pfds.as_mut_ptr(), n, timeout) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(pfds.iter().map(|p| p.revents != 0).collect()),
+        }
+    }
 }
 
 /// The result of [`fork`].
@@ -146,12 +194,6 @@ pub(crate) fn status_code(status: c_int) -> i32 {
 pub(crate) fn kill(pid: libc::pid_t, signal: c_int) -> io::Result<()> {
     // SAFETY: plain syscall on integers.
     check(unsafe { libc::kill(pid, signal) }).map(drop)
-}
-
-/// `getpid(2)`.
-pub(crate) fn getpid() -> libc::pid_t {
-    // SAFETY: plain syscall without arguments.
-    unsafe { libc::getpid() }
 }
 
 /// Effective uid and gid.

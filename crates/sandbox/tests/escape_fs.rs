@@ -294,6 +294,42 @@ fn setuid_binaries_gain_nothing() {
 }
 
 #[test]
+fn set_id_files_cannot_be_planted_in_a_grant() {
+    // A root-owned grant is id-mapped: what the sandbox creates there is root's on the host, so a
+    // setuid bit would hand a root program to every host user.
+    let granted = tempdir();
+    let g = |f: &str| granted.path().join(f).to_str().unwrap().to_owned();
+    std::fs::write(granted.path().join("bin"), "#!/bin/sh\n").unwrap();
+    for (action, mode) in [
+        ("chmod", "4755"),
+        ("chmod", "2755"),
+        ("create-mode", "4755"),
+    ] {
+        let target = if action == "chmod" {
+            g("bin")
+        } else {
+            g(&format!("new{mode}"))
+        };
+        assert_denied(
+            &inside(rw(granted.path()), &[action, &target, mode]),
+            &format!("{action} {mode}"),
+        );
+    }
+    assert_ok_inside(
+        &inside(rw(granted.path()), &["chmod", &g("bin"), "0755"]),
+        "plain chmod",
+    );
+    assert_ok_inside(
+        &inside(rw(granted.path()), &["create-mode", &g("plain"), "0644"]),
+        "plain create",
+    );
+    assert_ok_outside(
+        &outside(&["chmod", &g("bin"), "4755"]),
+        "setuid chmod outside",
+    );
+}
+
+#[test]
 fn nested_namespaces_mounts_and_dangerous_syscalls_are_denied() {
     let cases: &[&[&str]] = &[
         &["unshare"],
@@ -331,4 +367,89 @@ fn nested_namespaces_mounts_and_dangerous_syscalls_are_denied() {
     }
     // clone3 is refused with ENOSYS so that libcs fall back to clone.
     assert!(lines[3].contains("ENOSYS"), "{}", lines[3]);
+}
+
+#[test]
+fn spawn_pipes_stdio_for_a_long_running_server() {
+    use std::io::{BufRead, BufReader, Write as _};
+    let sandbox = warden_sandbox::Sandbox::new(Profile::default(), options());
+    let argv = vec!["/bin/cat".to_owned()];
+    let stdio = [
+        std::process::Stdio::piped(),
+        std::process::Stdio::piped(),
+        std::process::Stdio::null(),
+    ];
+    let mut child = sandbox.spawn(&argv, stdio).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for msg in ["{\"jsonrpc\":\"2.0\",\"id\":1}", "second"] {
+        writeln!(stdin, "{msg}").unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), msg);
+    }
+    drop(stdin);
+    let outcome = child.wait().unwrap();
+    assert_eq!(outcome.ending, Ending::Exited { code: 0 });
+}
+
+#[test]
+fn setup_errors_are_reported_not_run() {
+    let sandbox = warden_sandbox::Sandbox::new(Profile::default(), options());
+    let err = sandbox
+        .run(
+            &["/nonexistent/cmd".to_owned()],
+            std::process::Stdio::null(),
+            Box::new(std::io::sink()),
+            Box::new(std::io::sink()),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot execute `/nonexistent/cmd`"),
+        "{err}"
+    );
+    let missing = Profile {
+        read_only: vec!["/nonexistent/grant".into()],
+        ..Profile::default()
+    };
+    let err = warden_sandbox::Sandbox::new(missing, options())
+        .run(
+            &["/bin/true".to_owned()],
+            std::process::Stdio::null(),
+            Box::new(std::io::sink()),
+            Box::new(std::io::sink()),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/grant"), "{err}");
+}
+
+#[test]
+fn an_unprivileged_caller_gets_the_same_sandbox() {
+    // The helper started without root (through setpriv): no uid drop, no id-mapping; the user
+    // namespace alone gives it what it needs to build the root.
+    let dir = tempdir();
+    let wrapper = dir.path().join("unprivileged-helper");
+    let text = format!(
+        "#!/bin/sh\nexec setpriv --reuid 64100 --regid 64100 --clear-groups --inh-caps=-all {} \"$@\"\n",
+        helper().display()
+    );
+    std::fs::write(&wrapper, text).unwrap();
+    set_mode(&wrapper, 0o755);
+    let granted = dir.path().join("rw");
+    std::fs::create_dir(&granted).unwrap();
+    std::os::unix::fs::chown(&granted, Some(64100), Some(64100)).unwrap();
+    let mut opts = options();
+    opts.helper = warden_sandbox::HelperBinary::Path(wrapper);
+    let probe = probe().to_str().unwrap().to_owned();
+    let own = granted.join("x").to_str().unwrap().to_owned();
+    let script = format!(
+        "id -u; {probe} write {own}; {probe} write /etc/x; {probe} read /etc/shadow; {probe} unshare; {probe} tcp 127.0.0.1 22"
+    );
+    let r = run_with(rw(&granted), opts, &["/bin/sh", "-c", &script]);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"64100"), "{r:?}");
+    assert_eq!(lines.get(1), Some(&"OK"), "{r:?}");
+    for line in lines.iter().skip(2) {
+        assert!(line.starts_with("DENIED"), "{r:?}");
+    }
+    assert_eq!(lines.len(), 6, "{r:?}");
 }
