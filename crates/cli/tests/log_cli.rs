@@ -143,3 +143,72 @@ fn verify_reports_damage_with_exit_1() {
         "{text}"
     );
 }
+
+#[test]
+fn check_appends_its_decision_and_prints_a_receipt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = warden(&["init", tmp.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = tmp.path().join("warden.toml").display().to_string();
+    let dir = tmp.path().join("log").display().to_string();
+    let deny = warden(&[
+        "check",
+        "--config",
+        &cfg,
+        "--agent",
+        "trading-analyzer",
+        "--tool",
+        "shell/exec",
+        "--args",
+        r#"{"command":"ls"}"#,
+        "--log",
+        &dir,
+    ]);
+    assert_eq!(deny.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&deny.stdout);
+    assert!(
+        out.contains("logged: record 0; receipt:\nc2sp.org/tlog-proof@v1\nindex 0\n"),
+        "{out}"
+    );
+    let allow = warden(&[
+        "check",
+        "--config",
+        &cfg,
+        "--agent",
+        "trading-analyzer",
+        "--tool",
+        "market/query_market_data",
+        "--args",
+        r#"{"exchange":"NYSE","symbol":"ACME"}"#,
+        "--log",
+        &dir,
+        "--json",
+    ]);
+    assert_eq!(
+        allow.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allow.stderr)
+    );
+    // With --json the record is on stdout and the receipt on stderr; the receipt proves the record.
+    let record = String::from_utf8(allow.stdout).unwrap();
+    let record = record.trim_end();
+    std::fs::write(tmp.path().join("rec.json"), record).unwrap();
+    std::fs::write(tmp.path().join("rec.tlog-proof"), &allow.stderr).unwrap();
+    let v = ok(&[
+        "log",
+        "check-proof",
+        &tmp.path().join("rec.tlog-proof").display().to_string(),
+        "--entry",
+        &tmp.path().join("rec.json").display().to_string(),
+        "--key",
+        &format!("{dir}/log.pub"),
+    ]);
+    assert!(v.starts_with("valid: entry is record 1"), "{v}");
+    let show = ok(&["log", "show", &dir]);
+    assert!(
+        show.contains(" deny ") && show.contains(" allow "),
+        "{show}"
+    );
+    assert!(ok(&["log", "verify", &dir]).starts_with("ok: 2 records"));
+}

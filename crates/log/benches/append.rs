@@ -99,6 +99,26 @@ fn run(appenders: usize, max_batch: usize, duration: Duration) -> Outcome {
     }
 }
 
+/// The device's own cost: append 512 bytes and `fdatasync`, `n` times.
+fn raw_fdatasync(n: usize) -> (Duration, Duration) {
+    use std::io::Write as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(tmp.path().join("probe")).unwrap();
+    let mut lat: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            f.write_all(&[7u8; 512]).unwrap();
+            f.sync_data().unwrap();
+            t0.elapsed()
+        })
+        .collect();
+    lat.sort();
+    (
+        lat[lat.len() / 2],
+        lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+    )
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--test");
     let duration = if quick {
@@ -106,6 +126,12 @@ fn main() {
     } else {
         Duration::from_secs(4)
     };
+    let (p50, p99) = raw_fdatasync(if quick { 5 } else { 500 });
+    println!(
+        "raw write+fdatasync of 512 bytes: p50 {:.2} ms, p99 {:.2} ms\n",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
     println!(
         "| appenders | mode | records | records/s | p50 ack | p99 ack | segment bytes / record bytes |"
     );

@@ -314,9 +314,21 @@ impl Log {
                 dir.display()
             )));
         }
-        fs::create_dir_all(&seg_dir)
-            .map_err(|e| LogError::io(format!("creating `{}`", seg_dir.display()), e))?;
-        create_segment(dir, 0)?;
+        // Built under a temporary name and renamed: `segments/` exists only with its first
+        // segment in it, whatever moment a crash hits.
+        let tmp_dir = dir.join("segments.creating");
+        let _ = fs::remove_dir_all(&tmp_dir);
+        fs::create_dir_all(&tmp_dir)
+            .map_err(|e| LogError::io(format!("creating `{}`", tmp_dir.display()), e))?;
+        let first = tmp_dir.join(format!("{:020}.seg", 0));
+        let mut f = File::create(&first)
+            .map_err(|e| LogError::io(format!("creating `{}`", first.display()), e))?;
+        f.write_all(&encode_segment_header(0))
+            .and_then(|()| f.sync_all())
+            .map_err(|e| LogError::io(format!("writing `{}`", first.display()), e))?;
+        segment::sync_dir(&tmp_dir)?;
+        fs::rename(&tmp_dir, &seg_dir)
+            .map_err(|e| LogError::io(format!("renaming `{}`", tmp_dir.display()), e))?;
         segment::sync_dir(dir)?;
         Self::open(dir, signer, options)
     }
@@ -593,17 +605,34 @@ impl Drop for Log {
 }
 
 fn create_segment(dir: &Path, first: u64) -> Result<File, LogError> {
+    // Written under a temporary name and renamed, so a crash leaves either no segment or one
+    // with a complete header (never a half-written header that would block recovery).
     let path = segment_path(dir, first);
-    let mut f = fs::OpenOptions::new()
-        .create_new(true)
+    let tmp = path.with_extension("seg.tmp");
+    let ctx = |what: &str, p: &Path| format!("{what} `{}`", p.display());
+    {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| LogError::io(ctx("creating", &tmp), e))?;
+        f.write_all(&encode_segment_header(first))
+            .and_then(|()| f.sync_all())
+            .map_err(|e| LogError::io(ctx("writing", &tmp), e))?;
+    }
+    if path.exists() {
+        return Err(LogError::Corrupt(format!(
+            "segment `{}` already exists",
+            path.display()
+        )));
+    }
+    fs::rename(&tmp, &path).map_err(|e| LogError::io(ctx("renaming", &tmp), e))?;
+    segment::sync_dir(&segments_dir(dir))?;
+    fs::OpenOptions::new()
         .append(true)
         .open(&path)
-        .map_err(|e| LogError::io(format!("creating `{}`", path.display()), e))?;
-    f.write_all(&encode_segment_header(first))
-        .and_then(|()| f.sync_all())
-        .map_err(|e| LogError::io(format!("writing `{}`", path.display()), e))?;
-    segment::sync_dir(&segments_dir(dir))?;
-    Ok(f)
+        .map_err(|e| LogError::io(ctx("opening", &path), e))
 }
 
 /// The JSON `id` field of a record, if it is a JSON object with a string `id`.

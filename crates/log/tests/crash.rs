@@ -75,7 +75,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let delay = Duration::from_millis(5 + rng % 60);
+        let delay = Duration::from_millis(15 + rng % 100);
         let mut child = Command::new(&exe)
             .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &dir)

@@ -521,3 +521,55 @@ fn key_files_are_private_and_checked() {
     let err = Log::open_or_create(dir, ORIGIN, &mut no_entropy, LogOptions::default()).unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
+
+#[test]
+fn handles_can_cross_threads_and_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Log>();
+    send_sync::<warden_log::LogWriter>();
+    send::<warden_log::Ticket>();
+    send_sync::<warden_log::Appended>();
+}
+
+fn append_concurrently(dir: &Path, options: LogOptions, threads: u64, each: u64) {
+    let log = Log::create(dir, signer(), options).unwrap();
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            let w = log.writer();
+            std::thread::spawn(move || {
+                for i in 0..each {
+                    w.append(record(t * 1000 + i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    log.close().unwrap();
+}
+
+#[test]
+fn concurrent_appends_share_frames_unless_batching_is_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grouped = LogOptions {
+        batch_wait: std::time::Duration::from_millis(2),
+        publish: false,
+        ..LogOptions::default()
+    };
+    append_concurrently(tmp.path(), grouped, 16, 10);
+    let r = verify_dir(tmp.path(), &verifier(), &mut |_, _| {}).unwrap();
+    assert_eq!(r.size, 160);
+    assert!(r.frames < 80, "{} frames for 160 records", r.frames);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let one_by_one = LogOptions {
+        max_batch: 1,
+        publish: false,
+        ..LogOptions::default()
+    };
+    append_concurrently(tmp.path(), one_by_one, 4, 10);
+    let r = verify_dir(tmp.path(), &verifier(), &mut |_, _| {}).unwrap();
+    assert_eq!((r.size, r.frames), (40, 40));
+}

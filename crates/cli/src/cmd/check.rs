@@ -46,6 +46,11 @@ pub(crate) struct CheckArgs {
     /// On allow, write the certificate (JSON) to this file.
     #[arg(long, value_name = "FILE")]
     cert_out: Option<PathBuf>,
+    // ---- log ----
+    /// Append the decision record to the transparency log in DIR (created if missing) before
+    /// reporting it, and print its `tlog-proof` receipt (to stdout, or to stderr with `--json`).
+    #[arg(long, value_name = "DIR")]
+    log: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: &CheckArgs) -> ExitCode {
@@ -56,6 +61,18 @@ pub(crate) fn run(args: &CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // ---- log ----
+    // The decision is durable in the log before it is reported (acknowledged = durable).
+    let receipt = match &args.log {
+        Some(dir) => match super::log::append_record(dir, enforcement.record.to_jcs_bytes()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     if args.json {
         println!(
             "{}",
@@ -63,6 +80,16 @@ pub(crate) fn run(args: &CheckArgs) -> ExitCode {
         );
     } else {
         print_decision(&enforcement);
+    }
+    // ---- log ----
+    if let Some((index, receipt)) = &receipt {
+        let text = String::from_utf8_lossy(receipt);
+        if args.json {
+            eprint!("{text}");
+        } else {
+            println!("logged: record {index}; receipt:");
+            print!("{text}");
+        }
     }
     match &enforcement.decision {
         Decision::Allow(cert) => {

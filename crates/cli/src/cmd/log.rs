@@ -313,6 +313,17 @@ pub(crate) fn open_or_create(dir: &Path, origin: Option<&str>) -> Result<Log> {
         .with_context(|| format!("opening log `{}`", dir.display()))
 }
 
+/// Appends one record to the log in `dir` (opening or creating it) and returns its index and
+/// encoded `tlog-proof` receipt once it is durable.
+pub(crate) fn append_record(dir: &Path, record: Vec<u8>) -> Result<(u64, Vec<u8>)> {
+    let log = open_or_create(dir, None)?;
+    let appended = log
+        .append(record)
+        .with_context(|| format!("appending to log `{}`", dir.display()))?;
+    log.close()?;
+    Ok((appended.index, appended.receipt.encode()))
+}
+
 fn parse_key(key: &str) -> Result<NoteVerifier> {
     let path = Path::new(key);
     if path.is_file() {
