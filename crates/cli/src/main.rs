@@ -21,18 +21,45 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // ---- kernel ----
-
+    /// Write a working starter (manifest, Cedar policy, signing key) into a directory.
+    Init(cmd::init::InitArgs),
+    /// Validate the policy, or print the Cedar the manifest became.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
+    /// Decide one tool call (exit 0 allow, 1 deny, 3 needs approval, 2 usage error).
+    Check(cmd::check::CheckArgs),
+    /// Work with call certificates.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCommand),
+    /// Play a short multi-agent story through real kernel decisions.
+    Demo(cmd::demo::DemoArgs),
     // ---- log ----
-
+    /// The transparency log: verify, prove, check proofs, show and export decisions.
+    Log(cmd::log::LogArgs),
     // ---- sandbox ----
-
+    /// Run a command in a sandbox (minimal root, no network but allowlisted hosts, limits).
+    Run(cmd::run::RunArgs),
     // ---- identity ----
     /// SPIFFE identity: CA, registration entries, SVIDs, bundle, delegation, Workload API.
     Identity(cmd::identity::IdentityArgs),
     // ---- gateway ----
+    /// Serve one agent over stdio: the MCP server an MCP client launches.
+    Mcp(cmd::mcp::McpArgs),
+    /// Serve agents over Streamable HTTP (JWT-SVID bearers), with the approval endpoint.
+    Serve(cmd::serve::ServeArgs),
+    /// Run a recorded MCP session through the policy and print every decision.
+    Replay(cmd::replay::ReplayArgs),
+    /// List and answer calls a running gateway holds for approval.
+    #[command(subcommand)]
+    Approvals(cmd::approvals::ApprovalsCommand),
+    /// Tool definitions pinned by hash: list them, accept a changed one.
+    #[command(subcommand)]
+    Tools(cmd::tools::ToolsCommand),
 }
 
 fn main() -> ExitCode {
+    // Must stay first: when re-executed as the sandbox helper, this never returns.
+    warden_sandbox::run_helper_if_requested();
     let cli = Cli::parse();
     cmd::dispatch(cli.command)
 }

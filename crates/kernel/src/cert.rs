@@ -1,0 +1,315 @@
+//! Call certificates: what the kernel allowed, bound to the exact arguments, signed with Ed25519.
+//!
+//! Wire form: the JCS bytes of `{"cert": <claims>, "sig": "<hex of 64 bytes>"}`; the signature is
+//! over `warden/cert/v1\n` followed by the JCS bytes of the claims.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Mutex;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::json::{canonical_bytes, hex, parse_strict, sha256_tag, unhex};
+use crate::{Error, Timestamp};
+
+/// Domain separation for certificate signatures.
+pub const CERT_SIGNING_CONTEXT: &[u8] = b"warden/cert/v1\n";
+
+/// The tool a certificate is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifiedTool {
+    /// Upstream server name.
+    pub server: String,
+    /// Tool name on that server.
+    pub name: String,
+    /// `"sha256:<hex>"` of the pinned definition.
+    pub definition_hash: String,
+}
+
+/// The intent the agent gave, with its provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifiedIntent {
+    /// The text.
+    pub text: String,
+    /// Its sources.
+    pub labels: Vec<String>,
+    /// `"trusted"` or `"untrusted"`.
+    pub integrity: String,
+}
+
+/// Who approved a held call, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// The approver's identity as the gateway authenticated it.
+    pub approver: String,
+    /// RFC 3339 time of the approval.
+    pub time: String,
+}
+
+/// The signed content of a certificate. Every field is covered by the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateClaims {
+    /// Format version, 1.
+    pub v: u32,
+    /// Random, single-use id (32 hex digits).
+    pub id: String,
+    /// Id of the signing key (see [`CertVerifyingKey::key_id`]).
+    pub kid: String,
+    /// The upstream the certificate is for (`Server::"<server>"` or the configured audience).
+    pub aud: String,
+    /// RFC 3339 issue time.
+    pub issued: String,
+    /// RFC 3339 expiry; the certificate is invalid from this instant on.
+    pub expires: String,
+    /// The calling agent's SPIFFE ID.
+    pub agent: String,
+    /// Delegation chain, origin first.
+    pub delegation: Vec<String>,
+    /// Session id, if any.
+    pub session: Option<String>,
+    /// The tool.
+    pub tool: CertifiedTool,
+    /// `"sha256:<hex>"` of the JCS bytes of the arguments.
+    pub args_hash: String,
+    /// Argument name → its sources.
+    pub labels: BTreeMap<String, Vec<String>>,
+    /// Call-wide integrity: `"trusted"` or `"untrusted"`.
+    pub taint: String,
+    /// The intent, if the agent gave one.
+    pub intent: Option<CertifiedIntent>,
+    /// Always `"allow"`.
+    pub decision: String,
+    /// Rule ids that allowed the call.
+    pub rules: Vec<String>,
+    /// `@risk` of the allowing rule, if any.
+    pub risk: Option<String>,
+    /// `"sha256:<hex>"` of the policy bundle that decided.
+    pub policy_hash: String,
+    /// Set when a human approved the call.
+    pub approval: Option<Approval>,
+}
+
+/// A signed call certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallCertificate {
+    claims: CertificateClaims,
+    signature: [u8; 64],
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    cert: CertificateClaims,
+    sig: String,
+}
+
+impl CallCertificate {
+    pub(crate) fn sign(claims: CertificateClaims, key: &CertSigningKey) -> Self {
+        let signature = key.0.sign(&signing_message(&claims)).to_bytes();
+        Self { claims, signature }
+    }
+
+    /// The signed claims. Only trust them after [`CertificateVerifier::verify`].
+    pub fn claims(&self) -> &CertificateClaims {
+        &self.claims
+    }
+
+    /// The certificate as a JSON value (`{"cert": …, "sig": …}`), e.g. for `_meta`.
+    pub fn to_json_value(&self) -> Value {
+        let envelope = Envelope {
+            cert: self.claims.clone(),
+            sig: hex(&self.signature),
+        };
+        serde_json::to_value(envelope).unwrap_or(Value::Null)
+    }
+
+    /// The JCS bytes of [`to_json_value`](Self::to_json_value).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        canonical_bytes(&self.to_json_value())
+    }
+
+    /// Decodes a certificate from JSON bytes (strict I-JSON, no unknown fields). Decoding does
+    /// not verify anything.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        Self::from_json_value(parse_strict(bytes)?)
+    }
+
+    /// Decodes a certificate from a JSON value. Decoding does not verify anything.
+    pub fn from_json_value(value: Value) -> Result<Self, Error> {
+        let envelope: Envelope = serde_json::from_value(value)
+            .map_err(|e| Error::CertificateMalformed(e.to_string()))?;
+        let signature = unhex(&envelope.sig)
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .ok_or_else(|| {
+                Error::CertificateMalformed("`sig` is not 64 hex-encoded bytes".to_owned())
+            })?;
+        Ok(Self {
+            claims: envelope.cert,
+            signature,
+        })
+    }
+}
+
+fn signing_message(claims: &CertificateClaims) -> Vec<u8> {
+    let value = serde_json::to_value(claims).unwrap_or(Value::Null);
+    let mut message = CERT_SIGNING_CONTEXT.to_vec();
+    message.extend_from_slice(&canonical_bytes(&value));
+    message
+}
+
+/// The kernel's certificate signing key.
+pub struct CertSigningKey(SigningKey);
+
+impl CertSigningKey {
+    /// A key from its 32-byte seed.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(seed))
+    }
+
+    /// A fresh key.
+    pub fn generate(rng: &mut (impl rand_core::CryptoRng + ?Sized)) -> Self {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        Self::from_seed(&seed)
+    }
+
+    /// Parses the key file form: 64 hex digits of the seed, surrounding whitespace ignored.
+    pub fn from_hex(text: &str) -> Result<Self, Error> {
+        let seed = unhex(text.trim())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                Error::Key("expected 64 hex digits (a 32-byte ed25519 seed)".to_owned())
+            })?;
+        Ok(Self::from_seed(&seed))
+    }
+
+    /// The key file form (64 hex digits). Secret: write it with mode 0600, never log it.
+    pub fn to_secret_hex(&self) -> String {
+        hex(self.0.as_bytes())
+    }
+
+    /// The public half.
+    pub fn verifying_key(&self) -> CertVerifyingKey {
+        CertVerifyingKey(self.0.verifying_key())
+    }
+}
+
+impl fmt::Debug for CertSigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertSigningKey({})", self.verifying_key().key_id())
+    }
+}
+
+/// A public key certificates are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertVerifyingKey(VerifyingKey);
+
+impl CertVerifyingKey {
+    /// Parses 64 hex digits (32 bytes).
+    pub fn from_hex(text: &str) -> Result<Self, Error> {
+        let bytes = unhex(text.trim())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                Error::Key("expected 64 hex digits (a 32-byte ed25519 public key)".to_owned())
+            })?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(Self)
+            .map_err(|_| Error::Key("not a valid ed25519 public key".to_owned()))
+    }
+
+    /// 64 hex digits.
+    pub fn to_hex(&self) -> String {
+        hex(self.0.as_bytes())
+    }
+
+    /// `ed25519:<first 16 hex digits of SHA-256 of the key>`.
+    pub fn key_id(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        format!("ed25519:{}", hex(digest.get(..8).unwrap_or_default()))
+    }
+}
+
+/// Checks certificates for one audience (a tool server), with single use.
+///
+/// Keeps the ids of verified certificates until they expire, so a replayed certificate fails. The
+/// set lives in memory: a verifier that restarts forgets it, which the short expiry bounds.
+#[derive(Debug)]
+pub struct CertificateVerifier {
+    keys: Vec<CertVerifyingKey>,
+    audience: String,
+    leeway_ms: u64,
+    seen: Mutex<HashMap<String, Timestamp>>,
+}
+
+impl CertificateVerifier {
+    /// A verifier trusting `keys` (several, for rotation) for certificates addressed to
+    /// `audience`. Clock leeway for the issue time defaults to 5 seconds.
+    pub fn new(keys: Vec<CertVerifyingKey>, audience: impl Into<String>) -> Self {
+        Self {
+            keys,
+            audience: audience.into(),
+            leeway_ms: 5_000,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Verifies `certificate` for a call with `arguments` (the JSON the tool received) at `now`,
+    /// and records its id as used. Checks, in order: key id, signature, version, decision,
+    /// audience, validity window, arguments hash, single use.
+    pub fn verify(
+        &self,
+        certificate: &CallCertificate,
+        arguments: &[u8],
+        now: Timestamp,
+    ) -> Result<CertificateClaims, Error> {
+        let claims = &certificate.claims;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.key_id() == claims.kid)
+            .ok_or_else(|| Error::CertificateUnknownKey(claims.kid.clone()))?;
+        let signature = Signature::from_bytes(&certificate.signature);
+        key.0
+            .verify(&signing_message(claims), &signature)
+            .map_err(|_| Error::CertificateSignature)?;
+        if claims.v != 1 || claims.decision != "allow" {
+            return Err(Error::CertificateMalformed(
+                "not a version 1 allow certificate".to_owned(),
+            ));
+        }
+        if claims.aud != self.audience {
+            return Err(Error::CertificateAudience {
+                expected: self.audience.clone(),
+                found: claims.aud.clone(),
+            });
+        }
+        let issued = Timestamp::parse_rfc3339(&claims.issued)?;
+        let expires = Timestamp::parse_rfc3339(&claims.expires)?;
+        if now.unix_millis().saturating_add(self.leeway_ms) < issued.unix_millis() {
+            return Err(Error::CertificateNotYetValid(claims.issued.clone()));
+        }
+        if now >= expires {
+            return Err(Error::CertificateExpired(claims.expires.clone()));
+        }
+        let args_hash = sha256_tag(&canonical_bytes(&parse_strict(arguments)?));
+        if args_hash != claims.args_hash {
+            return Err(Error::CertificateArguments);
+        }
+        let mut seen = match self.seen.lock() {
+            Ok(seen) => seen,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        seen.retain(|_, exp| *exp > now);
+        if seen.insert(claims.id.clone(), expires).is_some() {
+            return Err(Error::CertificateReplayed(claims.id.clone()));
+        }
+        Ok(claims.clone())
+    }
+}
