@@ -57,6 +57,8 @@ const MAINTENANCE_PERIOD: Duration = Duration::from_secs(30);
 pub struct SharedAuthority {
     ca: Arc<RwLock<CertificateAuthority>>,
     changes: Arc<watch::Sender<u64>>,
+    /// Where rotations are saved, so that a restart keeps the keys SVIDs were signed with.
+    persist: Option<Arc<std::path::PathBuf>>,
 }
 
 impl SharedAuthority {
@@ -66,6 +68,21 @@ impl SharedAuthority {
         Self {
             ca: Arc::new(RwLock::new(ca)),
             changes: Arc::new(tx),
+            persist: None,
+        }
+    }
+
+    /// Shares `ca` and saves it to `path` (0600) after every rotation or pruning.
+    pub fn persisted(ca: CertificateAuthority, path: std::path::PathBuf) -> Self {
+        let mut shared = Self::new(ca);
+        shared.persist = Some(Arc::new(path));
+        shared
+    }
+
+    fn save(&self) -> Result<(), Error> {
+        match &self.persist {
+            Some(path) => self.read().save(path),
+            None => Ok(()),
         }
     }
 
@@ -87,14 +104,16 @@ impl SharedAuthority {
     pub fn rotate(&self) -> Result<(), Error> {
         self.write().rotate()?;
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(())
+        self.save()
     }
 
     /// Drops keys no longer needed; pushes new bundles if any went.
-    pub fn prune_expired(&self) {
+    pub fn prune_expired(&self) -> Result<(), Error> {
         if self.write().prune_expired() {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
+            self.save()?;
         }
+        Ok(())
     }
 
     /// The current bundle.
@@ -133,8 +152,7 @@ impl SharedAuthority {
         if due {
             self.rotate()?;
         }
-        self.prune_expired();
-        Ok(())
+        self.prune_expired()
     }
 }
 

@@ -317,3 +317,65 @@ async fn unregistered_caller_is_permission_denied() {
         .unwrap();
     assert_eq!(end.unwrap_err().code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x509_stream_pushes_fresh_svids_before_expiry() {
+    use std::sync::Arc;
+    use warden_identity::{CaPolicy, CertificateAuthority, SystemClock, TrustDomain};
+    let policy = CaPolicy {
+        x509_svid_ttl: Duration::from_secs(2),
+        ..CaPolicy::default()
+    };
+    let ca = CertificateAuthority::generate(
+        TrustDomain::new("example.org").unwrap(),
+        policy,
+        Arc::new(SystemClock),
+        Arc::new(common::CounterRandom::default()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let api = WorkloadApi::new(
+        SharedAuthority::new(ca),
+        EntryStore::new(vec![entry(
+            "spiffe://example.org/agent/test",
+            me_selectors(),
+        )]),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let path = socket.clone();
+    tokio::spawn(async move {
+        api.serve(&path, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    while !socket.exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut client = raw_client(&socket).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    let second = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // Pushed at half the 2 s lifetime (expiry is second-granular, so 0.5 s to 1.5 s).
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_ne!(
+        first.svids[0].x509_svid, second.svids[0].x509_svid,
+        "a fresh SVID, not a resend"
+    );
+    let _ = stop.send(());
+}

@@ -359,6 +359,7 @@ fn entries(dir: &Path, command: EntriesCommand) -> anyhow::Result<()> {
 fn serve(dir: &Path, socket: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let mut entries = load_entries_file(&entries_path(dir))?;
     let mut ca_file = ca_path(dir);
+    let mut trust_domain = None;
     if let Some(config) = config {
         let text = std::fs::read_to_string(config)
             .with_context(|| format!("reading `{}`", config.display()))?;
@@ -376,10 +377,19 @@ fn serve(dir: &Path, socket: &Path, config: Option<&Path>) -> anyhow::Result<()>
             entries.extend(load_entries_file(&base.join(f))?);
         }
         entries.extend(identity.entries);
+        trust_domain = Some(identity.trust_domain);
     }
     let ca = CertificateAuthority::load(&ca_file, Arc::new(SystemClock), Arc::new(OsRandom::new()))
         .with_context(|| format!("no usable CA at `{}`", ca_file.display()))?;
-    let shared = SharedAuthority::new(ca);
+    if let Some(td) = trust_domain
+        && &td != ca.trust_domain()
+    {
+        bail!(
+            "the manifest's trust domain `{td}` is not the CA's `{}`",
+            ca.trust_domain()
+        );
+    }
+    let shared = SharedAuthority::persisted(ca, ca_file);
     let api = WorkloadApi::new(shared, EntryStore::new(entries));
     let runtime = tokio::runtime::Runtime::new()?;
     let socket = socket.to_owned();
