@@ -4,8 +4,6 @@
 //! and escaped lone surrogates. Two readers of the same bytes can then disagree about what a call
 //! means, so arguments and certificates go through this parser, which refuses all of them.
 
-use std::fmt::Write as _;
-
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
@@ -59,9 +57,15 @@ pub fn sha256_tag(bytes: &[u8]) -> String {
 
 /// Lowercase hexadecimal of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        for nibble in [b >> 4, b & 0x0f] {
+            // INVARIANT: a nibble is below 16, so `get` always finds a digit.
+            if let Some(d) = DIGITS.get(usize::from(nibble)) {
+                out.push(char::from(*d));
+            }
+        }
     }
     out
 }
