@@ -13,12 +13,20 @@ pub(crate) mod kernel_config;
 pub(crate) mod policy;
 
 // ---- log ----
+pub(crate) mod log;
 
 // ---- sandbox ----
+pub(crate) mod run;
 
 // ---- identity ----
+pub(crate) mod identity;
 
 // ---- gateway ----
+pub(crate) mod approvals;
+pub(crate) mod mcp;
+pub(crate) mod replay;
+pub(crate) mod serve;
+pub(crate) mod tools;
 
 pub(crate) fn dispatch(command: Command) -> ExitCode {
     match command {
@@ -29,11 +37,16 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         Command::Cert(command) => cert::run(&command),
         Command::Demo(args) => demo::run(&args),
         // ---- log ----
-
+        Command::Log(args) => log::run(args),
         // ---- sandbox ----
-
+        Command::Run(args) => run::run(args),
         // ---- identity ----
-
+        Command::Identity(args) => identity::run(args),
         // ---- gateway ----
+        Command::Mcp(args) => mcp::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Replay(args) => replay::run(&args),
+        Command::Approvals(command) => approvals::run(&command),
+        Command::Tools(command) => tools::run(&command),
     }
 }

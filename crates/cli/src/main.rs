@@ -34,15 +34,32 @@ enum Command {
     /// Play a short multi-agent story through real kernel decisions.
     Demo(cmd::demo::DemoArgs),
     // ---- log ----
-
+    /// The transparency log: verify, prove, check proofs, show and export decisions.
+    Log(cmd::log::LogArgs),
     // ---- sandbox ----
-
+    /// Run a command in a sandbox (minimal root, no network but allowlisted hosts, limits).
+    Run(cmd::run::RunArgs),
     // ---- identity ----
-
+    /// SPIFFE identity: CA, registration entries, SVIDs, bundle, delegation, Workload API.
+    Identity(cmd::identity::IdentityArgs),
     // ---- gateway ----
+    /// Serve one agent over stdio: the MCP server an MCP client launches.
+    Mcp(cmd::mcp::McpArgs),
+    /// Serve agents over Streamable HTTP (JWT-SVID bearers), with the approval endpoint.
+    Serve(cmd::serve::ServeArgs),
+    /// Run a recorded MCP session through the policy and print every decision.
+    Replay(cmd::replay::ReplayArgs),
+    /// List and answer calls a running gateway holds for approval.
+    #[command(subcommand)]
+    Approvals(cmd::approvals::ApprovalsCommand),
+    /// Tool definitions pinned by hash: list them, accept a changed one.
+    #[command(subcommand)]
+    Tools(cmd::tools::ToolsCommand),
 }
 
 fn main() -> ExitCode {
+    // Must stay first: when re-executed as the sandbox helper, this never returns.
+    warden_sandbox::run_helper_if_requested();
     let cli = Cli::parse();
     cmd::dispatch(cli.command)
 }

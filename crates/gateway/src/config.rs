@@ -1,0 +1,294 @@
+//! The gateway's view of the manifest (`warden.toml`): upstream transports from `[servers.NAME]`
+//! and face settings from `[gateway]`.
+//!
+//! The manifest belongs to the kernel, which parses it strictly; the gateway reads the transport
+//! keys the kernel keeps raw (`command`, `args`, `env`, `cwd`, `url`) and its own `[gateway]`
+//! table. Output labels come from the kernel's reading of `label` / `trusted`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use warden_kernel::{Manifest, ToolId};
+
+use crate::error::Error;
+use crate::labels::{Integrity, Label};
+
+/// Separators a client may use between server and tool names.
+pub const SEPARATORS: [&str; 3] = ["/", "__", "."];
+
+/// The gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Face-wide settings (`[gateway]`).
+    pub gateway: FaceSettings,
+    /// Upstream MCP servers by name.
+    pub servers: BTreeMap<String, ServerConfig>,
+    /// Directory the config file is in: relative paths resolve against it.
+    pub base_dir: PathBuf,
+    manifest: Arc<Manifest>,
+}
+
+/// Settings of the faces: the `[gateway]` table of the manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaceSettings {
+    /// Pin file (JSON), relative to the config file.
+    pub pins: PathBuf,
+    /// Separator between server and tool in the names agents see: `/` (default), `__` or `.`
+    /// for clients that refuse `/` in tool names. Calls accept the configured one only.
+    pub tool_separator: String,
+    /// With exactly one server: tools keep their bare names (the policy still sees
+    /// `<server>/<tool>`). For clients and test suites that expect the server's own names.
+    pub bare_names: bool,
+    /// Strict taint: once untrusted data entered a session, every argument counts as tainted.
+    pub strict_taint: bool,
+    /// How long a call waits for approval before it is denied.
+    pub approval_timeout_secs: u64,
+    /// Origins the HTTP face accepts (besides requests without `Origin` and loopback origins).
+    pub allowed_origins: Vec<String>,
+    /// Timeout of one upstream request.
+    pub upstream_timeout_secs: u64,
+    /// Trust bundle (JWKS file, SPIFFE format) the HTTP face verifies JWT-SVID bearers against.
+    pub jwks: Option<PathBuf>,
+    /// Audience a bearer must carry (default `warden`).
+    pub audience: String,
+    /// Without `jwks`: the identity every HTTP caller gets. For loopback tests only; `warden
+    /// serve` refuses a non-loopback listen address in this mode.
+    pub http_agent: Option<String>,
+    /// SPIFFE IDs allowed to answer approvals over HTTP.
+    pub approvers: Vec<String>,
+    /// Unix socket of the admin endpoint (`warden approvals`), relative to the config file.
+    pub admin_socket: PathBuf,
+    /// Era of each upstream (`auto` when absent).
+    pub eras: BTreeMap<String, Era>,
+    /// Directory of the decision log, relative to the config file.
+    pub log: PathBuf,
+}
+
+impl Default for FaceSettings {
+    fn default() -> Self {
+        Self {
+            pins: PathBuf::from("warden-pins.json"),
+            tool_separator: "/".into(),
+            bare_names: false,
+            strict_taint: false,
+            approval_timeout_secs: 120,
+            allowed_origins: Vec::new(),
+            upstream_timeout_secs: 120,
+            jwks: None,
+            audience: "warden".into(),
+            http_agent: None,
+            approvers: Vec::new(),
+            admin_socket: PathBuf::from("warden-admin.sock"),
+            eras: BTreeMap::new(),
+            log: PathBuf::from("log"),
+        }
+    }
+}
+
+/// Which MCP era an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Era {
+    /// Follow the agent, falling back to the other era.
+    #[default]
+    Auto,
+    /// `initialize` handshake (2025-11-25 and earlier).
+    Legacy,
+    /// Stateless, per-request `_meta` (2026-07-28).
+    Modern,
+}
+
+/// How to reach one upstream server.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Program of a stdio server.
+    pub command: Option<String>,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment (the gateway's own environment is not passed except `PATH`, `HOME`,
+    /// `LANG`, `TMPDIR`, so an agent's token in the gateway's environment never reaches a tool).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// URL of a Streamable HTTP server.
+    pub url: Option<String>,
+    /// Era of the server (from `[gateway.eras]`).
+    #[serde(skip)]
+    pub era: Era,
+}
+
+impl GatewayConfig {
+    /// Reads the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read `{}`: {e}", path.display())))?;
+        let manifest = Manifest::from_toml_str(&text).map_err(|e| Error::Config(e.to_string()))?;
+        Self::from_manifest(&manifest, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Parses manifest text (relative paths resolve against the working directory).
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let manifest = Manifest::from_toml_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        Self::from_manifest(&manifest, Path::new(""))
+    }
+
+    /// The gateway's view of a parsed manifest.
+    pub fn from_manifest(manifest: &Manifest, base_dir: &Path) -> Result<Self, Error> {
+        let gateway: FaceSettings = match manifest.gateway() {
+            Some(table) => table
+                .clone()
+                .try_into()
+                .map_err(|e| Error::Config(format!("[gateway]: {e}")))?,
+            None => FaceSettings::default(),
+        };
+        if !SEPARATORS.contains(&gateway.tool_separator.as_str()) {
+            return Err(Error::Config(format!(
+                "tool_separator `{}` is not one of `/`, `__`, `.`",
+                gateway.tool_separator
+            )));
+        }
+        let mut servers = BTreeMap::new();
+        for (name, server) in manifest.servers() {
+            if server.transport.is_empty() {
+                // Declared for policy only (no transport): not an upstream of this gateway.
+                continue;
+            }
+            let mut cfg: ServerConfig = server
+                .transport
+                .clone()
+                .try_into()
+                .map_err(|e| Error::Config(format!("[servers.{name}]: {e}")))?;
+            if name.is_empty() || SEPARATORS.iter().any(|s| name.contains(s)) {
+                return Err(Error::Config(format!(
+                    "server name `{name}` is empty or holds a separator"
+                )));
+            }
+            if cfg.command.is_some() == cfg.url.is_some() {
+                return Err(Error::Config(format!(
+                    "server `{name}` needs exactly one of `command` and `url`"
+                )));
+            }
+            cfg.era = gateway.eras.get(name).copied().unwrap_or_default();
+            servers.insert(name.clone(), cfg);
+        }
+        if let Some(unknown) = gateway.eras.keys().find(|k| !servers.contains_key(*k)) {
+            return Err(Error::Config(format!(
+                "[gateway.eras] names `{unknown}`, which is not an upstream server"
+            )));
+        }
+        if gateway.bare_names && servers.len() != 1 {
+            return Err(Error::Config(
+                "`bare_names` needs exactly one server".into(),
+            ));
+        }
+        Ok(Self {
+            gateway,
+            servers,
+            base_dir: base_dir.to_path_buf(),
+            manifest: Arc::new(manifest.clone()),
+        })
+    }
+
+    /// The manifest this view was made from.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Resolves a path relative to the config file.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The label every result of `server/tool` carries by configuration (the kernel's reading
+    /// of the manifest: `tool:<server>/<tool>`, trusted, unless `label` / `trusted` say else).
+    pub fn source_label(&self, server: &str, tool: &str) -> Label {
+        let Ok(id) = ToolId::new(server, tool) else {
+            // A name the kernel cannot even represent: assume the worst.
+            return Label::new([format!("tool:{server}")], Integrity::Untrusted);
+        };
+        crate::kernel_authority::from_kernel_label(&self.manifest.tool_output_label(&id))
+    }
+
+    /// Splits an agent-facing tool name into (server, tool).
+    pub fn split_tool<'a>(&'a self, name: &'a str) -> Option<(&'a str, &'a str)> {
+        if self.gateway.bare_names {
+            return self.servers.keys().next().map(|s| (s.as_str(), name));
+        }
+        let (server, tool) = name.split_once(self.gateway.tool_separator.as_str())?;
+        self.servers.contains_key(server).then_some((server, tool))
+    }
+
+    /// The agent-facing name of `server`'s `tool`.
+    pub fn join_tool(&self, server: &str, tool: &str) -> String {
+        if self.gateway.bare_names {
+            return tool.to_owned();
+        }
+        format!("{server}{}{tool}", self.gateway.tool_separator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_transports_labels_and_eras() {
+        let cfg = GatewayConfig::parse(
+            r#"
+            trust_domain = "example.org"
+            [gateway]
+            pins = "p.json"
+            [gateway.eras]
+            fs = "legacy"
+            [servers.fs]
+            command = "mcp-server-filesystem"
+            args = ["/tmp"]
+            label = "file:workspace"
+            trusted = false
+            [servers.clock]
+            url = "http://127.0.0.1:1/mcp"
+            [servers.policy_only]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.servers.len(), 2);
+        assert_eq!(cfg.servers["fs"].era, Era::Legacy);
+        assert_eq!(
+            cfg.split_tool("fs/read_text_file"),
+            Some(("fs", "read_text_file"))
+        );
+        assert_eq!(cfg.split_tool("nope/x"), None);
+        let fs = cfg.source_label("fs", "read_text_file");
+        assert!(fs.is_untrusted());
+        assert!(fs.sources.contains("file:workspace"));
+        let clock = cfg.source_label("clock", "now");
+        assert!(!clock.is_untrusted());
+        assert!(clock.sources.contains("tool:clock/now"));
+    }
+
+    #[test]
+    fn refuses_ambiguous_servers() {
+        let base = "trust_domain = \"example.org\"\n";
+        assert!(
+            GatewayConfig::parse(&format!(
+                "{base}[servers.a]\ncommand = \"x\"\nurl = \"http://x\"\n"
+            ))
+            .is_err()
+        );
+        assert!(
+            GatewayConfig::parse(&format!("{base}[gateway]\ntool_separator = \"-\"\n")).is_err()
+        );
+        assert!(GatewayConfig::parse(&format!("{base}[gateway]\nnot_a_setting = 1\n")).is_err());
+        assert!(
+            GatewayConfig::parse(&format!("{base}[gateway.eras]\nghost = \"legacy\"\n")).is_err()
+        );
+    }
+}

@@ -1,0 +1,605 @@
+//! The Streamable HTTP face (`warden serve`): POST, GET and DELETE on `/mcp`, both eras.
+//!
+//! - Legacy (2025-11-25): `initialize` opens a session named by `Mcp-Session-Id`; later requests
+//!   must carry it and the same identity; GET opens the session's server→client stream; DELETE
+//!   ends it.
+//! - Modern (2026-07-28): stateless requests whose `MCP-Protocol-Version`, `Mcp-Method` and
+//!   `Mcp-Name` headers must agree with the body. For taint inference the gateway still keeps one
+//!   implicit session per agent identity: what an agent read earlier taints what it sends later.
+//! - Every request: `Origin`, when present, must be a loopback origin or listed in
+//!   `allowed_origins` (DNS rebinding); the caller is the `sub` of a JWT-SVID bearer verified
+//!   against the trust bundle. The bearer is never forwarded upstream (upstream connections are
+//!   the gateway's own).
+//!
+//! Approvals: `GET /warden/approvals`, `POST /warden/approvals/{id}/approve|deny`, for callers
+//! listed in `approvers`.
+#![expect(
+    clippy::result_large_err,
+    reason = "an early-return `Response` is the idiom of axum handlers; it is built once per refused request"
+)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::auth::BearerVerifier;
+use crate::error::Error;
+use crate::jsonrpc::{self, Kind};
+use crate::session::{Gateway, Session};
+use crate::{LEGACY_VERSIONS, MODERN_VERSION, SUPPORTED_VERSIONS};
+
+struct HttpSession {
+    session: Arc<Session>,
+    agent: String,
+    stream: Mutex<Option<mpsc::UnboundedReceiver<Value>>>,
+}
+
+/// The HTTP face's state.
+pub struct HttpFace {
+    gw: Arc<Gateway>,
+    verifier: Option<BearerVerifier>,
+    sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+    /// Implicit sessions of modern agents, by identity.
+    modern: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl std::fmt::Debug for HttpFace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpFace").finish_non_exhaustive()
+    }
+}
+
+impl HttpFace {
+    /// The face over `gw`; verifies bearers with the configured trust bundle.
+    pub fn new(gw: Arc<Gateway>) -> Result<Arc<Self>, Error> {
+        let settings = &gw.config().gateway;
+        let verifier = match &settings.jwks {
+            Some(path) => Some(BearerVerifier::load(
+                &gw.config().resolve(path),
+                &settings.audience,
+            )?),
+            None if settings.http_agent.is_some() => None,
+            None => {
+                return Err(Error::Config(
+                    "the HTTP face needs `jwks` (or `http_agent` for loopback tests)".into(),
+                ));
+            }
+        };
+        Ok(Arc::new(Self {
+            gw,
+            verifier,
+            sessions: Mutex::default(),
+            modern: Mutex::default(),
+        }))
+    }
+
+    /// The axum router (`/mcp` and `/warden/approvals`).
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
+            .route("/warden/approvals", get(list_approvals))
+            .route("/warden/approvals/{id}/{decision}", post(answer_approval))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until the task is dropped.
+    pub async fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener) -> Result<(), Error> {
+        axum::serve(listener, self.router())
+            .await
+            .map_err(Error::Io)
+    }
+
+    fn origin_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        if self
+            .gw
+            .config()
+            .gateway
+            .allowed_origins
+            .iter()
+            .any(|o| o == origin)
+        {
+            return true;
+        }
+        let host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    }
+
+    fn caller(&self, headers: &HeaderMap) -> Result<String, Response> {
+        let Some(verifier) = &self.verifier else {
+            return self
+                .gw
+                .config()
+                .gateway
+                .http_agent
+                .clone()
+                .ok_or_else(|| status(StatusCode::UNAUTHORIZED, "no identity"));
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("missing bearer"))?;
+        verifier
+            .verify(token.trim())
+            .map_err(|e| unauthorized(&e.to_string()))
+    }
+
+    fn modern_session(&self, agent: &str) -> Arc<Session> {
+        let mut m = self
+            .modern
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(agent.to_owned())
+            .or_insert_with(|| {
+                // Modern agents take no unsolicited messages: the session stream is dropped.
+                let (tx, _rx) = mpsc::unbounded_channel();
+                Session::new(&self.gw, agent, Vec::new(), tx)
+            })
+            .clone()
+    }
+}
+
+fn status(code: StatusCode, msg: &str) -> Response {
+    (
+        code,
+        axum::Json(jsonrpc::error(
+            Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            msg,
+            None,
+        )),
+    )
+        .into_response()
+}
+
+fn unauthorized(msg: &str) -> Response {
+    let mut r = status(StatusCode::UNAUTHORIZED, msg);
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+fn rpc_error(code: StatusCode, id: Value, rpc: i64, msg: &str, data: Option<Value>) -> Response {
+    (code, axum::Json(jsonrpc::error(id, rpc, msg, data))).into_response()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Methods the modern revision removed: answered 404 / -32601 to a modern request.
+const REMOVED_IN_MODERN: [&str; 5] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// Checks a modern request: the revision, the required `_meta` fields, and the request headers
+/// against the body.
+fn check_modern_request(
+    headers: &HeaderMap,
+    frame: &Value,
+    meta_version: Option<&str>,
+    version: &str,
+) -> Result<(), Response> {
+    let id = frame.get("id").cloned().unwrap_or(Value::Null);
+    let mismatch = |what: &str| {
+        rpc_error(
+            StatusCode::BAD_REQUEST,
+            id.clone(),
+            jsonrpc::HEADER_MISMATCH,
+            &format!("header `{what}` does not match the body"),
+            None,
+        )
+    };
+    let header_version = header_str(headers, "mcp-protocol-version");
+    if let (Some(h), Some(m)) = (header_version, meta_version)
+        && h != m
+    {
+        return Err(mismatch("MCP-Protocol-Version"));
+    }
+    let method = jsonrpc::method(frame).unwrap_or_default();
+    if REMOVED_IN_MODERN.contains(&method) && version == MODERN_VERSION {
+        return Err(rpc_error(
+            StatusCode::NOT_FOUND,
+            id,
+            jsonrpc::METHOD_NOT_FOUND,
+            &format!("method `{method}` does not exist in {MODERN_VERSION}"),
+            None,
+        ));
+    }
+    let Some(meta_version) = meta_version else {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            jsonrpc::INVALID_PARAMS,
+            "`_meta` lacks `io.modelcontextprotocol/protocolVersion`",
+            None,
+        ));
+    };
+    if meta_version != MODERN_VERSION {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+            "Unsupported protocol version",
+            Some(json!({"supported": SUPPORTED_VERSIONS, "requested": meta_version})),
+        ));
+    }
+    if frame
+        .pointer("/params/_meta/io.modelcontextprotocol~1clientCapabilities")
+        .is_none()
+    {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            jsonrpc::INVALID_PARAMS,
+            "`_meta` lacks `io.modelcontextprotocol/clientCapabilities`",
+            None,
+        ));
+    }
+    if header_version.is_none() {
+        return Err(mismatch("MCP-Protocol-Version"));
+    }
+    if header_str(headers, "mcp-method") != Some(method) {
+        return Err(mismatch("Mcp-Method"));
+    }
+    if matches!(method, "tools/call" | "resources/read" | "prompts/get") {
+        let name = frame
+            .pointer("/params/name")
+            .or_else(|| frame.pointer("/params/uri"))
+            .and_then(Value::as_str);
+        let sent = header_str(headers, "mcp-name").map(decode_header_value);
+        if sent.as_deref() != name {
+            return Err(mismatch("Mcp-Name"));
+        }
+    }
+    Ok(())
+}
+
+/// Header values may carry non-ASCII text as `=?base64?...?=`.
+fn decode_header_value(v: &str) -> String {
+    use base64::Engine as _;
+    v.strip_prefix("=?base64?")
+        .and_then(|rest| rest.strip_suffix("?="))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| v.to_owned())
+}
+
+async fn post_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !face.origin_ok(&headers) {
+        return status(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let agent = match face.caller(&headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let frame = match jsonrpc::parse_strict(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                jsonrpc::PARSE_ERROR,
+                &e.to_string(),
+                None,
+            );
+        }
+    };
+    let kind = jsonrpc::classify(&frame);
+    if kind == Kind::Invalid {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            "not a JSON-RPC message",
+            None,
+        );
+    }
+    let id = frame.get("id").cloned().unwrap_or(Value::Null);
+    let method = jsonrpc::method(&frame).unwrap_or_default().to_owned();
+    let meta_version = frame
+        .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let header_version = header_str(&headers, "mcp-protocol-version").map(str::to_owned);
+    let session_header = header_str(&headers, "mcp-session-id").map(str::to_owned);
+
+    // Modern: the body names its revision (or the header does, outside a legacy session).
+    let modern_version = match (&meta_version, &header_version, &session_header) {
+        (Some(v), _, _) => Some(v.clone()),
+        (None, Some(h), None)
+            if kind == Kind::Request && !LEGACY_VERSIONS.contains(&h.as_str()) =>
+        {
+            Some(h.clone())
+        }
+        _ => None,
+    };
+    if let Some(version) = modern_version {
+        if kind == Kind::Request
+            && let Err(r) =
+                check_modern_request(&headers, &frame, meta_version.as_deref(), &version)
+        {
+            return r;
+        }
+        let session = face.modern_session(&agent);
+        if method == "tools/call" {
+            let params: std::collections::BTreeMap<String, String> = headers
+                .iter()
+                .filter(|(k, _)| k.as_str().starts_with("mcp-param-"))
+                .filter_map(|(k, v)| {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (k.as_str().to_owned(), v.to_owned()))
+                })
+                .collect();
+            if let Some(why) = session.param_header_mismatch(&frame, &params).await {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    id,
+                    jsonrpc::HEADER_MISMATCH,
+                    &why,
+                    None,
+                );
+            }
+        }
+        return respond(&headers, session, frame, kind, true).await;
+    }
+
+    // Legacy.
+    if method == "initialize" && kind == Kind::Request {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = Session::new(&face.gw, &agent, Vec::new(), tx);
+        let Some(resp) = session.handle(frame).await else {
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "no response");
+        };
+        let sid = session.id().to_owned();
+        let hs = Arc::new(HttpSession {
+            session,
+            agent,
+            stream: Mutex::new(Some(rx)),
+        });
+        face.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(sid.clone(), hs);
+        let mut r = axum::Json(resp).into_response();
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            r.headers_mut().insert("mcp-session-id", v);
+        }
+        return r;
+    }
+    let Some(sid) = session_header else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "missing Mcp-Session-Id (send initialize first)",
+        );
+    };
+    let hs = face
+        .sessions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&sid)
+        .cloned();
+    let Some(hs) = hs.filter(|hs| hs.agent == agent) else {
+        return status(StatusCode::NOT_FOUND, "unknown session");
+    };
+    if let Some(h) = &header_version
+        && !LEGACY_VERSIONS.contains(&h.as_str())
+    {
+        return status(StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version");
+    }
+    respond(&headers, hs.session.clone(), frame, kind, false).await
+}
+
+/// Answers one message: 202 for notifications and responses. A legacy request that accepts SSE
+/// gets an SSE stream (its notifications, then its response); a modern request gets plain JSON
+/// unless a notification comes before the response, and its errors carry the HTTP status the
+/// revision gives them (400 for malformed or mismatched requests, 404 for unknown methods).
+async fn respond(
+    headers: &HeaderMap,
+    session: Arc<Session>,
+    frame: Value,
+    kind: Kind,
+    modern: bool,
+) -> Response {
+    if kind != Kind::Request {
+        session.handle(frame).await;
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let wants_sse = header_str(headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let tx2 = tx.clone();
+    tokio::spawn(async move {
+        if let Some(resp) = session.handle_streaming(frame, tx2.clone()).await {
+            let _ = tx2.send(resp);
+        }
+    });
+    drop(tx);
+    if wants_sse && !modern {
+        return sse(rx, None);
+    }
+    let Some(first) = rx.recv().await else {
+        return status(StatusCode::INTERNAL_SERVER_ERROR, "no response");
+    };
+    if jsonrpc::classify(&first) == Kind::Response || !wants_sse {
+        let code = match first.pointer("/error/code").and_then(Value::as_i64) {
+            Some(jsonrpc::METHOD_NOT_FOUND) if modern => StatusCode::NOT_FOUND,
+            Some(
+                jsonrpc::HEADER_MISMATCH
+                | jsonrpc::UNSUPPORTED_PROTOCOL_VERSION
+                | jsonrpc::INVALID_PARAMS
+                | jsonrpc::INVALID_REQUEST
+                | jsonrpc::PARSE_ERROR
+                | MISSING_CAPABILITY,
+            ) if modern => StatusCode::BAD_REQUEST,
+            _ => StatusCode::OK,
+        };
+        return (code, axum::Json(first)).into_response();
+    }
+    sse(rx, Some(first))
+}
+
+/// MCP 2026-07-28: the request needs a client capability it did not declare.
+const MISSING_CAPABILITY: i64 = -32021;
+
+/// An SSE stream of `rx` (after `first`); it ends after the first response when `first` is
+/// given or this is a request's stream, and never for a session's GET stream.
+fn sse(rx: mpsc::UnboundedReceiver<Value>, first: Option<Value>) -> Response {
+    sse_stream(rx, first, true)
+}
+
+fn sse_stream(
+    rx: mpsc::UnboundedReceiver<Value>,
+    first: Option<Value>,
+    until_response: bool,
+) -> Response {
+    let stream = futures_util::stream::unfold(
+        (rx, first, false),
+        move |(mut rx, first, done)| async move {
+            if done {
+                return None;
+            }
+            let frame = match first {
+                Some(f) => f,
+                None => rx.recv().await?,
+            };
+            let last = until_response && jsonrpc::classify(&frame) == Kind::Response;
+            let text = format!(
+                "event: message\ndata: {}\n\n",
+                serde_json::to_string(&frame).unwrap_or_default()
+            );
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(text)),
+                (rx, None, last),
+            ))
+        },
+    );
+    let mut r = Response::new(Body::from_stream(stream));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+async fn get_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -> Response {
+    if !face.origin_ok(&headers) {
+        return status(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let agent = match face.caller(&headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(sid) = header_str(&headers, "mcp-session-id") else {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    };
+    let hs = face
+        .sessions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(sid)
+        .cloned();
+    let Some(hs) = hs.filter(|hs| hs.agent == agent) else {
+        return status(StatusCode::NOT_FOUND, "unknown session");
+    };
+    let rx = hs.stream.lock().ok().and_then(|mut s| s.take());
+    match rx {
+        Some(rx) => sse_stream(rx, None, false),
+        None => status(StatusCode::CONFLICT, "the session's stream is already open"),
+    }
+}
+
+async fn delete_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -> Response {
+    if !face.origin_ok(&headers) {
+        return status(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let agent = match face.caller(&headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(sid) = header_str(&headers, "mcp-session-id") else {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    };
+    let mut sessions = face
+        .sessions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match sessions.get(sid) {
+        Some(hs) if hs.agent == agent => {
+            sessions.remove(sid);
+            StatusCode::OK.into_response()
+        }
+        _ => status(StatusCode::NOT_FOUND, "unknown session"),
+    }
+}
+
+fn approver(face: &HttpFace, headers: &HeaderMap) -> Result<String, Response> {
+    if !face.origin_ok(headers) {
+        return Err(status(StatusCode::FORBIDDEN, "origin not allowed"));
+    }
+    let who = face.caller(headers)?;
+    if face.gw.config().gateway.approvers.contains(&who) {
+        Ok(who)
+    } else {
+        Err(status(StatusCode::FORBIDDEN, "not an approver"))
+    }
+}
+
+async fn list_approvals(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -> Response {
+    if let Err(r) = approver(&face, &headers) {
+        return r;
+    }
+    axum::Json(json!({"pending": face.gw.pending_approvals()})).into_response()
+}
+
+async fn answer_approval(
+    State(face): State<Arc<HttpFace>>,
+    UrlPath((id, decision)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match approver(&face, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let granted = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return status(StatusCode::NOT_FOUND, "decision is `approve` or `deny`"),
+    };
+    if face.gw.answer_approval(&id, granted, &who) {
+        axum::Json(json!({"id": id, "granted": granted, "approver": who})).into_response()
+    } else {
+        status(StatusCode::NOT_FOUND, "no such pending call")
+    }
+}

@@ -1,0 +1,222 @@
+//! JSON-RPC 2.0 frames as raw `serde_json::Value`s, so unknown fields and `_meta` pass untouched.
+//!
+//! Frames from agents are parsed strictly: a duplicate object key anywhere in a frame rejects the
+//! whole frame (serde_json would silently keep the last one, and the value the kernel judged could
+//! then differ from what a lenient upstream reads).
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json};
+
+/// Largest frame accepted from an agent or an upstream (16 MiB).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// JSON-RPC: the frame is not valid JSON.
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC: the frame is not a valid request.
+pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC: the method is unknown.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// JSON-RPC: the parameters are invalid.
+pub const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC: internal error.
+pub const INTERNAL_ERROR: i64 = -32603;
+/// MCP 2026-07-28: the request's protocol version is not supported.
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+/// MCP 2026-07-28: an HTTP header disagrees with the body.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// Warden: the kernel denied the call (data: `rules`, `reason`, `record`).
+pub const DENIED: i64 = -32010;
+/// Warden: the tool's definition changed since it was pinned.
+pub const TOOL_CHANGED: i64 = -32011;
+/// Warden: the decision could not be made durable; the call was refused.
+pub const AUDIT_UNAVAILABLE: i64 = -32012;
+/// Warden: the upstream server failed or is unreachable.
+pub const UPSTREAM_ERROR: i64 = -32013;
+/// Warden: the call waited for approval and was denied or timed out.
+pub const APPROVAL_DENIED: i64 = -32014;
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Has `method` and `id`.
+    Request,
+    /// Has `method`, no `id`.
+    Notification,
+    /// Has `id` and `result` or `error`, no `method`.
+    Response,
+    /// None of the above.
+    Invalid,
+}
+
+/// Classifies a frame.
+pub fn classify(frame: &Value) -> Kind {
+    let Some(obj) = frame.as_object() else {
+        return Kind::Invalid;
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Kind::Invalid;
+    }
+    let has_id = obj
+        .get("id")
+        .is_some_and(|id| id.is_string() || id.is_number());
+    match (obj.get("method").and_then(Value::as_str), has_id) {
+        (Some(_), true) => Kind::Request,
+        (Some(_), false) if !obj.contains_key("id") => Kind::Notification,
+        (None, true) if obj.contains_key("result") || obj.contains_key("error") => Kind::Response,
+        _ => Kind::Invalid,
+    }
+}
+
+/// The `method` of a request or notification.
+pub fn method(frame: &Value) -> Option<&str> {
+    frame.get("method").and_then(Value::as_str)
+}
+
+/// A JSON-RPC error response.
+pub fn error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut err = Map::new();
+    err.insert("code".into(), json!(code));
+    err.insert("message".into(), json!(message));
+    if let Some(data) = data {
+        err.insert("data".into(), data);
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": Value::Object(err)})
+}
+
+/// A JSON-RPC result response.
+pub fn result(id: Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Over [`MAX_FRAME`].
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// Not JSON, or a duplicate key.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Parses one frame, rejecting duplicate object keys at any depth.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, FrameError> {
+    if bytes.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let StrictValue(value) = serde::Deserialize::deserialize(&mut de)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    de.end().map_err(|e| FrameError::Malformed(e.to_string()))?;
+    Ok(value)
+}
+
+/// A `Value` whose deserializer refuses duplicate keys.
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("non-finite number"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+            }
+            let StrictValue(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert!(parse_strict(br#"{"a":1,"a":2}"#).is_err());
+        assert!(parse_strict(br#"{"p":{"args":{"x":1,"x":"y"}}}"#).is_err());
+        assert!(parse_strict(br#"{"a":[{"b":1},{"b":2}]}"#).is_ok());
+    }
+
+    #[test]
+    fn trailing_garbage_is_refused() {
+        assert!(parse_strict(br#"{"a":1} x"#).is_err());
+        assert!(parse_strict(b"").is_err());
+    }
+
+    #[test]
+    fn classify_frames() {
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":1,"method":"m"})),
+            Kind::Request
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","method":"m"})),
+            Kind::Notification
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":"a","result":{}})),
+            Kind::Response
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"1.0","id":1,"method":"m"})),
+            Kind::Invalid
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":null,"method":"m"})),
+            Kind::Invalid
+        );
+        assert_eq!(classify(&json!([1])), Kind::Invalid);
+    }
+}

@@ -1,0 +1,1112 @@
+//! The gateway core: one [`Gateway`] per process, one [`Session`] per agent connection.
+//!
+//! Transports (stdio, Streamable HTTP, replay) only move frames; everything else happens here,
+//! so `warden replay` runs the very same code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use crate::approval::{Answer, ApprovalQueue, Clock, PendingCall, SystemClock, rfc3339};
+use crate::authority::{Approval, Authority, CallRequest, Verdict};
+use crate::config::GatewayConfig;
+use crate::error::Error;
+use crate::jsonrpc::{self, Kind};
+use crate::labels::Label;
+use crate::pins::{PinStatus, PinStore, definition_hash};
+use crate::taint::TaintIndex;
+use crate::upstream::{Upstream, UpstreamEvent};
+use crate::{
+    LEGACY_VERSIONS, META_CERTIFICATE, META_INTENT, META_LABELS, MODERN_VERSION, SUPPORTED_VERSIONS,
+};
+
+const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+const META_CLIENT_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
+
+/// State shared by every session of one gateway process.
+pub struct Gateway {
+    cfg: Arc<GatewayConfig>,
+    authority: Arc<dyn Authority>,
+    pins: Mutex<PinStore>,
+    approvals: ApprovalQueue,
+    clock: Arc<dyn Clock>,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("servers", &self.cfg.servers.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway over `cfg`, deciding through `authority`.
+    pub fn new(cfg: GatewayConfig, authority: Arc<dyn Authority>) -> Result<Arc<Self>, Error> {
+        Self::with_clock(cfg, authority, Arc::new(SystemClock))
+    }
+
+    /// As [`Gateway::new`], with an injected clock.
+    pub fn with_clock(
+        cfg: GatewayConfig,
+        authority: Arc<dyn Authority>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, Error> {
+        let pins = PinStore::open(&cfg.resolve(&cfg.gateway.pins))?;
+        Ok(Arc::new(Self {
+            cfg: Arc::new(cfg),
+            authority,
+            pins: Mutex::new(pins),
+            approvals: ApprovalQueue::default(),
+            clock,
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    /// A gateway for `warden replay`: pins are read but never written, held calls are not
+    /// waited for (a call needing approval is denied at once, as by a timeout).
+    pub fn for_replay(
+        mut cfg: GatewayConfig,
+        authority: Arc<dyn Authority>,
+    ) -> Result<Arc<Self>, Error> {
+        cfg.gateway.approval_timeout_secs = 0;
+        let pins = PinStore::snapshot(&cfg.resolve(&cfg.gateway.pins))?;
+        Ok(Arc::new(Self {
+            cfg: Arc::new(cfg),
+            authority,
+            pins: Mutex::new(pins),
+            approvals: ApprovalQueue::default(),
+            clock: Arc::new(SystemClock),
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    /// Calls waiting for approval.
+    pub fn pending_approvals(&self) -> Vec<PendingCall> {
+        self.approvals.list()
+    }
+
+    /// Answers a held call; false if no call with `id` is waiting.
+    pub fn answer_approval(&self, id: &str, granted: bool, approver: &str) -> bool {
+        self.approvals.answer(
+            id,
+            Answer {
+                granted,
+                approver: approver.to_owned(),
+            },
+        )
+    }
+
+    /// A fresh session id.
+    pub fn session_id(&self) -> String {
+        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let t = self
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("s-{t:x}-{n}")
+    }
+}
+
+/// What the session knows about one tool.
+#[derive(Debug, Clone)]
+struct ToolEntry {
+    definition: Value,
+    hash: String,
+    changed: Option<(String, String)>,
+}
+
+/// A request's own stream: (sequence, progress token, sink).
+type RequestSink = (u64, Option<Value>, mpsc::UnboundedSender<Value>);
+
+/// One agent's session: its upstream connections, tool view and taint index.
+pub struct Session {
+    gw: Arc<Gateway>,
+    id: String,
+    agent: String,
+    delegation: Vec<String>,
+    /// Messages to the agent that are not responses to its requests.
+    out: mpsc::UnboundedSender<Value>,
+    upstreams: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
+    events: mpsc::UnboundedSender<UpstreamEvent>,
+    tools: Mutex<HashMap<String, ToolEntry>>,
+    taint: Mutex<TaintIndex>,
+    client_caps: Mutex<Value>,
+    modern: Mutex<bool>,
+    /// Agent request id (JSON text) → (server, upstream id), for cancellation.
+    inflight: Mutex<HashMap<String, (String, u64)>>,
+    /// Gateway id of a server→client request → (server, upstream's id).
+    server_requests: Mutex<HashMap<String, (String, Value)>>,
+    next_server_request: AtomicU64,
+    /// Per-request streams (HTTP SSE responses): (sequence, progress token, sink).
+    sinks: Mutex<Vec<RequestSink>>,
+    next_sink: AtomicU64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key(server: &str, tool: &str) -> String {
+    format!("{server}/{tool}")
+}
+
+impl Session {
+    /// A session of `agent` (its SPIFFE ID, established by the face); messages the agent must
+    /// receive outside responses go to `out`.
+    pub fn new(
+        gw: &Arc<Gateway>,
+        agent: &str,
+        delegation: Vec<String>,
+        out: mpsc::UnboundedSender<Value>,
+    ) -> Arc<Self> {
+        let (events, rx) = mpsc::unbounded_channel();
+        let session = Arc::new(Self {
+            gw: gw.clone(),
+            id: gw.session_id(),
+            agent: agent.to_owned(),
+            delegation,
+            out,
+            upstreams: tokio::sync::Mutex::default(),
+            events,
+            tools: Mutex::default(),
+            taint: Mutex::default(),
+            client_caps: Mutex::new(json!({})),
+            modern: Mutex::new(false),
+            inflight: Mutex::default(),
+            server_requests: Mutex::default(),
+            next_server_request: AtomicU64::new(1),
+            sinks: Mutex::default(),
+            next_sink: AtomicU64::new(1),
+        });
+        tokio::spawn(pump(Arc::downgrade(&session), rx));
+        session
+    }
+
+    /// The session id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &str {
+        &self.agent
+    }
+
+    /// Attaches an already open upstream connection (replay uses recorded ones).
+    pub(crate) async fn attach(&self, server: &str, upstream: Arc<Upstream>) {
+        self.upstreams
+            .lock()
+            .await
+            .insert(server.to_owned(), upstream);
+    }
+
+    /// The sender upstream connections report their own messages to.
+    pub(crate) fn events(&self) -> mpsc::UnboundedSender<UpstreamEvent> {
+        self.events.clone()
+    }
+
+    /// Handles one request whose related messages (progress of its own token, and, while it is
+    /// the only request in flight, other notifications and server→client requests) go to `sink`
+    /// instead of the session's stream: the SSE response of a Streamable HTTP POST.
+    pub async fn handle_streaming(
+        self: &Arc<Self>,
+        frame: Value,
+        sink: mpsc::UnboundedSender<Value>,
+    ) -> Option<Value> {
+        let seq = self.next_sink.fetch_add(1, Ordering::Relaxed);
+        let token = frame.pointer("/params/_meta/progressToken").cloned();
+        if let Ok(mut s) = self.sinks.lock() {
+            s.push((seq, token, sink));
+        }
+        let resp = self.handle(frame).await;
+        if let Ok(mut s) = self.sinks.lock() {
+            s.retain(|(n, _, _)| *n != seq);
+        }
+        resp
+    }
+
+    /// Sends a message to the agent on the stream of the request it relates to.
+    fn deliver(&self, frame: Value) {
+        let token = frame.pointer("/params/progressToken");
+        let sink = self.sinks.lock().ok().and_then(|s| match token {
+            Some(t) => s
+                .iter()
+                .find(|(_, tok, _)| tok.as_ref() == Some(t))
+                .map(|(_, _, k)| k.clone()),
+            None if s.len() == 1 => s.first().map(|(_, _, k)| k.clone()),
+            None => None,
+        });
+        match sink {
+            Some(sink) => {
+                if let Err(e) = sink.send(frame) {
+                    let _ = self.out.send(e.0);
+                }
+            }
+            None => {
+                let _ = self.out.send(frame);
+            }
+        }
+    }
+
+    /// For a modern `tools/call` over HTTP: checks the `Mcp-Param-*` headers the tool's schema
+    /// asks for (`x-mcp-header`) against the arguments. `headers` maps lower-case header names
+    /// to values. Returns what does not match.
+    pub async fn param_header_mismatch(
+        &self,
+        frame: &Value,
+        headers: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let name = frame.pointer("/params/name").and_then(Value::as_str)?;
+        let (server, tool) = self.gw.cfg.split_tool(name)?;
+        let (server, tool) = (server.to_owned(), tool.to_owned());
+        let entry = self
+            .tool_entry(&server, &tool, frame.pointer("/params/_meta"))
+            .await
+            .ok()
+            .flatten()?;
+        let args = frame
+            .pointer("/params/arguments")
+            .and_then(Value::as_object);
+        for (arg, header) in param_headers(&entry.definition) {
+            let want = args.and_then(|a| a.get(&arg)).and_then(header_value);
+            let got = headers.get(&format!("mcp-param-{}", header.to_ascii_lowercase()));
+            let got = match got.map(|g| decode_header_value(g)) {
+                Some(Some(g)) => Some(g),
+                Some(None) => {
+                    return Some(format!("Mcp-Param-{header} is not a valid encoded value"));
+                }
+                None => None,
+            };
+            let want = want
+                .as_deref()
+                .map(|w| decode_header_value(w).unwrap_or_default());
+            if got != want {
+                return Some(format!(
+                    "Mcp-Param-{header} does not match argument `{arg}`"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Handles one frame from the agent; returns the response to a request.
+    pub async fn handle(self: &Arc<Self>, frame: Value) -> Option<Value> {
+        match jsonrpc::classify(&frame) {
+            Kind::Request => Some(self.request(frame).await),
+            Kind::Notification => {
+                self.notification(frame).await;
+                None
+            }
+            Kind::Response => {
+                self.response(frame).await;
+                None
+            }
+            Kind::Invalid => Some(jsonrpc::error(
+                frame.get("id").cloned().unwrap_or(Value::Null),
+                jsonrpc::INVALID_REQUEST,
+                "invalid request",
+                None,
+            )),
+        }
+    }
+
+    async fn request(self: &Arc<Self>, frame: Value) -> Value {
+        let id = frame.get("id").cloned().unwrap_or(Value::Null);
+        let method = jsonrpc::method(&frame).unwrap_or_default().to_owned();
+        // A modern request names its revision in `_meta`; refuse revisions we do not serve.
+        let requested = frame
+            .pointer("/params/_meta")
+            .and_then(|m| m.get(META_PROTOCOL_VERSION))
+            .cloned();
+        let modern = match &requested {
+            Some(Value::String(v)) if v == MODERN_VERSION => true,
+            Some(other) => {
+                return jsonrpc::error(
+                    id,
+                    jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+                    "Unsupported protocol version",
+                    Some(json!({"supported": SUPPORTED_VERSIONS, "requested": other})),
+                );
+            }
+            None => false,
+        };
+        if modern {
+            if let Ok(mut m) = self.modern.lock() {
+                *m = true;
+            }
+            if let Some(caps) = frame
+                .pointer("/params/_meta")
+                .and_then(|m| m.get(META_CLIENT_CAPS))
+                && let Ok(mut c) = self.client_caps.lock()
+            {
+                *c = caps.clone();
+            }
+        }
+        let mut resp = match method.as_str() {
+            "initialize" => self.initialize(id, &frame),
+            "ping" => jsonrpc::result(id, json!({})),
+            "server/discover" => jsonrpc::result(id, self.discover()),
+            "tools/list" => self.tools_list(id).await,
+            "tools/call" => self.tools_call(frame).await,
+            _ => self.passthrough(frame).await,
+        };
+        if modern {
+            mark_complete(&mut resp, &method);
+        }
+        resp
+    }
+
+    fn initialize(&self, id: Value, frame: &Value) -> Value {
+        let requested = frame
+            .pointer("/params/protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let version = if LEGACY_VERSIONS.contains(&requested) {
+            requested
+        } else {
+            crate::LEGACY_VERSION
+        };
+        if let Some(caps) = frame.pointer("/params/capabilities")
+            && let Ok(mut c) = self.client_caps.lock()
+        {
+            *c = caps.clone();
+        }
+        jsonrpc::result(
+            id,
+            json!({
+                "protocolVersion": version,
+                "capabilities": self.capabilities(),
+                "serverInfo": {"name": "warden", "version": env!("CARGO_PKG_VERSION")},
+                "instructions": "Warden gateway: tools of several servers, named <server>/<tool>. Every call is decided by policy and logged.",
+            }),
+        )
+    }
+
+    fn capabilities(&self) -> Value {
+        let mut caps = json!({"tools": {"listChanged": true}});
+        if self.gw.cfg.servers.len() == 1 {
+            // One upstream: resources, prompts and completions pass through unchanged.
+            if let Some(obj) = caps.as_object_mut() {
+                obj.insert("resources".into(), json!({}));
+                obj.insert("prompts".into(), json!({}));
+                obj.insert("completions".into(), json!({}));
+                obj.insert("logging".into(), json!({}));
+            }
+        }
+        caps
+    }
+
+    fn discover(&self) -> Value {
+        json!({
+            "supportedVersions": SUPPORTED_VERSIONS,
+            "capabilities": self.capabilities(),
+            "serverInfo": {"name": "warden", "version": env!("CARGO_PKG_VERSION")},
+            "ttlMs": 0,
+            "cacheScope": "private",
+        })
+    }
+
+    async fn upstream(&self, server: &str) -> Result<Arc<Upstream>, Error> {
+        let mut ups = self.upstreams.lock().await;
+        if let Some(up) = ups.get(server) {
+            return Ok(up.clone());
+        }
+        let caps = self
+            .client_caps
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let modern = self.modern.lock().map(|m| *m).unwrap_or(false);
+        let up = Upstream::connect(&self.gw.cfg, server, caps, modern, self.events.clone()).await?;
+        ups.insert(server.to_owned(), up.clone());
+        Ok(up)
+    }
+
+    /// Lists `server`'s tools (all pages), pins them, refreshes the session's view.
+    async fn list_server(&self, server: &str) -> Result<Vec<Value>, Error> {
+        self.list_server_with(server, None).await
+    }
+
+    /// Lists with the `_meta` of the agent request that caused the listing (a modern server may
+    /// list tools depending on the client's declared capabilities and extensions).
+    async fn list_server_with(
+        &self,
+        server: &str,
+        meta: Option<&Value>,
+    ) -> Result<Vec<Value>, Error> {
+        let up = self.upstream(server).await?;
+        let mut tools = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..100 {
+            let mut params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            if let (Some(meta), Some(obj)) = (meta, params.as_object_mut()) {
+                let keep: Map<String, Value> = meta
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(k, _)| k.starts_with("io.modelcontextprotocol/"))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                obj.insert("_meta".into(), Value::Object(keep));
+            }
+            let resp = up.request("tools/list", params).await?;
+            let result = resp.get("result").ok_or_else(|| Error::Upstream {
+                server: server.to_owned(),
+                reason: format!(
+                    "tools/list failed: {}",
+                    resp.get("error").cloned().unwrap_or_default()
+                ),
+            })?;
+            tools.extend(
+                result
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let mut visible = Vec::new();
+        for def in tools {
+            let Some(name) = def.get("name").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            let k = key(server, &name);
+            let hash = definition_hash(&def)?;
+            up.set_param_headers(&name, param_headers(&def));
+            let status = self
+                .gw
+                .pins
+                .lock()
+                .map_err(|_| Error::Pins("poisoned".into()))?
+                .observe(&k, &hash, &def)?;
+            let changed = match status {
+                PinStatus::Same => None,
+                PinStatus::New => {
+                    self.event(json!({"v": 1, "type": "warden.tool_pinned", "tool": k, "hash": hash, "status": "pinned"}));
+                    None
+                }
+                PinStatus::Changed { pinned, observed } => {
+                    self.event(json!({"v": 1, "type": "warden.tool_pinned", "tool": k, "hash": observed, "pinned": pinned, "status": "changed"}));
+                    Some((pinned, observed))
+                }
+            };
+            if changed.is_none() {
+                let mut shown = def.clone();
+                if let Some(obj) = shown.as_object_mut() {
+                    obj.insert("name".into(), json!(self.gw.cfg.join_tool(server, &name)));
+                }
+                visible.push(shown);
+            }
+            if let Ok(mut t) = self.tools.lock() {
+                t.insert(
+                    k,
+                    ToolEntry {
+                        definition: def,
+                        hash,
+                        changed,
+                    },
+                );
+            }
+        }
+        Ok(visible)
+    }
+
+    fn event(&self, event: Value) {
+        // Pin events are best effort: the call path refuses changed tools on its own.
+        let _ = self.gw.authority.record_event(&event);
+    }
+
+    async fn tools_list(&self, id: Value) -> Value {
+        let mut all = Vec::new();
+        let names: Vec<String> = self.gw.cfg.servers.keys().cloned().collect();
+        let mut failures = Vec::new();
+        for server in names {
+            match self.list_server(&server).await {
+                Ok(tools) => all.extend(tools),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if all.is_empty() && !failures.is_empty() {
+            return jsonrpc::error(
+                id,
+                jsonrpc::UPSTREAM_ERROR,
+                "no upstream server answered",
+                Some(json!({"errors": failures})),
+            );
+        }
+        jsonrpc::result(id, json!({"tools": all}))
+    }
+
+    async fn tool_entry(
+        &self,
+        server: &str,
+        tool: &str,
+        meta: Option<&Value>,
+    ) -> Result<Option<ToolEntry>, Error> {
+        let k = key(server, tool);
+        let known = self.tools.lock().ok().and_then(|t| t.get(&k).cloned());
+        if known.is_some() {
+            return Ok(known);
+        }
+        self.list_server_with(server, meta).await?;
+        Ok(self.tools.lock().ok().and_then(|t| t.get(&k).cloned()))
+    }
+
+    /// Labels per argument: declared by the client, inferred from the session's untrusted
+    /// results, and in strict mode (or once the index overflowed) everything untrusted seen.
+    fn argument_labels(
+        &self,
+        arguments: &Map<String, Value>,
+        meta: Option<&Value>,
+    ) -> BTreeMap<String, Label> {
+        let declared = meta
+            .and_then(|m| m.get(META_LABELS))
+            .and_then(Value::as_object);
+        let taint = self.taint.lock();
+        let mut out = BTreeMap::new();
+        for (name, value) in arguments {
+            let mut label = declared
+                .and_then(|d| d.get(name))
+                .and_then(Label::from_declared)
+                .unwrap_or_default();
+            if let Ok(ix) = &taint {
+                label.join(&ix.lookup(value));
+                if self.gw.cfg.gateway.strict_taint || ix.overflowed() {
+                    label.join(ix.everything());
+                }
+            }
+            if !label.is_empty() {
+                out.insert(name.clone(), label);
+            }
+        }
+        out
+    }
+
+    async fn tools_call(self: &Arc<Self>, frame: Value) -> Value {
+        let id = frame.get("id").cloned().unwrap_or(Value::Null);
+        let Some(name) = frame.pointer("/params/name").and_then(Value::as_str) else {
+            return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "missing tool name", None);
+        };
+        let Some((server, tool)) = self.gw.cfg.split_tool(name) else {
+            return jsonrpc::error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                &format!("unknown tool `{name}`"),
+                None,
+            );
+        };
+        let (server, tool) = (server.to_owned(), tool.to_owned());
+        let entry = match self
+            .tool_entry(&server, &tool, frame.pointer("/params/_meta"))
+            .await
+        {
+            Ok(Some(entry)) => entry,
+            Ok(None) => {
+                return jsonrpc::error(
+                    id,
+                    jsonrpc::INVALID_PARAMS,
+                    &format!("unknown tool `{name}`"),
+                    None,
+                );
+            }
+            Err(e) => return jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
+        };
+        if let Some((pinned, observed)) = &entry.changed {
+            self.event(json!({"v": 1, "type": "warden.tool_pinned", "tool": key(&server, &tool), "hash": observed, "pinned": pinned, "status": "refused"}));
+            return jsonrpc::error(
+                id,
+                jsonrpc::TOOL_CHANGED,
+                &format!(
+                    "tool `{name}` changed since it was pinned; an operator must accept it (`warden tools accept {}`)",
+                    key(&server, &tool)
+                ),
+                Some(json!({"rules": ["tool-pin"], "pinned": pinned, "observed": observed})),
+            );
+        }
+        let arguments = frame
+            .pointer("/params/arguments")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let Some(args) = arguments.as_object() else {
+            return jsonrpc::error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                "`arguments` is not an object",
+                None,
+            );
+        };
+        let meta = frame.pointer("/params/_meta");
+        let labels = self.argument_labels(args, meta);
+        let intent = meta
+            .and_then(|m| m.get(META_INTENT))
+            .and_then(Value::as_str)
+            .map(|text| {
+                let mut label = self
+                    .taint
+                    .lock()
+                    .map(|ix| ix.lookup(&json!(text)))
+                    .unwrap_or_default();
+                if self.gw.cfg.gateway.strict_taint
+                    && let Ok(ix) = self.taint.lock()
+                {
+                    label.join(ix.everything());
+                }
+                (text.to_owned(), label)
+            });
+        let call = CallRequest {
+            agent: self.agent.clone(),
+            delegation: self.delegation.clone(),
+            session: Some(self.id.clone()),
+            server: server.clone(),
+            tool: tool.clone(),
+            definition: entry.definition.clone(),
+            definition_hash: entry.hash.clone(),
+            arguments: arguments.clone(),
+            labels: labels.clone(),
+            intent,
+        };
+        let verdict = match self.decide(&call).await {
+            Ok(v) => v,
+            Err(e) => {
+                return jsonrpc::error(
+                    id,
+                    jsonrpc::AUDIT_UNAVAILABLE,
+                    &format!("call refused: {e}"),
+                    Some(json!({"rules": ["fail-closed"]})),
+                );
+            }
+        };
+        let certificate = match verdict {
+            Verdict::Allow { certificate, .. } => certificate,
+            Verdict::Deny {
+                record,
+                rules,
+                reason,
+            } => {
+                return jsonrpc::error(
+                    id,
+                    jsonrpc::DENIED,
+                    &format!("denied by policy: {reason}"),
+                    Some(json!({"rules": rules, "reason": reason, "record": record})),
+                );
+            }
+            Verdict::NeedsApproval {
+                record,
+                rules,
+                reason,
+            } => match self.await_approval(&call, record, rules, reason).await {
+                Ok(certificate) => certificate,
+                Err(resp) => return with_id(resp, id),
+            },
+        };
+        self.forward_call(frame, &server, &tool, certificate, &call)
+            .await
+    }
+
+    async fn decide(&self, call: &CallRequest) -> Result<Verdict, crate::AuthorityError> {
+        let authority = self.gw.authority.clone();
+        let call = call.clone();
+        tokio::task::spawn_blocking(move || authority.decide(&call))
+            .await
+            .map_err(|e| crate::AuthorityError(e.to_string()))?
+    }
+
+    /// Holds the call until an operator answers or the timeout denies it; returns the
+    /// certificate of the allowed call, or the error response.
+    async fn await_approval(
+        &self,
+        call: &CallRequest,
+        record: String,
+        rules: Vec<String>,
+        reason: String,
+    ) -> Result<Value, Value> {
+        let pending = PendingCall {
+            id: record.clone(),
+            agent: self.agent.clone(),
+            session: Some(self.id.clone()),
+            tool: key(&call.server, &call.tool),
+            arguments: call.arguments.clone(),
+            reason: reason.clone(),
+            rules: rules.clone(),
+            held_at: rfc3339(self.gw.clock.now()),
+        };
+        let rx = self.gw.approvals.hold(pending);
+        let timeout = Duration::from_secs(self.gw.cfg.gateway.approval_timeout_secs);
+        let answer = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            _ => {
+                self.gw.approvals.forget(&record);
+                Answer {
+                    granted: false,
+                    approver: "warden:timeout".into(),
+                }
+            }
+        };
+        let approval = Approval {
+            approver: answer.approver.clone(),
+            granted: answer.granted,
+            time: rfc3339(self.gw.clock.now()),
+        };
+        let authority = self.gw.authority.clone();
+        let (call2, record2) = (call.clone(), record.clone());
+        let verdict =
+            tokio::task::spawn_blocking(move || authority.resolve(&call2, &record2, &approval))
+                .await
+                .map_err(|e| crate::AuthorityError(e.to_string()))
+                .and_then(|r| r);
+        match verdict {
+            Ok(Verdict::Allow { certificate, .. }) => Ok(certificate),
+            Ok(
+                Verdict::Deny {
+                    record,
+                    rules,
+                    reason,
+                }
+                | Verdict::NeedsApproval {
+                    record,
+                    rules,
+                    reason,
+                },
+            ) => Err(jsonrpc::error(
+                Value::Null,
+                jsonrpc::APPROVAL_DENIED,
+                &format!("not approved: {reason}"),
+                Some(
+                    json!({"rules": rules, "reason": reason, "record": record, "approver": answer.approver}),
+                ),
+            )),
+            Err(e) => Err(jsonrpc::error(
+                Value::Null,
+                jsonrpc::AUDIT_UNAVAILABLE,
+                &format!("call refused: {e}"),
+                Some(json!({"rules": ["fail-closed"]})),
+            )),
+        }
+    }
+
+    async fn forward_call(
+        &self,
+        mut frame: Value,
+        server: &str,
+        tool: &str,
+        certificate: Value,
+        call: &CallRequest,
+    ) -> Value {
+        let id = frame.get("id").cloned().unwrap_or(Value::Null);
+        if let Some(params) = frame.get_mut("params").and_then(Value::as_object_mut) {
+            params.insert("name".into(), json!(tool));
+            params.insert("arguments".into(), call.arguments.clone());
+            let meta = params.entry("_meta").or_insert_with(|| json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.remove(META_LABELS);
+                meta.insert(META_CERTIFICATE.into(), certificate);
+            }
+        }
+        let up = match self.upstream(server).await {
+            Ok(up) => up,
+            Err(e) => return jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
+        };
+        let upstream_id = up.reserve_id();
+        let inflight_key = id.to_string();
+        if let Ok(mut f) = self.inflight.lock() {
+            f.insert(inflight_key.clone(), (server.to_owned(), upstream_id));
+        }
+        let result = up.forward(frame, upstream_id).await;
+        if let Ok(mut f) = self.inflight.lock() {
+            f.remove(&inflight_key);
+        }
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => return jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
+        };
+        if let Some(result) = resp.get_mut("result").and_then(Value::as_object_mut) {
+            let mut label = self.gw.cfg.source_label(server, tool);
+            for l in call.labels.values() {
+                label.join(l);
+            }
+            if label.is_untrusted() {
+                let mut text = Vec::new();
+                for (k, v) in result.iter() {
+                    if k != "_meta" {
+                        strings(v, &mut text);
+                    }
+                }
+                if let Ok(mut ix) = self.taint.lock() {
+                    for t in &text {
+                        ix.insert(t, &label);
+                    }
+                }
+            }
+            let meta = result.entry("_meta").or_insert_with(|| json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert(META_LABELS.into(), label.to_meta());
+            }
+        }
+        with_id(resp, id)
+    }
+
+    /// Any other request: with one upstream, forwarded unchanged; otherwise unknown.
+    async fn passthrough(&self, frame: Value) -> Value {
+        let id = frame.get("id").cloned().unwrap_or(Value::Null);
+        let method = jsonrpc::method(&frame).unwrap_or_default().to_owned();
+        let only = (self.gw.cfg.servers.len() == 1)
+            .then(|| self.gw.cfg.servers.keys().next().cloned())
+            .flatten();
+        let forwardable = method.starts_with("resources/")
+            || method.starts_with("prompts/")
+            || method == "completion/complete"
+            || method == "logging/setLevel"
+            || method == "subscriptions/listen"
+            || method.starts_with("tasks/");
+        let Some(server) = only.filter(|_| forwardable) else {
+            return jsonrpc::error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!("method `{method}` not found"),
+                None,
+            );
+        };
+        let up = match self.upstream(&server).await {
+            Ok(up) => up,
+            Err(e) => return jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
+        };
+        let upstream_id = up.reserve_id();
+        match up.forward(frame, upstream_id).await {
+            Ok(resp) => with_id(resp, id),
+            Err(e) => jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
+        }
+    }
+
+    async fn notification(&self, frame: Value) {
+        match jsonrpc::method(&frame) {
+            Some("notifications/cancelled") => {
+                let Some(request) = frame.pointer("/params/requestId") else {
+                    return;
+                };
+                let target = self
+                    .inflight
+                    .lock()
+                    .ok()
+                    .and_then(|f| f.get(&request.to_string()).cloned());
+                if let Some((server, upstream_id)) = target {
+                    let mut fwd = frame.clone();
+                    if let Some(p) = fwd.get_mut("params").and_then(Value::as_object_mut) {
+                        p.insert("requestId".into(), json!(upstream_id));
+                    }
+                    if let Ok(up) = self.upstream(&server).await {
+                        let _ = up.notify(fwd).await;
+                    }
+                }
+            }
+            Some("notifications/roots/list_changed") => {
+                let ups: Vec<Arc<Upstream>> =
+                    self.upstreams.lock().await.values().cloned().collect();
+                for up in ups {
+                    let _ = up.notify(frame.clone()).await;
+                }
+            }
+            // `notifications/initialized` and anything else concern the gateway only.
+            _ => {}
+        }
+    }
+
+    /// The agent answers a server→client request: back to the server that asked.
+    async fn response(&self, frame: Value) {
+        let Some(id) = frame.get("id").and_then(Value::as_str) else {
+            return;
+        };
+        let target = self
+            .server_requests
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(id));
+        if let Some((server, upstream_id)) = target
+            && let Ok(up) = self.upstream(&server).await
+        {
+            let _ = up.notify(with_id(frame, upstream_id)).await;
+        }
+    }
+
+    async fn upstream_event(&self, event: UpstreamEvent) {
+        match event {
+            UpstreamEvent::Notification { server, frame } => {
+                let method = jsonrpc::method(&frame).unwrap_or_default();
+                if method == "notifications/tools/list_changed" {
+                    // Forget the server's tools: the next call re-lists and re-checks pins.
+                    if let Ok(mut t) = self.tools.lock() {
+                        t.retain(|k, _| !k.starts_with(&format!("{server}/")));
+                    }
+                }
+                if method == "notifications/cancelled" {
+                    // The server withdrew one of its own requests: translate the id back.
+                    let mut frame = frame;
+                    let upstream_id = frame.pointer("/params/requestId").cloned();
+                    let ours = self.server_requests.lock().ok().and_then(|m| {
+                        m.iter()
+                            .find(|(_, (s, u))| s == &server && Some(u) == upstream_id.as_ref())
+                            .map(|(k, _)| k.clone())
+                    });
+                    if let (Some(ours), Some(p)) =
+                        (ours, frame.get_mut("params").and_then(Value::as_object_mut))
+                    {
+                        p.insert("requestId".into(), json!(ours));
+                        self.deliver(frame);
+                    }
+                    return;
+                }
+                self.deliver(frame);
+            }
+            UpstreamEvent::Request { server, frame } => {
+                let upstream_id = frame.get("id").cloned().unwrap_or(Value::Null);
+                if self.modern.lock().map(|m| *m).unwrap_or(false) {
+                    // A modern agent takes no server→client requests (MRTR replaces them).
+                    if let Ok(up) = self.upstream(&server).await {
+                        let _ = up
+                            .notify(jsonrpc::error(
+                                upstream_id,
+                                jsonrpc::METHOD_NOT_FOUND,
+                                "the agent speaks 2026-07-28 and takes no server requests",
+                                None,
+                            ))
+                            .await;
+                    }
+                    return;
+                }
+                let ours = format!(
+                    "warden-{}",
+                    self.next_server_request.fetch_add(1, Ordering::Relaxed)
+                );
+                if let Ok(mut m) = self.server_requests.lock() {
+                    m.insert(ours.clone(), (server, upstream_id));
+                }
+                self.deliver(with_id(frame, json!(ours)));
+            }
+        }
+    }
+}
+
+async fn pump(session: std::sync::Weak<Session>, mut rx: mpsc::UnboundedReceiver<UpstreamEvent>) {
+    while let Some(event) = rx.recv().await {
+        let Some(s) = session.upgrade() else { return };
+        s.upstream_event(event).await;
+    }
+}
+
+fn with_id(mut frame: Value, id: impl Into<Value>) -> Value {
+    if let Some(obj) = frame.as_object_mut() {
+        obj.insert("id".into(), id.into());
+    }
+    frame
+}
+
+/// Modern results carry `resultType`; list results carry cache hints.
+fn mark_complete(resp: &mut Value, method: &str) {
+    let Some(result) = resp.get_mut("result").and_then(Value::as_object_mut) else {
+        return;
+    };
+    result
+        .entry("resultType")
+        .or_insert_with(|| json!("complete"));
+    if method.ends_with("/list") || method == "resources/read" {
+        result.entry("ttlMs").or_insert_with(|| json!(0));
+        result
+            .entry("cacheScope")
+            .or_insert_with(|| json!("private"));
+    }
+}
+
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| k.as_str() != "_meta")
+            .for_each(|(_, i)| strings(i, out)),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// `(argument, header name)` for every top-level property whose schema carries `x-mcp-header`.
+pub(crate) fn param_headers(definition: &Value) -> Vec<(String, String)> {
+    definition
+        .pointer("/inputSchema/properties")
+        .and_then(Value::as_object)
+        .map(|props| {
+            props
+                .iter()
+                .filter_map(|(arg, schema)| {
+                    schema
+                        .get("x-mcp-header")
+                        .and_then(Value::as_str)
+                        .map(|h| (arg.clone(), h.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The header form of an argument value: plain when it is safe ASCII, else `=?base64?...?=`.
+pub(crate) fn header_value(v: &Value) -> Option<String> {
+    use base64::Engine as _;
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    let plain = text.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && text.trim() == text
+        && !text.starts_with("=?");
+    Some(if plain {
+        text
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+        )
+    })
+}
+
+/// Decodes a header value; `None` if it claims base64 and is not.
+pub(crate) fn decode_header_value(v: &str) -> Option<String> {
+    use base64::Engine as _;
+    match v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()),
+        None => Some(v.to_owned()),
+    }
+}

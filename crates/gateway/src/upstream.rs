@@ -1,0 +1,657 @@
+//! Connections to upstream MCP servers: stdio child processes and Streamable HTTP endpoints, in
+//! either era.
+//!
+//! Each agent session owns its own connections, so a server→client request (sampling,
+//! elicitation, roots) always goes back to the agent whose session the server belongs to.
+//! Request ids are rewritten per connection; the caller restores the agent's id.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Era, GatewayConfig, ServerConfig};
+use crate::error::Error;
+use crate::jsonrpc::{self, Kind};
+use crate::{LEGACY_VERSION, MODERN_VERSION};
+
+/// A message an upstream sent on its own: a notification or a server→client request.
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    /// A notification (progress, list changed, log message, ...).
+    Notification {
+        /// Server name.
+        server: String,
+        /// The frame.
+        frame: Value,
+    },
+    /// A request to the client (sampling, elicitation, roots).
+    Request {
+        /// Server name.
+        server: String,
+        /// The frame, with the upstream's id.
+        frame: Value,
+    },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+enum Transport {
+    Stdio {
+        stdin: tokio::sync::Mutex<ChildStdin>,
+        _child: Box<tokio::process::Child>,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+        session_id: Mutex<Option<String>>,
+    },
+    /// `warden replay`: answers come from a recorded session.
+    Replay(Mutex<Recorded>),
+}
+
+/// A server's recorded answers: to agent requests by the agent's id, to the gateway's own
+/// requests (`tools/list`, ...) by method, in order.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Agent request id (JSON text) → the response the server gave.
+    pub by_id: HashMap<String, Value>,
+    /// Method → responses to the gateway's own requests, oldest first.
+    pub by_method: HashMap<String, std::collections::VecDeque<Value>>,
+}
+
+/// One live connection to an upstream server.
+pub struct Upstream {
+    name: String,
+    transport: Transport,
+    pending: Pending,
+    next_id: AtomicU64,
+    era: Mutex<Era>,
+    /// What the server said about itself (`initialize` or `server/discover` result).
+    server_info: Mutex<Value>,
+    client_caps: Value,
+    events: mpsc::UnboundedSender<UpstreamEvent>,
+    timeout: Duration,
+    /// Tool → (argument, header) pairs mirrored into `Mcp-Param-*` headers (modern HTTP).
+    param_headers: Mutex<HashMap<String, Vec<(String, String)>>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn upstream_err(server: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Upstream {
+        server: server.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Upstream {
+    /// Starts (stdio) or reaches (HTTP) `name` and performs the era's opening exchange.
+    /// `client_caps` are the agent's declared capabilities, passed on so that servers offer
+    /// sampling, roots and elicitation only when the agent supports them.
+    pub async fn connect(
+        cfg: &GatewayConfig,
+        name: &str,
+        client_caps: Value,
+        prefer_modern: bool,
+        events: mpsc::UnboundedSender<UpstreamEvent>,
+    ) -> Result<Arc<Self>, Error> {
+        let server = cfg
+            .servers
+            .get(name)
+            .ok_or_else(|| upstream_err(name, "not configured"))?;
+        let pending: Pending = Arc::default();
+        let transport = match (&server.command, &server.url) {
+            (Some(command), _) => {
+                Self::spawn(cfg, name, command, server, pending.clone(), events.clone())?
+            }
+            (None, Some(url)) => Transport::Http {
+                client: reqwest::Client::builder()
+                    .build()
+                    .map_err(|e| upstream_err(name, e))?,
+                url: url.clone(),
+                session_id: Mutex::new(None),
+            },
+            (None, None) => return Err(upstream_err(name, "neither `command` nor `url`")),
+        };
+        let up = Arc::new(Self {
+            name: name.to_owned(),
+            transport,
+            pending,
+            next_id: AtomicU64::new(1),
+            era: Mutex::new(server.era),
+            server_info: Mutex::new(Value::Null),
+            client_caps,
+            events,
+            timeout: Duration::from_secs(cfg.gateway.upstream_timeout_secs),
+            param_headers: Mutex::default(),
+        });
+        up.open(server.era, prefer_modern).await?;
+        Ok(up)
+    }
+
+    fn spawn(
+        cfg: &GatewayConfig,
+        name: &str,
+        command: &str,
+        server: &ServerConfig,
+        pending: Pending,
+        events: mpsc::UnboundedSender<UpstreamEvent>,
+    ) -> Result<Transport, Error> {
+        let mut cmd = Command::new(command);
+        cmd.args(&server.args)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for var in ["PATH", "HOME", "LANG", "TMPDIR"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        cmd.envs(&server.env);
+        if let Some(cwd) = &server.cwd {
+            cmd.current_dir(cfg.resolve(cwd));
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| upstream_err(name, format_args!("cannot start `{command}`: {e}")))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| upstream_err(name, "no stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| upstream_err(name, "no stdout"))?;
+        let server_name = name.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match lines.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let Ok(frame) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                route(&server_name, frame, &pending, &events);
+            }
+            // The server is gone: fail every waiting call.
+            if let Ok(mut p) = pending.lock() {
+                p.clear();
+            }
+        });
+        Ok(Transport::Stdio {
+            stdin: tokio::sync::Mutex::new(stdin),
+            _child: Box::new(child),
+        })
+    }
+
+    /// The era the connection settled on.
+    pub fn era(&self) -> Era {
+        self.era.lock().map(|e| *e).unwrap_or(Era::Legacy)
+    }
+
+    /// The opening exchange. With `era = "auto"` the connection follows the agent: a legacy
+    /// agent gets a legacy connection (so sessions, `logging/setLevel`, subscriptions and
+    /// server→client requests work end to end), a modern one a modern connection, each falling
+    /// back to the other era when the server lacks it.
+    async fn open(&self, era: Era, prefer_modern: bool) -> Result<(), Error> {
+        match era {
+            Era::Legacy => self.initialize().await,
+            Era::Modern if self.probe_modern().await => Ok(()),
+            Era::Modern => Err(upstream_err(
+                &self.name,
+                "configured as modern but does not answer `server/discover`",
+            )),
+            Era::Auto if prefer_modern => {
+                if self.probe_modern().await {
+                    Ok(())
+                } else {
+                    self.initialize().await
+                }
+            }
+            Era::Auto => match self.initialize().await {
+                Ok(()) => Ok(()),
+                Err(_) if self.probe_modern().await => Ok(()),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Probes with `server/discover`; true (and modern) if the server speaks 2026-07-28.
+    async fn probe_modern(&self) -> bool {
+        let probe = self
+            .request_with_timeout(
+                "server/discover",
+                json!({}),
+                Duration::from_secs(3),
+                Some(Era::Modern),
+            )
+            .await;
+        let Ok(resp) = probe else { return false };
+        let modern = resp
+            .pointer("/result/supportedVersions")
+            .and_then(Value::as_array)
+            .is_some_and(|v| v.iter().any(|x| x == MODERN_VERSION))
+            || resp.pointer("/error/code").and_then(Value::as_i64)
+                == Some(jsonrpc::UNSUPPORTED_PROTOCOL_VERSION);
+        if modern {
+            self.set_info(resp.get("result").cloned().unwrap_or(Value::Null));
+            self.set_era(Era::Modern);
+        }
+        modern
+    }
+
+    async fn initialize(&self) -> Result<(), Error> {
+        self.set_era(Era::Legacy);
+        let resp = self
+            .request(
+                "initialize",
+                json!({
+                    "protocolVersion": LEGACY_VERSION,
+                    "capabilities": self.client_caps,
+                    "clientInfo": {"name": "warden-gateway", "version": env!("CARGO_PKG_VERSION")},
+                }),
+            )
+            .await?;
+        let result = resp.get("result").cloned().ok_or_else(|| {
+            upstream_err(
+                &self.name,
+                format_args!(
+                    "initialize failed: {}",
+                    resp.get("error").cloned().unwrap_or_default()
+                ),
+            )
+        })?;
+        self.set_info(result);
+        self.notify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await
+    }
+
+    fn set_era(&self, era: Era) {
+        if let Ok(mut e) = self.era.lock() {
+            *e = era;
+        }
+    }
+
+    fn set_info(&self, info: Value) {
+        if let Ok(mut i) = self.server_info.lock() {
+            *i = info;
+        }
+    }
+
+    /// Sends a request built from `method` and `params`; returns the response frame.
+    pub async fn request(&self, method: &str, params: Value) -> Result<Value, Error> {
+        self.request_with_timeout(method, params, self.timeout, None)
+            .await
+    }
+
+    async fn request_with_timeout(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+        era: Option<Era>,
+    ) -> Result<Value, Error> {
+        // `null` marks the gateway's own requests (replay answers them by method).
+        let frame = json!({"jsonrpc": "2.0", "id": null, "method": method, "params": params});
+        self.forward_with(frame, timeout, era).await
+    }
+
+    /// Notes which arguments of `tool` go into `Mcp-Param-*` headers.
+    pub fn set_param_headers(&self, tool: &str, pairs: Vec<(String, String)>) {
+        if let Ok(mut m) = self.param_headers.lock() {
+            if pairs.is_empty() {
+                m.remove(tool);
+            } else {
+                m.insert(tool.to_owned(), pairs);
+            }
+        }
+    }
+
+    /// Reserves the upstream id of a request about to be forwarded (for cancellation).
+    pub fn reserve_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Forwards an agent's request frame under the reserved upstream `id`; returns the response
+    /// frame (which carries `id`, not the agent's).
+    pub async fn forward(&self, frame: Value, id: u64) -> Result<Value, Error> {
+        self.forward_as(frame, id, self.timeout, None).await
+    }
+
+    async fn forward_with(
+        &self,
+        frame: Value,
+        timeout: Duration,
+        era: Option<Era>,
+    ) -> Result<Value, Error> {
+        let id = self.reserve_id();
+        self.forward_as(frame, id, timeout, era).await
+    }
+
+    async fn forward_as(
+        &self,
+        mut frame: Value,
+        id: u64,
+        timeout: Duration,
+        era: Option<Era>,
+    ) -> Result<Value, Error> {
+        if let Transport::Replay(recorded) = &self.transport {
+            return self.replayed(recorded, &frame, id);
+        }
+        if let Some(obj) = frame.as_object_mut() {
+            obj.insert("id".into(), json!(id));
+        }
+        if era.unwrap_or_else(|| self.era()) == Era::Modern {
+            add_modern_meta(&mut frame, &self.client_caps);
+        }
+        match &self.transport {
+            Transport::Stdio { stdin, .. } => {
+                let (tx, rx) = oneshot::channel();
+                self.pending
+                    .lock()
+                    .map_err(|_| upstream_err(&self.name, "poisoned"))?
+                    .insert(id, tx);
+                let mut bytes =
+                    serde_json::to_vec(&frame).map_err(|e| upstream_err(&self.name, e))?;
+                bytes.push(b'\n');
+                {
+                    let mut w = stdin.lock().await;
+                    w.write_all(&bytes)
+                        .await
+                        .map_err(|e| upstream_err(&self.name, e))?;
+                    w.flush().await.map_err(|e| upstream_err(&self.name, e))?;
+                }
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(_)) => Err(upstream_err(&self.name, "connection closed")),
+                    Err(_) => {
+                        if let Ok(mut p) = self.pending.lock() {
+                            p.remove(&id);
+                        }
+                        Err(upstream_err(&self.name, "timed out"))
+                    }
+                }
+            }
+            Transport::Http { .. } => {
+                tokio::time::timeout(timeout, self.http_post(&frame, Some(id)))
+                    .await
+                    .map_err(|_| upstream_err(&self.name, "timed out"))?
+                    .and_then(|r| r.ok_or_else(|| upstream_err(&self.name, "no response")))
+            }
+            Transport::Replay(recorded) => self.replayed(recorded, &frame, id),
+        }
+    }
+
+    /// Sends a notification or a response (to a server→client request).
+    pub async fn notify(&self, frame: Value) -> Result<(), Error> {
+        match &self.transport {
+            Transport::Stdio { stdin, .. } => {
+                let mut bytes =
+                    serde_json::to_vec(&frame).map_err(|e| upstream_err(&self.name, e))?;
+                bytes.push(b'\n');
+                let mut w = stdin.lock().await;
+                w.write_all(&bytes)
+                    .await
+                    .map_err(|e| upstream_err(&self.name, e))?;
+                w.flush().await.map_err(|e| upstream_err(&self.name, e))
+            }
+            Transport::Http { .. } => self.http_post(&frame, None).await.map(|_| ()),
+            Transport::Replay(_) => Ok(()),
+        }
+    }
+
+    /// A connection answering from a recorded session (no process, no network).
+    pub fn replay(
+        name: &str,
+        recorded: Recorded,
+        events: mpsc::UnboundedSender<UpstreamEvent>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_owned(),
+            transport: Transport::Replay(Mutex::new(recorded)),
+            pending: Arc::default(),
+            next_id: AtomicU64::new(1),
+            era: Mutex::new(Era::Legacy),
+            server_info: Mutex::new(Value::Null),
+            client_caps: json!({}),
+            events,
+            timeout: Duration::from_secs(1),
+            param_headers: Mutex::default(),
+        })
+    }
+
+    fn replayed(&self, recorded: &Mutex<Recorded>, frame: &Value, id: u64) -> Result<Value, Error> {
+        let mut rec = recorded
+            .lock()
+            .map_err(|_| upstream_err(&self.name, "poisoned"))?;
+        let agent_id = frame.get("id").filter(|v| !v.is_null());
+        let method = jsonrpc::method(frame).unwrap_or_default();
+        let found = match agent_id {
+            Some(aid) => rec.by_id.remove(&aid.to_string()),
+            None => rec
+                .by_method
+                .get_mut(method)
+                .and_then(std::collections::VecDeque::pop_front),
+        };
+        let resp = found.ok_or_else(|| {
+            upstream_err(
+                &self.name,
+                format_args!("the recording has no answer to `{method}`"),
+            )
+        })?;
+        let mut resp = resp;
+        if let Some(obj) = resp.as_object_mut() {
+            obj.insert("id".into(), json!(id));
+        }
+        Ok(resp)
+    }
+
+    /// POSTs one frame; for a request, reads the JSON or SSE answer until the response with
+    /// `id`, routing everything else as events.
+    async fn http_post(&self, frame: &Value, id: Option<u64>) -> Result<Option<Value>, Error> {
+        let Transport::Http {
+            client,
+            url,
+            session_id,
+        } = &self.transport
+        else {
+            return Err(upstream_err(&self.name, "not an http upstream"));
+        };
+        let era = self.era();
+        let mut req = client
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json");
+        let sid = session_id.lock().ok().and_then(|s| s.clone());
+        if let Some(sid) = sid {
+            req = req.header("mcp-session-id", sid);
+        }
+        let method = jsonrpc::method(frame).unwrap_or_default().to_owned();
+        if method != "initialize" {
+            let version = if era == Era::Modern || method == "server/discover" {
+                MODERN_VERSION
+            } else {
+                LEGACY_VERSION
+            };
+            req = req.header("mcp-protocol-version", version);
+        }
+        if era == Era::Modern || method == "server/discover" {
+            if !method.is_empty() {
+                req = req.header("mcp-method", method.as_str());
+            }
+            if let Some(name) = frame
+                .pointer("/params/name")
+                .or_else(|| frame.pointer("/params/uri"))
+                .and_then(Value::as_str)
+                && name.is_ascii()
+                && !name.contains(['\r', '\n'])
+            {
+                req = req.header("mcp-name", name);
+            }
+            if method == "tools/call" {
+                let tool = frame
+                    .pointer("/params/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let pairs = self
+                    .param_headers
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(tool).cloned())
+                    .unwrap_or_default();
+                for (arg, header) in pairs {
+                    if let Some(v) = frame
+                        .pointer("/params/arguments")
+                        .and_then(|a| a.get(&arg))
+                        .and_then(crate::session::header_value)
+                    {
+                        req = req.header(format!("mcp-param-{header}"), v);
+                    }
+                }
+            }
+        }
+        let body = serde_json::to_vec(frame).map_err(|e| upstream_err(&self.name, e))?;
+        let mut resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| upstream_err(&self.name, e))?;
+        if let Some(sid) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            && let Ok(mut s) = session_id.lock()
+        {
+            *s = Some(sid.to_owned());
+        }
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if !is_sse {
+            let status = resp.status();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| upstream_err(&self.name, e))?;
+            return match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) if jsonrpc::classify(&v) == Kind::Response || v.get("error").is_some() => {
+                    Ok(Some(v))
+                }
+                _ => Err(upstream_err(&self.name, format_args!("http {status}"))),
+            };
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        let mut data = String::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| upstream_err(&self.name, e))?
+        {
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\r', '\n']);
+                if line.is_empty() {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let event = std::mem::take(&mut data);
+                    if let Ok(frame) = serde_json::from_str::<Value>(&event) {
+                        if jsonrpc::classify(&frame) == Kind::Response
+                            && frame.get("id") == Some(&json!(id))
+                        {
+                            return Ok(Some(frame));
+                        }
+                        route(&self.name, frame, &self.pending, &self.events);
+                    }
+                } else if let Some(rest) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+                }
+            }
+        }
+        Err(upstream_err(&self.name, "stream ended without a response"))
+    }
+}
+
+/// Adds the modern per-request `_meta` fields (keeping any the agent set).
+fn add_modern_meta(frame: &mut Value, caps: &Value) {
+    let Some(obj) = frame.as_object_mut() else {
+        return;
+    };
+    let params = obj.entry("params").or_insert_with(|| json!({}));
+    let Some(params) = params.as_object_mut() else {
+        return;
+    };
+    let meta = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    meta.entry("io.modelcontextprotocol/protocolVersion")
+        .or_insert_with(|| json!(MODERN_VERSION));
+    meta.entry("io.modelcontextprotocol/clientCapabilities")
+        .or_insert_with(|| caps.clone());
+    meta.entry("io.modelcontextprotocol/clientInfo")
+        .or_insert_with(|| json!({"name": "warden-gateway", "version": env!("CARGO_PKG_VERSION")}));
+}
+
+fn route(
+    server: &str,
+    frame: Value,
+    pending: &Pending,
+    events: &mpsc::UnboundedSender<UpstreamEvent>,
+) {
+    match jsonrpc::classify(&frame) {
+        Kind::Response => {
+            let waiter = frame
+                .get("id")
+                .and_then(Value::as_u64)
+                .and_then(|id| pending.lock().ok().and_then(|mut p| p.remove(&id)));
+            if let Some(tx) = waiter {
+                let _ = tx.send(frame);
+            }
+        }
+        Kind::Request => {
+            let _ = events.send(UpstreamEvent::Request {
+                server: server.to_owned(),
+                frame,
+            });
+        }
+        Kind::Notification => {
+            let _ = events.send(UpstreamEvent::Notification {
+                server: server.to_owned(),
+                frame,
+            });
+        }
+        Kind::Invalid => {}
+    }
+}

@@ -1,0 +1,580 @@
+//! The launcher's side inside the new process: the single-threaded helper, the sandbox's PID 1
+//! and the command's last steps before `exec`.
+//!
+//! Process tree: caller → helper (already moved into the sandbox's cgroups by the caller before
+//! it receives its configuration, so it forks nothing outside them; sets rlimits, prepares the bind mounts, drops to
+//! the sandbox uid, unshares the namespaces) → PID 1 of the new pid namespace (builds the root,
+//! pivots, runs the egress relay, reaps, and exits with the command's status, which kills the
+//! namespace) → the command (no-new-privs, Landlock, capability drop, descriptors closed,
+//! seccomp, exec).
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::sys::{self, Fork};
+
+/// The first argument that turns a binary into the helper.
+pub(crate) const HELPER_ARG: &str = "__warden-sandbox-helper";
+/// Descriptor carrying the JSON [`HelperConfig`].
+pub(crate) const CONFIG_FD: i32 = 3;
+/// Descriptor on which setup errors are reported; end-of-file without data means `exec` worked.
+pub(crate) const REPORT_FD: i32 = 4;
+/// Where the new root is assembled (inside the helper's own mount namespace).
+const NEW_ROOT: &str = "/tmp";
+/// Where the egress socket appears inside the sandbox.
+const PROXY_SOCKET_INSIDE: &str = "/run/warden/egress.sock";
+
+/// What the caller tells the helper.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct HelperConfig {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub read_only: Vec<PathBuf>,
+    pub read_write: Vec<PathBuf>,
+    /// Uid and gid to drop to when started as root.
+    pub drop_to: Option<(u32, u32)>,
+    pub open_files: u64,
+    pub file_size_bytes: u64,
+    pub cpu_seconds: u64,
+    /// `RLIMIT_AS`, set only when cgroups are unavailable and the operator allowed that.
+    pub address_space_bytes: Option<u64>,
+    pub tmp_bytes: u64,
+    pub proxy_socket: Option<PathBuf>,
+    pub proxy_port: u16,
+    pub allow_without_landlock: bool,
+}
+
+/// A detached mount tree waiting to be attached in the new root.
+struct Bind {
+    tree: OwnedFd,
+    target: PathBuf,
+    is_dir: bool,
+}
+
+/// The new root's plan: bind mounts and symlinks.
+struct RootPlan {
+    binds: Vec<Bind>,
+    links: Vec<(PathBuf, PathBuf)>,
+}
+
+/// If this process was started as the sandbox helper, runs it and exits; otherwise returns at
+/// once. Call it first thing in `main`, while the process is still single-threaded.
+pub fn run_helper_if_requested() {
+    if std::env::args_os().nth(1).as_deref() != Some(OsStr::new(HELPER_ARG)) {
+        return;
+    }
+    let code = helper_main();
+    std::process::exit(code);
+}
+
+fn helper_main() -> i32 {
+    // Nothing this process holds may reach the command except through the fds set up here.
+    let _ = sys::cloexec_from(3);
+    let mut report = sys::take_fd(REPORT_FD).map(File::from);
+    if report.is_none() {
+        return 125;
+    }
+    let config = sys::take_fd(CONFIG_FD)
+        .ok_or_else(|| "no configuration descriptor".to_owned())
+        .and_then(|fd| {
+            let mut text = String::new();
+            File::from(fd)
+                .read_to_string(&mut text)
+                .map_err(|e| e.to_string())?;
+            serde_json::from_str::<HelperConfig>(&text).map_err(|e| e.to_string())
+        });
+    match config.and_then(|c| helper(&c, &mut report)) {
+        Ok(code) => code,
+        Err(message) => {
+            send_report(&report, &message);
+            125
+        }
+    }
+}
+
+fn send_report(report: &Option<File>, message: &str) {
+    if let Some(mut file) = report.as_ref() {
+        let _ = file.write_all(message.as_bytes());
+    }
+}
+
+fn ctx<T>(what: &str, r: std::io::Result<T>) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+fn helper(config: &HelperConfig, report: &mut Option<File>) -> Result<i32, String> {
+    ctx("setsid", sys::setsid())?;
+    ctx("rlimit core", sys::set_rlimit(libc::RLIMIT_CORE as i32, 0))?;
+    ctx(
+        "rlimit nofile",
+        sys::set_rlimit(libc::RLIMIT_NOFILE as i32, config.open_files),
+    )?;
+    ctx(
+        "rlimit fsize",
+        sys::set_rlimit(libc::RLIMIT_FSIZE as i32, config.file_size_bytes),
+    )?;
+    ctx(
+        "rlimit cpu",
+        sys::set_rlimit(libc::RLIMIT_CPU as i32, config.cpu_seconds),
+    )?;
+    if let Some(bytes) = config.address_space_bytes {
+        ctx("rlimit as", sys::set_rlimit(libc::RLIMIT_AS as i32, bytes))?;
+    }
+    // As root, prepare the mounts now (the only moment we may clone any host path and id-map
+    // the granted ones), then drop to the sandbox user for good.
+    // The drop applies only when the helper really runs as root (a caller may start it through
+    // a wrapper that already dropped privileges).
+    let root = sys::euid_egid().0 == 0;
+    let plan = match config.drop_to.filter(|_| root) {
+        Some((uid, gid)) => {
+            let plan = plan_root(config, Some((uid, gid)))?;
+            ctx("drop to the sandbox user", sys::drop_to(uid, gid))?;
+            ctx("dumpable", sys::set_dumpable(true))?;
+            Some(plan)
+        }
+        None => None,
+    };
+    let (uid, gid) = sys::euid_egid();
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    ctx("unshare namespaces", sys::unshare(flags))?;
+    ctx(
+        "uid_map",
+        fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n")),
+    )?;
+    ctx("setgroups", fs::write("/proc/self/setgroups", "deny\n"))?;
+    ctx(
+        "gid_map",
+        fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n")),
+    )?;
+    ctx("not dumpable", sys::set_dumpable(false))?;
+    ctx("hostname", sys::sethostname("warden-sandbox"))?;
+    if config.proxy_socket.is_some() {
+        ctx("loopback up", sys::loopback_up())?;
+    }
+    match ctx("fork pid 1", sys::fork())? {
+        Fork::Child => {
+            let message = pid1(config, plan, report);
+            send_report(report, &message);
+            sys::exit_now(125);
+        }
+        Fork::Parent(child) => {
+            drop(report.take());
+            let (_, status) = ctx("wait for pid 1", sys::waitpid(child, 0))?;
+            Ok(sys::status_code(status))
+        }
+    }
+}
+
+/// Clones every path the new root needs into detached mount trees.
+fn plan_root(config: &HelperConfig, idmap_to: Option<(u32, u32)>) -> Result<RootPlan, String> {
+    let mut plan = RootPlan {
+        binds: Vec::new(),
+        links: Vec::new(),
+    };
+    let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    let rw = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    let system = |plan: &mut RootPlan, path: &str, attrs: u64| -> Result<(), String> {
+        let p = Path::new(path);
+        match fs::symlink_metadata(p) {
+            Err(_) => Ok(()),
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = ctx(path, fs::read_link(p))?;
+                plan.links.push((p.to_owned(), target));
+                Ok(())
+            }
+            Ok(m) => {
+                let tree = ctx(&format!("clone `{path}`"), sys::clone_tree(p))?;
+                ctx(
+                    &format!("attributes of `{path}`"),
+                    sys::set_tree_attrs(&tree, attrs, None),
+                )?;
+                plan.binds.push(Bind {
+                    tree,
+                    target: p.to_owned(),
+                    is_dir: m.is_dir(),
+                });
+                Ok(())
+            }
+        }
+    };
+    for path in [
+        "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
+    ] {
+        system(&mut plan, path, ro)?;
+    }
+    for path in [
+        "/etc/ld.so.cache",
+        "/etc/ld.so.conf",
+        "/etc/ld.so.conf.d",
+        "/etc/nsswitch.conf",
+        "/etc/localtime",
+        "/etc/alternatives",
+        "/etc/ssl/certs",
+        "/etc/ca-certificates",
+        "/etc/protocols",
+        "/etc/services",
+        "/etc/mime.types",
+    ] {
+        system(&mut plan, path, ro)?;
+    }
+    for dev in ["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"] {
+        system(&mut plan, dev, sys::MOUNT_ATTR_NOSUID)?;
+    }
+    let mut maps: Vec<((u32, u32), OwnedFd)> = Vec::new();
+    let grants = config
+        .read_only
+        .iter()
+        .map(|p| (p, ro))
+        .chain(config.read_write.iter().map(|p| (p, rw)));
+    for (path, attrs) in grants {
+        let meta = ctx(
+            &format!("granted path `{}`", path.display()),
+            fs::metadata(path),
+        )?;
+        let tree = ctx(
+            &format!("clone `{}`", path.display()),
+            sys::clone_tree(path),
+        )?;
+        let userns = match idmap_to {
+            Some((uid, gid)) => {
+                let owner = (meta.uid(), meta.gid());
+                if !maps.iter().any(|(k, _)| *k == owner) {
+                    let fd = ctx(
+                        "id-mapping namespace",
+                        sys::mapping_userns(owner.0, owner.1, uid, gid),
+                    )?;
+                    maps.push((owner, fd));
+                }
+                maps.iter().find(|(k, _)| *k == owner).map(|(_, fd)| fd)
+            }
+            None => None,
+        };
+        sys::set_tree_attrs(&tree, attrs, userns).map_err(|e| {
+            format!(
+                "cannot id-map granted path `{}` (filesystem without id-mapped mounts?): {e}",
+                path.display()
+            )
+        })?;
+        plan.binds.push(Bind {
+            tree,
+            target: path.clone(),
+            is_dir: meta.is_dir(),
+        });
+    }
+    if let Some(socket) = &config.proxy_socket {
+        let tree = ctx("clone the egress socket", sys::clone_tree(socket))?;
+        ctx(
+            "egress socket attributes",
+            sys::set_tree_attrs(&tree, rw, None),
+        )?;
+        plan.binds.push(Bind {
+            tree,
+            target: PathBuf::from(PROXY_SOCKET_INSIDE),
+            is_dir: false,
+        });
+    }
+    plan.binds.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(plan)
+}
+
+fn inside(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// PID 1: builds the root, starts the command and the relay, reaps, exits with the command's
+/// status. Returns only on a setup error, with its message.
+fn pid1(config: &HelperConfig, plan: Option<RootPlan>, report: &mut Option<File>) -> String {
+    // `report` stays open here only until the command is forked: its end-of-file tells the
+    // caller that setup finished and `exec` succeeded.
+    if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
+        return format!("parent death signal: {e}");
+    }
+    if let Err(e) = build_root(config, plan) {
+        return e;
+    }
+    let relay = if config.proxy_socket.is_some() {
+        match TcpListener::bind(("127.0.0.1", config.proxy_port)) {
+            Ok(l) => Some(l),
+            Err(e) => return format!("egress relay: {e}"),
+        }
+    } else {
+        None
+    };
+    let command = match sys::fork() {
+        Ok(Fork::Child) => {
+            drop(relay);
+            let message = exec_command(config);
+            send_report(report, &message);
+            sys::exit_now(126);
+        }
+        Ok(Fork::Parent(pid)) => pid,
+        Err(e) => return format!("fork command: {e}"),
+    };
+    drop(report.take());
+    if let Some(listener) = relay {
+        // Without the relay thread the command simply has no egress.
+        let _ = std::thread::Builder::new().spawn(move || run_relay(&listener));
+    }
+    loop {
+        match sys::waitpid(-1, 0) {
+            Ok((pid, status)) if pid == command => std::process::exit(sys::status_code(status)),
+            Ok(_) => {}
+            Err(_) => std::process::exit(125),
+        }
+    }
+}
+
+fn run_relay(listener: &TcpListener) {
+    for conn in listener.incoming() {
+        let Ok(tcp) = conn else { continue };
+        // Threads here count against the sandbox's pids limit; a refused spawn drops the
+        // connection.
+        let _ = std::thread::Builder::new().spawn(move || {
+            let Ok(unix) = UnixStream::connect(PROXY_SOCKET_INSIDE) else {
+                return;
+            };
+            let (Ok(mut tcp_r), Ok(mut unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
+                return;
+            };
+            let up = std::thread::Builder::new().spawn(move || {
+                let _ = std::io::copy(&mut tcp_r, &mut unix_w);
+                let _ = unix_w.shutdown(std::net::Shutdown::Write);
+            });
+            let Ok(up) = up else { return };
+            let (mut unix_r, mut tcp_w): (UnixStream, TcpStream) = (unix, tcp);
+            let _ = std::io::copy(&mut unix_r, &mut tcp_w);
+            let _ = tcp_w.shutdown(std::net::Shutdown::Write);
+            let _ = up.join();
+        });
+    }
+}
+
+fn build_root(config: &HelperConfig, plan: Option<RootPlan>) -> Result<(), String> {
+    let root = Path::new(NEW_ROOT);
+    let rec_private = libc::MS_REC | libc::MS_PRIVATE;
+    ctx(
+        "make mounts private",
+        sys::mount(None, Path::new("/"), None, rec_private, None),
+    )?;
+    let plan = match plan {
+        Some(p) => p,
+        None => plan_root(config, None)?,
+    };
+    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    ctx(
+        "root tmpfs",
+        sys::mount(
+            Some("tmpfs"),
+            root,
+            Some("tmpfs"),
+            nosuid_nodev,
+            Some("mode=0755,size=4m"),
+        ),
+    )?;
+    for dir in ["etc", "proc", "dev", "tmp", "run/warden"] {
+        ctx(dir, fs::create_dir_all(root.join(dir)))?;
+    }
+    let uid = sys::euid_egid().0;
+    let etc = [
+        (
+            "etc/passwd",
+            format!(
+                "root:x:0:0::/root:/bin/sh\nsandbox:x:{uid}:{uid}::/tmp:/bin/sh\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n"
+            ),
+        ),
+        (
+            "etc/group",
+            format!("root:x:0:\nsandbox:x:{uid}:\nnogroup:x:65534:\n"),
+        ),
+        (
+            "etc/hosts",
+            "127.0.0.1 localhost\n::1 localhost\n".to_owned(),
+        ),
+        ("etc/hostname", "warden-sandbox\n".to_owned()),
+    ];
+    for (path, text) in etc {
+        ctx(path, fs::write(root.join(path), text))?;
+    }
+    for (link, target) in &plan.links {
+        ctx(
+            &format!("symlink `{}`", link.display()),
+            symlink(target, inside(root, link)),
+        )?;
+    }
+    // The private /tmp first: grants below /tmp are mounted on top of it.
+    let tmp_opts = format!("mode=1777,size={}", config.tmp_bytes);
+    ctx(
+        "private /tmp",
+        sys::mount(
+            Some("tmpfs"),
+            &root.join("tmp"),
+            Some("tmpfs"),
+            nosuid_nodev,
+            Some(&tmp_opts),
+        ),
+    )?;
+    for bind in &plan.binds {
+        let target = inside(root, &bind.target);
+        if bind.is_dir {
+            ctx(
+                &format!("mount point `{}`", bind.target.display()),
+                fs::create_dir_all(&target),
+            )?;
+        } else {
+            if let Some(parent) = target.parent() {
+                ctx("mount point parent", fs::create_dir_all(parent))?;
+            }
+            ctx(
+                &format!("mount point `{}`", bind.target.display()),
+                File::create(&target).map(drop),
+            )?;
+        }
+        ctx(
+            &format!("attach `{}`", bind.target.display()),
+            sys::attach_tree(&bind.tree, &target),
+        )?;
+    }
+    drop(plan);
+    let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    ctx(
+        "new /proc",
+        sys::mount(
+            Some("proc"),
+            &root.join("proc"),
+            Some("proc"),
+            proc_flags,
+            None,
+        ),
+    )?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(name, symlink(target, root.join("dev").join(name)))?;
+    }
+    ctx("chdir new root", std::env::set_current_dir(root))?;
+    ctx("pivot_root", sys::pivot_root_here())?;
+    ctx("detach old root", sys::umount_detach(Path::new(".")))?;
+    ctx("chdir /", std::env::set_current_dir("/"))?;
+    let ro_remount = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | nosuid_nodev;
+    ctx(
+        "read-only root",
+        sys::mount(None, Path::new("/"), None, ro_remount, None),
+    )?;
+    Ok(())
+}
+
+/// The command's last steps. Returns only on failure, with the message.
+fn exec_command(config: &HelperConfig) -> String {
+    match restrict(config) {
+        Ok(()) => {}
+        Err(e) => return e,
+    }
+    let Some((program, args)) = config.argv.split_first() else {
+        return "empty command".to_owned();
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(config.env.iter().map(|(k, v)| (k, v)));
+    let err = cmd.exec();
+    format!("cannot execute `{program}`: {err}")
+}
+
+fn restrict(config: &HelperConfig) -> Result<(), String> {
+    ctx("setsid", sys::setsid())?;
+    ctx(
+        &format!("working directory `{}`", config.cwd.display()),
+        std::env::set_current_dir(&config.cwd),
+    )?;
+    ctx("no_new_privs", sys::set_no_new_privs())?;
+    landlock(config)?;
+    ctx("drop capabilities", sys::drop_all_capabilities())?;
+    ctx("close descriptors", sys::cloexec_from(3))?;
+    let program = crate::seccomp::program()
+        .ok_or_else(|| "no seccomp filter for this architecture".to_owned())?;
+    ctx("seccomp", sys::install_seccomp(&program))?;
+    Ok(())
+}
+
+fn landlock(config: &HelperConfig) -> Result<(), String> {
+    let abi = ABI::V6;
+    let level = if config.allow_without_landlock {
+        CompatLevel::BestEffort
+    } else {
+        CompatLevel::HardRequirement
+    };
+    let err = |e: landlock::RulesetError| format!("landlock: {e}");
+    let read = AccessFs::from_read(abi);
+    let device = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate;
+    let system = [
+        "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc", "/proc",
+    ];
+    let existing = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .filter(|p| p.exists())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let system: Vec<PathBuf> = existing(&system.iter().map(PathBuf::from).collect::<Vec<_>>());
+    let devices = existing(
+        &["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"]
+            .iter()
+            .map(PathBuf::from)
+            .collect::<Vec<_>>(),
+    );
+    let mut writable = config.read_write.clone();
+    writable.push(PathBuf::from("/tmp"));
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
+        .map_err(err)?
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .add_rules(path_beneath_rules(&system, read))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(&devices, device))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(&config.read_only, read))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(&writable, AccessFs::from_all(abi)))
+        .map_err(err)?;
+    if config.proxy_socket.is_some() {
+        ruleset = ruleset
+            .add_rule(NetPort::new(config.proxy_port, AccessNet::ConnectTcp))
+            .map_err(err)?;
+    }
+    let status = ruleset.restrict_self().map_err(err)?;
+    if status.ruleset != RulesetStatus::FullyEnforced && !config.allow_without_landlock {
+        return Err("landlock is not fully enforced by this kernel".to_owned());
+    }
+    Ok(())
+}
