@@ -67,6 +67,33 @@ pub(crate) struct PolicyBundle {
     pub(crate) hash: String,
     pub(crate) warnings: Vec<String>,
     authorizer: Authorizer,
+    types: EntityTypes,
+}
+
+/// `Agent`, `Action` and `Server`, parsed once: parsing a type name runs the Cedar parser.
+#[derive(Debug)]
+struct EntityTypes {
+    agent: cedar_policy::EntityTypeName,
+    action: cedar_policy::EntityTypeName,
+    server: cedar_policy::EntityTypeName,
+}
+
+impl EntityTypes {
+    fn new() -> Result<Self, Error> {
+        let parse = |t: &str| {
+            cedar_policy::EntityTypeName::from_str(t)
+                .map_err(|e| Error::PolicyValidation(e.to_string()))
+        };
+        Ok(Self {
+            agent: parse("Agent")?,
+            action: parse("Action")?,
+            server: parse("Server")?,
+        })
+    }
+
+    fn uid(ty: &cedar_policy::EntityTypeName, id: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(ty.clone(), cedar_policy::EntityId::new(id))
+    }
 }
 
 impl PolicyBundle {
@@ -201,6 +228,7 @@ impl PolicyBundle {
             hash,
             warnings,
             authorizer: Authorizer::new(),
+            types: EntityTypes::new()?,
         })
     }
 
@@ -388,9 +416,9 @@ impl PolicyBundle {
         ])
         .map_err(|e| e.to_string())?;
         Request::new(
-            uid("Agent", input.agent).map_err(|e| e.to_string())?,
-            uid("Action", &input.tool.to_string()).map_err(|e| e.to_string())?,
-            uid("Server", input.tool.server()).map_err(|e| e.to_string())?,
+            EntityTypes::uid(&self.types.agent, input.agent),
+            EntityTypes::uid(&self.types.action, &input.tool.to_string()),
+            EntityTypes::uid(&self.types.server, input.tool.server()),
             context,
             Some(&self.schema),
         )

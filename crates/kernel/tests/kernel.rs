@@ -398,3 +398,41 @@ fn kernel_is_send_and_sync() {
     assert_send_sync::<warden_kernel::Kernel>();
     assert_send_sync::<warden_kernel::CertificateVerifier>();
 }
+
+#[test]
+fn evaluate_has_no_side_effects() {
+    let k = starter_kernel();
+    let req = call(
+        TRADER,
+        "backtest/run_backtest",
+        r#"{"strategy":"m","days":5}"#,
+    );
+    for _ in 0..50 {
+        assert!(matches!(
+            k.evaluate(&req, now(0)),
+            warden_kernel::Evaluation::Allow { .. }
+        ));
+    }
+    // Limits were not charged: ten enforced calls still pass the 10/min bucket.
+    let mut rng = TestRng(12);
+    for i in 0..10 {
+        assert!(matches!(
+            k.enforce(&req, now(i), &mut rng).decision,
+            Decision::Allow(_)
+        ));
+    }
+}
+
+#[test]
+fn every_denial_has_a_record() {
+    let k = starter_kernel();
+    let mut req = call(TRADER, "nope/nothing", "not json");
+    req.labels
+        .insert("x".into(), Label::untrusted(Source::new("web:a").unwrap()));
+    let e = k.enforce(&req, now(0), &mut TestRng(13));
+    assert_eq!(e.record.decision.as_str(), "deny");
+    assert_eq!(e.record.rules, vec!["unknown-tool"]);
+    assert_eq!(e.record.args_hash, warden_kernel::sha256_tag(b"not json"));
+    assert_eq!(e.record.taint, "untrusted");
+    assert!(e.arguments.is_none());
+}
