@@ -14,11 +14,20 @@ const ROOT: [u8; 32] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(token) = DelegationToken::from_base64(s, &ROOT) {
         let _ = token.holders();
     }
-    let Ok(presenter) = SpiffeId::new("spiffe://example.org/a") else { return };
-    let call = Presentation { presenter: &presenter, tool: "t/x", args: &[], now: SystemTime::now() };
+    let Ok(presenter) = SpiffeId::new("spiffe://example.org/a") else {
+        return;
+    };
+    let call = Presentation {
+        presenter: &presenter,
+        tool: "t/x",
+        args: &[],
+        now: SystemTime::now(),
+    };
     let _ = DelegationVerifier::new(&ROOT).authorize(s, &call);
 });

@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use warden_identity::Selector;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(sel) = s.parse::<Selector>() {
         assert_eq!(sel.to_string(), s);
     }

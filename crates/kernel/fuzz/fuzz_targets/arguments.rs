@@ -24,12 +24,16 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(value) = parse_strict(data) {
         let canonical = canonical_bytes(&value);
         let again = parse_strict(&canonical).expect("canonical bytes re-parse");
-        assert_eq!(canonical_bytes(&again), canonical, "canonicalization is idempotent");
+        assert_eq!(
+            canonical_bytes(&again),
+            canonical,
+            "canonicalization is idempotent"
+        );
     }
-    if let Some(spec) = SPEC.as_ref() {
-        if let Ok(args) = spec.parse_arguments(data) {
-            assert_eq!(args.hash(), sha256_tag(args.canonical_bytes()));
-            assert!(spec.parse_arguments(args.canonical_bytes()).is_ok());
-        }
+    if let Some(spec) = SPEC.as_ref()
+        && let Ok(args) = spec.parse_arguments(data)
+    {
+        assert_eq!(args.hash(), sha256_tag(args.canonical_bytes()));
+        assert!(spec.parse_arguments(args.canonical_bytes()).is_ok());
     }
 });

@@ -4,9 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(cp) = warden_log::Checkpoint::parse_text(text) {
-            assert_eq!(cp.to_text(), text);
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(cp) = warden_log::Checkpoint::parse_text(text)
+    {
+        assert_eq!(cp.to_text(), text);
     }
 });

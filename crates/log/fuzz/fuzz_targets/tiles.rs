@@ -4,10 +4,10 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(path) = std::str::from_utf8(data) {
-        if let Ok(id) = warden_log::tiles::TileId::parse(path) {
-            assert_eq!(id.path(), path);
-        }
+    if let Ok(path) = std::str::from_utf8(data)
+        && let Ok(id) = warden_log::tiles::TileId::parse(path)
+    {
+        assert_eq!(id.path(), path);
     }
     let _ = warden_log::tiles::parse_tile(data);
     let _ = warden_log::tiles::parse_bundle(data);
