@@ -19,6 +19,7 @@ pub(crate) mod log;
 pub(crate) mod run;
 
 // ---- identity ----
+pub(crate) mod identity;
 
 // ---- gateway ----
 pub(crate) mod approvals;
@@ -40,7 +41,7 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         // ---- sandbox ----
         Command::Run(args) => run::run(args),
         // ---- identity ----
-
+        Command::Identity(args) => identity::run(args),
         // ---- gateway ----
         Command::Mcp(args) => mcp::run(&args),
         Command::Serve(args) => serve::run(&args),

@@ -40,7 +40,8 @@ enum Command {
     /// Run a command in a sandbox (minimal root, no network but allowlisted hosts, limits).
     Run(cmd::run::RunArgs),
     // ---- identity ----
-
+    /// SPIFFE identity: CA, registration entries, SVIDs, bundle, delegation, Workload API.
+    Identity(cmd::identity::IdentityArgs),
     // ---- gateway ----
     /// Serve one agent over stdio: the MCP server an MCP client launches.
     Mcp(cmd::mcp::McpArgs),

@@ -137,7 +137,10 @@ fn helper(config: &HelperConfig, report: &mut Option<File>) -> Result<i32, Strin
     }
     // As root, prepare the mounts now (the only moment we may clone any host path and id-map
     // the granted ones), then drop to the sandbox user for good.
-    let plan = match config.drop_to {
+    // The drop applies only when the helper really runs as root (a caller may start it through
+    // a wrapper that already dropped privileges).
+    let root = sys::euid_egid().0 == 0;
+    let plan = match config.drop_to.filter(|_| root) {
         Some((uid, gid)) => {
             let plan = plan_root(config, Some((uid, gid)))?;
             ctx("drop to the sandbox user", sys::drop_to(uid, gid))?;

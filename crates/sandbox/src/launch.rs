@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
@@ -223,7 +223,10 @@ impl Sandbox {
         let mut proxy_socket = None;
         if !self.profile.allow_hosts.is_empty() {
             let dir = std::env::temp_dir().join(&name);
-            std::fs::create_dir(&dir)
+            // Private from the start; an existing entry (planted by someone else) is an error.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
                 .map_err(|e| Error::Setup(format!("egress directory: {e}")))?;
             child.socket_dir = Some(dir.clone());
             let socket = dir.join("egress.sock");
@@ -240,8 +243,7 @@ impl Sandbox {
             // Only root and the sandbox (through its bind mount) reach the socket: the directory
             // is private, and the socket itself must be writable by the dropped uid.
             let mode = |m| std::fs::Permissions::from_mode(m);
-            std::fs::set_permissions(&dir, mode(0o700))
-                .and_then(|()| std::fs::set_permissions(&socket, mode(0o666)))
+            std::fs::set_permissions(&socket, mode(0o666))
                 .map_err(|e| Error::Setup(format!("egress socket permissions: {e}")))?;
             proxy_socket = Some(socket);
             let url = format!("http://127.0.0.1:{PROXY_PORT_INSIDE}");

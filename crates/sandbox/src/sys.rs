@@ -1,7 +1,10 @@
 //! The crate's only `unsafe`: thin, checked wrappers over the Linux system calls the launcher
 //! needs. Each wrapper converts a C return value into an `io::Result` and owns any descriptor it
 //! creates; nothing here holds state or decides policy.
-#![allow(unsafe_code)]
+#![expect(
+    unsafe_code,
+    reason = "the one module that talks to the kernel directly: namespaces, mounts, seccomp, capabilities"
+)]
 
 use std::ffi::{CString, c_int, c_long, c_uint, c_ulong, c_void};
 use std::io;

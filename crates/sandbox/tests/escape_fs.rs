@@ -421,3 +421,35 @@ fn setup_errors_are_reported_not_run() {
         .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/grant"), "{err}");
 }
+
+#[test]
+fn an_unprivileged_caller_gets_the_same_sandbox() {
+    // The helper started without root (through setpriv): no uid drop, no id-mapping; the user
+    // namespace alone gives it what it needs to build the root.
+    let dir = tempdir();
+    let wrapper = dir.path().join("unprivileged-helper");
+    let text = format!(
+        "#!/bin/sh\nexec setpriv --reuid 64100 --regid 64100 --clear-groups --inh-caps=-all {} \"$@\"\n",
+        helper().display()
+    );
+    std::fs::write(&wrapper, text).unwrap();
+    set_mode(&wrapper, 0o755);
+    let granted = dir.path().join("rw");
+    std::fs::create_dir(&granted).unwrap();
+    std::os::unix::fs::chown(&granted, Some(64100), Some(64100)).unwrap();
+    let mut opts = options();
+    opts.helper = warden_sandbox::HelperBinary::Path(wrapper);
+    let probe = probe().to_str().unwrap().to_owned();
+    let own = granted.join("x").to_str().unwrap().to_owned();
+    let script = format!(
+        "id -u; {probe} write {own}; {probe} write /etc/x; {probe} read /etc/shadow; {probe} unshare; {probe} tcp 127.0.0.1 22"
+    );
+    let r = run_with(rw(&granted), opts, &["/bin/sh", "-c", &script]);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"64100"), "{r:?}");
+    assert_eq!(lines.get(1), Some(&"OK"), "{r:?}");
+    for line in lines.iter().skip(2) {
+        assert!(line.starts_with("DENIED"), "{r:?}");
+    }
+    assert_eq!(lines.len(), 6, "{r:?}");
+}

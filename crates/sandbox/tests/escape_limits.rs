@@ -137,13 +137,26 @@ fn daemonised_grandchild_does_not_survive() {
         &outside(&["daemon", ctl.to_str().unwrap()]),
         "daemonising outside",
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let first = heartbeat(&ctl);
-    std::thread::sleep(Duration::from_millis(300));
-    let second = heartbeat(&ctl);
-    let pid: i32 = second.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status();
+    let mut first = String::new();
+    for _ in 0..300 {
+        first = heartbeat(&ctl);
+        if !first.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut second = first.clone();
+    for _ in 0..300 {
+        second = heartbeat(&ctl);
+        if second != first {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(pid) = second.split_whitespace().nth(1) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
+    }
     assert_ne!(first, second, "the control grandchild should still run");
 }

@@ -186,7 +186,7 @@ int main(int argc, char **argv) {
     if (!strcmp(a, "udp") || !strcmp(a, "dns")) {
         int fd = socket(AF_INET, SOCK_DGRAM, 0);
         if (fd < 0) return denied();
-        timeout_ms(fd, 300);
+        timeout_ms(fd, 1000);
         struct sockaddr_in to = v4(x, y);
         /* For `dns`, a real query for example.com/A. */
         unsigned char q[] = { 0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, 'e', 'x', 'a', 'm', 'p',
@@ -198,7 +198,7 @@ int main(int argc, char **argv) {
     if (!strcmp(a, "icmp")) {
         int fd = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
         if (fd < 0) return denied();
-        timeout_ms(fd, 300);
+        timeout_ms(fd, 1000);
         struct icmphdr h = { .type = ICMP_ECHO };
         h.un.echo.id = htons(getpid() & 0xffff);
         unsigned sum = 0; unsigned short *p = (unsigned short *)&h;
@@ -280,8 +280,10 @@ int main(int argc, char **argv) {
                 int null = open("/dev/null", O_RDWR);
                 dup2(null, 0); dup2(null, 1); dup2(null, 2);
                 for (long i = 0; i < 600; i++) {
-                    FILE *f = fopen(x, "w");
-                    if (f) { fprintf(f, "%ld %d\n", i, getpid()); fclose(f); }
+                    char tmp[4096];
+                    snprintf(tmp, sizeof tmp, "%s.tmp", x);
+                    FILE *f = fopen(tmp, "w");
+                    if (f) { fprintf(f, "%ld %d\n", i, getpid()); fclose(f); rename(tmp, x); }
                     usleep(50000);
                 }
                 _exit(0);
