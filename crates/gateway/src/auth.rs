@@ -1,28 +1,20 @@
-//! Bearer authentication of the HTTP face: JWT-SVIDs (ES256 / ES384 / RS256 / EdDSA) verified
-//! against a SPIFFE trust bundle given as a JWKS file.
-//!
-//! TEMPORARY home: the identity crate provides the JWT-SVID verifier; until it lands this module
-//! does the same checks with `jsonwebtoken`: signature by a key of the bundle (by `kid`), `exp`
-//! (with `nbf` when present), the audience, and a `sub` that is a `spiffe://` ID.
+//! Bearer authentication of the HTTP face: JWT-SVIDs verified by `warden-identity` against the
+//! trust domain's SPIFFE bundle (a JWKS file): ES256 signature by a `jwt-svid` key of the bundle
+//! (by `kid`), `sub` a SPIFFE ID in the trust domain, `aud` holding the configured audience, `exp`
+//! in the future, `nbf` in the past.
 
 use std::path::Path;
+use std::time::SystemTime;
 
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
-use serde::Deserialize;
+use warden_identity::{TrustBundle, TrustDomain, validate_jwt_svid};
 
 use crate::error::Error;
 
 /// Verifies bearers against a trust bundle.
 #[derive(Debug, Clone)]
 pub struct BearerVerifier {
-    keys: JwkSet,
+    bundle: TrustBundle,
     audience: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: String,
 }
 
 /// Why a bearer was refused.
@@ -31,57 +23,29 @@ struct Claims {
 pub struct BearerError(pub String);
 
 impl BearerVerifier {
-    /// Loads the JWKS at `path`.
-    pub fn load(path: &Path, audience: &str) -> Result<Self, Error> {
-        let text = std::fs::read(path)
+    /// Loads the SPIFFE bundle (JWKS) of `trust_domain` at `path`.
+    pub fn load(path: &Path, trust_domain: &str, audience: &str) -> Result<Self, Error> {
+        let bytes = std::fs::read(path)
             .map_err(|e| Error::Config(format!("jwks `{}`: {e}", path.display())))?;
-        Self::from_jwks(&text, audience)
+        Self::from_jwks(&bytes, trust_domain, audience)
     }
 
-    /// Parses a JWKS.
-    pub fn from_jwks(bytes: &[u8], audience: &str) -> Result<Self, Error> {
-        let keys: JwkSet =
-            serde_json::from_slice(bytes).map_err(|e| Error::Config(format!("jwks: {e}")))?;
+    /// Parses a SPIFFE bundle.
+    pub fn from_jwks(bytes: &[u8], trust_domain: &str, audience: &str) -> Result<Self, Error> {
+        let td = TrustDomain::new(trust_domain)
+            .map_err(|e| Error::Config(format!("trust domain: {e}")))?;
+        let bundle =
+            TrustBundle::from_jwks(td, bytes).map_err(|e| Error::Config(format!("jwks: {e}")))?;
         Ok(Self {
-            keys,
+            bundle,
             audience: audience.to_owned(),
         })
     }
 
-    /// Verifies `token`; returns the SPIFFE ID it names.
-    pub fn verify(&self, token: &str) -> Result<String, BearerError> {
-        let header = decode_header(token).map_err(|e| BearerError(e.to_string()))?;
-        if !matches!(
-            header.alg,
-            Algorithm::ES256
-                | Algorithm::ES384
-                | Algorithm::RS256
-                | Algorithm::PS256
-                | Algorithm::EdDSA
-        ) {
-            return Err(BearerError(format!(
-                "algorithm {:?} not accepted",
-                header.alg
-            )));
-        }
-        let kid = header.kid.ok_or_else(|| BearerError("no `kid`".into()))?;
-        let jwk = self
-            .keys
-            .find(&kid)
-            .ok_or_else(|| BearerError(format!("unknown key `{kid}`")))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| BearerError(e.to_string()))?;
-        let mut validation = Validation::new(header.alg);
-        validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-        validation.leeway = 5;
-        let data =
-            decode::<Claims>(token, &key, &validation).map_err(|e| BearerError(e.to_string()))?;
-        if !data.claims.sub.starts_with("spiffe://") {
-            return Err(BearerError(format!(
-                "subject `{}` is not a SPIFFE ID",
-                data.claims.sub
-            )));
-        }
-        Ok(data.claims.sub)
+    /// Verifies `token` at `now`; returns the SPIFFE ID it names.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<String, BearerError> {
+        validate_jwt_svid(token, &self.audience, &self.bundle, now)
+            .map(|claims| claims.spiffe_id.to_string())
+            .map_err(|e| BearerError(e.to_string()))
     }
 }

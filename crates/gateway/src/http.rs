@@ -64,6 +64,7 @@ impl HttpFace {
         let verifier = match &settings.jwks {
             Some(path) => Some(BearerVerifier::load(
                 &gw.config().resolve(path),
+                gw.config().manifest().trust_domain(),
                 &settings.audience,
             )?),
             None if settings.http_agent.is_some() => None,
@@ -144,7 +145,7 @@ impl HttpFace {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| unauthorized("missing bearer"))?;
         verifier
-            .verify(token.trim())
+            .verify(token.trim(), self.gw.now())
             .map_err(|e| unauthorized(&e.to_string()))
     }
 

@@ -86,6 +86,11 @@ impl Gateway {
         }))
     }
 
+    /// Now, by the injected clock.
+    pub fn now(&self) -> std::time::SystemTime {
+        self.clock.now()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &GatewayConfig {
         &self.cfg

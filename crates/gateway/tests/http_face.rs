@@ -32,6 +32,7 @@ fn key(kid: &str) -> Key {
     let mut jwk =
         serde_json::to_value(Jwk::from_encoding_key(&enc, Algorithm::ES256).unwrap()).unwrap();
     jwk["kid"] = json!(kid);
+    jwk["use"] = json!("jwt-svid");
     Key {
         enc,
         kid: kid.into(),

@@ -1,0 +1,323 @@
+//! Added latency of the gateway per `tools/call` (server-everything's `echo` over stdio, a native
+//! Rust client, the real kernel and the durable log), interleaved with direct calls in one run;
+//! and throughput with 32 concurrent Streamable HTTP sessions.
+//!
+//! Full run: `cargo bench -p warden-gateway --bench gateway` (5 rounds × 500 calls each way,
+//! p50/p99 printed and written to `target/gateway-bench.txt`). `cargo bench -- --test` runs each
+//! part once with a handful of calls. Needs the peers (`bash scripts/install-peers`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    missing_docs
+)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
+use warden_gateway::{Gateway, GatewayConfig, HttpFace, KernelAuthority, SystemClock, serve_stdio};
+
+fn peers() -> PathBuf {
+    let dir = std::env::var_os("WARDEN_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.peers"));
+    let bin = dir.join("node/node_modules/.bin/mcp-server-everything");
+    assert!(
+        bin.exists(),
+        "MCP peers missing: run `bash scripts/install-peers` ({} not found)",
+        bin.display()
+    );
+    dir
+}
+
+/// A line-delimited JSON-RPC client over any byte stream.
+struct Client<R, W> {
+    w: W,
+    r: Lines<BufReader<R>>,
+    next: u64,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
+    fn new(r: R, w: W) -> Self {
+        Self {
+            w,
+            r: BufReader::new(r).lines(),
+            next: 1,
+        }
+    }
+
+    async fn send(&mut self, v: &Value) {
+        let mut b = serde_json::to_vec(v).unwrap();
+        b.push(b'\n');
+        self.w.write_all(&b).await.unwrap();
+        self.w.flush().await.unwrap();
+    }
+
+    async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        loop {
+            let line = self.r.next_line().await.unwrap().expect("peer closed");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == json!(id) && v.get("method").is_none() {
+                return v;
+            }
+        }
+    }
+
+    async fn initialize(&mut self) {
+        self.request("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}))
+            .await;
+        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+    }
+
+    async fn echo(&mut self, name: &str) -> Duration {
+        let start = Instant::now();
+        let r = self
+            .request(
+                "tools/call",
+                json!({"name": name, "arguments": {"message": "hello"}}),
+            )
+            .await;
+        let took = start.elapsed();
+        assert!(r.get("result").is_some(), "{r}");
+        took
+    }
+}
+
+const AGENT: &str = "spiffe://example.org/agent/bench";
+
+fn manifest(dir: &std::path::Path) -> String {
+    format!(
+        r#"
+        trust_domain = "example.org"
+        [agents.bench]
+        id = "{AGENT}"
+        [gateway]
+        pins = "{pins}"
+        http_agent = "{AGENT}"
+        [gateway.eras]
+        every = "legacy"
+        [servers.every]
+        command = "{cmd}"
+        args = ["stdio"]
+        [[allow]]
+        id = "bench-echo"
+        agents = ["bench"]
+        tools = ["every/echo"]
+        "#,
+        pins = dir.join("pins.json").display(),
+        cmd = peers()
+            .join("node/node_modules/.bin/mcp-server-everything")
+            .display(),
+    )
+}
+
+/// The gateway with the real kernel and a durable log in `dir`.
+fn gateway(dir: &std::path::Path) -> (Arc<Gateway>, warden_log::Log) {
+    let text = manifest(dir);
+    let m = warden_kernel::Manifest::from_toml_str(&text).unwrap();
+    let kernel = warden_kernel::Kernel::new(
+        m,
+        Vec::new(),
+        Vec::new(),
+        warden_kernel::CertSigningKey::from_seed(&[9; 32]),
+    )
+    .unwrap();
+    let log = warden_log::Log::open_or_create(
+        &dir.join("log"),
+        "warden.bench/gateway",
+        &mut warden_log::os_entropy,
+        warden_log::LogOptions::default(),
+    )
+    .unwrap();
+    let authority = KernelAuthority::new(
+        kernel,
+        Arc::new(log.writer()),
+        Arc::new(SystemClock),
+        getrandom::rand_core::UnwrapErr(getrandom::SysRng),
+    );
+    (
+        Gateway::new(GatewayConfig::parse(&text).unwrap(), Arc::new(authority)).unwrap(),
+        log,
+    )
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn bench(c: &mut Criterion) {
+    let quick = std::env::args().any(|a| a == "--test");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, log) = gateway(dir.path());
+
+    let (direct, gwc) = rt.block_on(async {
+        let mut child = tokio::process::Command::new(
+            peers().join("node/node_modules/.bin/mcp-server-everything"),
+        )
+        .arg("stdio")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+        let mut direct = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        direct.initialize().await;
+        std::mem::forget(child); // killed with the process at the end of the bench
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (sr, sw) = tokio::io::split(server);
+        let gw2 = gw.clone();
+        tokio::spawn(async move { serve_stdio(gw2, AGENT, sr, sw).await });
+        let (cr, cw) = tokio::io::split(client);
+        let mut gwc = Client::new(cr, cw);
+        gwc.initialize().await;
+        gwc.request("tools/list", json!({})).await;
+        // Warm both paths (JIT of the node server, kernel's first compile of the tool).
+        for _ in 0..20 {
+            direct.echo("echo").await;
+            gwc.echo("every/echo").await;
+        }
+        (
+            tokio::sync::Mutex::new(direct),
+            tokio::sync::Mutex::new(gwc),
+        )
+    });
+
+    let mut group = c.benchmark_group("gateway");
+    group.sample_size(if quick { 10 } else { 50 });
+    group.bench_function("tools_call_echo/direct", |b| {
+        b.iter(|| rt.block_on(async { direct.lock().await.echo("echo").await }))
+    });
+    group.bench_function("tools_call_echo/through_gateway", |b| {
+        b.iter(|| rt.block_on(async { gwc.lock().await.echo("every/echo").await }))
+    });
+    group.finish();
+
+    // Interleaved percentiles: direct and gateway calls alternate, so drift hits both alike.
+    let (rounds, calls) = if quick { (1, 5) } else { (5, 500) };
+    let (mut d_all, mut g_all) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        for _ in 0..rounds {
+            for _ in 0..calls {
+                d_all.push(direct.lock().await.echo("echo").await);
+                g_all.push(gwc.lock().await.echo("every/echo").await);
+            }
+        }
+    });
+    d_all.sort();
+    g_all.sort();
+    let (d50, d99, g50, g99) = (
+        percentile(&d_all, 0.5),
+        percentile(&d_all, 0.99),
+        percentile(&g_all, 0.5),
+        percentile(&g_all, 0.99),
+    );
+    let mut report = format!(
+        "interleaved {rounds}x{calls} tools/call echo over stdio (durable log on, {} records):\n  direct   p50 {:8.1} us  p99 {:8.1} us\n  gateway  p50 {:8.1} us  p99 {:8.1} us\n  added    p50 {:8.1} us  p99 {:8.1} us\n",
+        log.size(),
+        us(d50),
+        us(d99),
+        us(g50),
+        us(g99),
+        us(g50) - us(d50),
+        us(g99) - us(d99),
+    );
+
+    // Throughput: concurrent legacy sessions over Streamable HTTP, each with its own upstream.
+    let (sessions, per_session) = if quick { (2, 2) } else { (32, 100) };
+    let (calls_done, secs) = rt.block_on(async {
+        let face = HttpFace::new(gw.clone()).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", l.local_addr().unwrap());
+        let f2 = face.clone();
+        tokio::spawn(async move { f2.serve(l).await });
+        let http = reqwest::Client::new();
+        let mut sids = Vec::new();
+        for _ in 0..sessions {
+            let r = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json")
+                .body(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "b", "version": "0"}}}).to_string())
+                .send()
+                .await
+                .unwrap();
+            let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+            sids.push(sid);
+        }
+        let (http2, url2) = (http.clone(), url.clone());
+        let call = move |sid: String, id: u64| {
+            let (http, url) = (http2.clone(), url2.clone());
+            async move {
+                let r = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json")
+                    .header("mcp-session-id", sid)
+                    .header("mcp-protocol-version", "2025-11-25")
+                    .body(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "every/echo", "arguments": {"message": "hi"}}}).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+                assert!(v.get("result").is_some(), "{v}");
+            }
+        };
+        // Warm-up: each session starts its upstream.
+        let warm: Vec<_> = sids.iter().map(|s| tokio::spawn(call(s.clone(), 1))).collect();
+        for w in warm {
+            w.await.unwrap();
+        }
+        let start = Instant::now();
+        let tasks: Vec<_> = sids
+            .iter()
+            .map(|s| {
+                let (s, call) = (s.clone(), call.clone());
+                tokio::spawn(async move {
+                    for i in 0..per_session {
+                        call(s.clone(), 2 + i).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (sessions * per_session, start.elapsed().as_secs_f64())
+    });
+    report += &format!(
+        "throughput: {sessions} concurrent HTTP sessions x {per_session} calls: {calls_done} calls in {secs:.2} s = {:.0} calls/s\n",
+        calls_done as f64 / secs
+    );
+    println!("{report}");
+    if !quick {
+        let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/gateway-bench.txt");
+        let _ = std::fs::write(out, &report);
+    }
+    drop(gw);
+    drop(log);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
