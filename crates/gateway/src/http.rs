@@ -447,10 +447,18 @@ async fn respond(
     if wants_sse && !modern {
         return sse(rx, None);
     }
-    let Some(first) = rx.recv().await else {
+    let Some(mut first) = rx.recv().await else {
         return status(StatusCode::INTERNAL_SERVER_ERROR, "no response");
     };
-    if jsonrpc::classify(&first) == Kind::Response || !wants_sse {
+    // A client that accepts only JSON gets exactly the response: what the session sends before
+    // it (progress, list-changed) has no stream to travel on and is dropped.
+    while !wants_sse && jsonrpc::classify(&first) != Kind::Response {
+        let Some(next) = rx.recv().await else {
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "no response");
+        };
+        first = next;
+    }
+    if jsonrpc::classify(&first) == Kind::Response {
         let code = match first.pointer("/error/code").and_then(Value::as_i64) {
             Some(jsonrpc::METHOD_NOT_FOUND) if modern => StatusCode::NOT_FOUND,
             Some(
