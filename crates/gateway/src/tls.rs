@@ -214,6 +214,9 @@ async fn renew_loop(
             _ = tokio::time::sleep(half.clamp(Duration::from_secs(1), MAX_RENEWAL)) => {}
             r = changes.changed() => if r.is_err() { return; },
         }
+        // The CA may be served by no Workload API in this process: keep it rotating. A failed
+        // rotation leaves the current keys in force.
+        let _ = ca.maintain();
         trust.set(ca.bundle());
         // A failed renewal keeps the current SVID; it is retried at the next wake-up.
         if let Ok(new) = ca.mint_x509_svid(&id)
