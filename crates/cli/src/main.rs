@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod demo_server;
 
 /// Warden: a zero-trust kernel and gateway for AI agents' tool calls.
 #[derive(Debug, Parser)]
@@ -33,6 +34,9 @@ enum Command {
     Cert(cmd::cert::CertCommand),
     /// Play a short multi-agent story through real kernel decisions.
     Demo(cmd::demo::DemoArgs),
+    /// The demo's MCP tool server (stdio), run by `warden demo` behind the gateway.
+    #[command(hide = true)]
+    DemoServer(demo_server::DemoServerArgs),
     // ---- log ----
     /// The transparency log: verify, prove, check proofs, show and export decisions.
     Log(cmd::log::LogArgs),
