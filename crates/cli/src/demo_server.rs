@@ -54,7 +54,7 @@ pub(crate) struct DemoServerArgs {
     /// Audience certificates must name (default `Server::"<server>"`, the kernel's default).
     #[arg(long)]
     audience: Option<String>,
-    /// Append the id of every verified certificate to this file (one a line).
+    /// Append every certificate this server verified to this file (its JSON, one a line).
     #[arg(long)]
     verified_log: Option<PathBuf>,
 }
@@ -107,8 +107,8 @@ fn serve(args: &DemoServerArgs) -> anyhow::Result<()> {
             continue;
         };
         if let Some(file) = record.as_mut() {
-            for id in server.verified().get(before..).unwrap_or_default() {
-                writeln!(file, "{id}")?;
+            for cert in server.verified().get(before..).unwrap_or_default() {
+                writeln!(file, "{cert}")?;
             }
             file.flush()?;
         }
@@ -126,7 +126,7 @@ pub(crate) struct DemoServer {
     name: String,
     tools: Vec<Value>,
     verifier: CertificateVerifier,
-    verified: Vec<String>,
+    verified: Vec<Value>,
 }
 
 impl DemoServer {
@@ -146,8 +146,8 @@ impl DemoServer {
         })
     }
 
-    /// Ids of the certificates verified so far, in order.
-    pub(crate) fn verified(&self) -> &[String] {
+    /// The certificates verified so far (as received), in order.
+    pub(crate) fn verified(&self) -> &[Value] {
         &self.verified
     }
 
@@ -221,8 +221,8 @@ impl DemoServer {
             .pointer("/params/arguments")
             .cloned()
             .unwrap_or_else(|| json!({}));
-        let claims = match self.check_certificate(name, &args, frame, now) {
-            Ok(claims) => claims,
+        let (claims, raw) = match self.check_certificate(name, &args, frame, now) {
+            Ok(verified) => verified,
             Err(reason) => {
                 return jsonrpc::error(
                     id,
@@ -232,7 +232,7 @@ impl DemoServer {
                 );
             }
         };
-        self.verified.push(claims.id.clone());
+        self.verified.push(raw);
         let text = run_tool(&self.name, name, &args, claims.approval.as_ref());
         jsonrpc::result(
             id,
@@ -257,7 +257,7 @@ impl DemoServer {
         args: &Value,
         frame: &Value,
         now: Timestamp,
-    ) -> Result<warden_kernel::CertificateClaims, String> {
+    ) -> Result<(warden_kernel::CertificateClaims, Value), String> {
         let Some(raw) = frame
             .pointer("/params/_meta")
             .and_then(|m| m.get(META_CERTIFICATE))
@@ -276,7 +276,7 @@ impl DemoServer {
                 claims.tool.server, claims.tool.name, self.name
             ));
         }
-        Ok(claims)
+        Ok((claims, raw.clone()))
     }
 }
 
@@ -466,7 +466,7 @@ mod tests {
             .unwrap();
         let text = resp["result"]["content"][0]["text"].as_str().unwrap();
         assert!(text.starts_with("ACME on NYSE: last "), "{text}");
-        assert_eq!(s.verified().len(), 1);
+        assert_eq!(s.verified(), std::slice::from_ref(&cert));
         assert_eq!(
             resp["result"]["_meta"][META_VERIFIED]["certificate"],
             cert["cert"]["id"]

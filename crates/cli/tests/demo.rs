@@ -60,6 +60,10 @@ fn demo_plays_its_story_through_the_gateway() {
     // Around the gateway, the tool server refuses.
     has("no `dev.warden/certificate` in the call's `_meta`");
     has("certificate signed by unknown key");
+    has("with the certificate of the approved 100-share trade");
+    has(
+        "refused by the `broker` server: certificate rejected: arguments do not match the certificate",
+    );
     // The log verifies and the tool servers verified one certificate per allowed call.
     has("log verified (`warden log verify`)");
     has("15 certificates verified by the tool servers, one per allowed call");

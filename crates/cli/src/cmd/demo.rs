@@ -122,7 +122,7 @@ fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// File the tool servers append the ids of the certificates they verified to.
 fn verified_log(dir: &Path) -> PathBuf {
-    dir.join("verified-certificates.txt")
+    dir.join("verified-certificates.jsonl")
 }
 
 /// One agent's MCP client session, connected to the gateway's stdio face over a pipe.
@@ -517,7 +517,7 @@ async fn story(dir: &Path, manifest: &Path) -> anyhow::Result<()> {
     researcher.close().await?;
 
     println!();
-    println!("6. The tool side trusts certificates, not callers");
+    println!("6. The tool side trusts certificates, not callers: calls sent around the gateway");
     bypass(dir, manifest).await?;
 
     admin.abort();
@@ -550,6 +550,18 @@ async fn story(dir: &Path, manifest: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The real certificate of the trade approved in part 3, as the broker's server received it.
+fn approved_trade(dir: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(verified_log(dir))?;
+    for line in text.lines() {
+        let cert: Value = serde_json::from_str(line)?;
+        if cert.pointer("/cert/tool/name") == Some(&json!("execute_trade")) {
+            return Ok(cert);
+        }
+    }
+    bail!("the broker's server verified no certificate")
 }
 
 /// A well-formed, approved certificate for `trade`, signed by a kernel with a key of its own:
@@ -593,6 +605,7 @@ async fn wait_for_hold(socket: &Path) -> anyhow::Result<Value> {
 async fn bypass(dir: &Path, manifest: &Path) -> anyhow::Result<()> {
     let trade = json!({"symbol": "ACME", "side": "buy", "quantity": 100000});
     let forged = forge(manifest, &trade)?;
+    let approved = approved_trade(dir)?;
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
         .args(["demo-server", "--server", "broker", "--key"])
@@ -608,11 +621,13 @@ async fn bypass(dir: &Path, manifest: &Path) -> anyhow::Result<()> {
     let frames = [
         json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "execute_trade", "arguments": trade}}),
         json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "execute_trade", "arguments": trade, "_meta": {"dev.warden/certificate": forged}}}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "execute_trade", "arguments": trade, "_meta": {"dev.warden/certificate": approved}}}),
     ];
     let mut lines = BufReader::new(stdout).lines();
     for (frame, what) in frames.iter().zip([
         "no certificate",
         "a certificate signed by a key it does not trust",
+        "the certificate of the approved 100-share trade",
     ]) {
         let mut bytes = serde_json::to_vec(frame)?;
         bytes.push(b'\n');
@@ -626,9 +641,7 @@ async fn bypass(dir: &Path, manifest: &Path) -> anyhow::Result<()> {
         if resp.pointer("/error/code") != Some(&json!(CERTIFICATE_REFUSED)) {
             bail!("the tool server ran a call with {what}: {resp}");
         }
-        println!(
-            "  REFUSE trading-analyzer -> broker/execute_trade {trade}, sent around the gateway with {what}"
-        );
+        println!("  REFUSE -> broker/execute_trade {trade} with {what}");
         println!(
             "         {}",
             resp.pointer("/error/message")
