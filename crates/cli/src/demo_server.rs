@@ -573,6 +573,49 @@ mod tests {
     }
 
     #[test]
+    fn mutated_frames_never_panic_and_a_certificate_runs_at_most_once() {
+        let f = fixture();
+        let mut s = f.server("market");
+        let at = now();
+        let cert = f.certificate("market/query_market_data", &query(), at);
+        let frame = serde_json::to_vec(&call("query_market_data", &query(), Some(&cert))).unwrap();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut successes = 0;
+        for _ in 0..3_000 {
+            let mut bytes = frame.clone();
+            for _ in 0..=next() % 3 {
+                let i = usize::try_from(next()).unwrap() % bytes.len();
+                match next() % 3 {
+                    0 => bytes[i] = (next() % 256) as u8,
+                    1 => bytes.truncate(i.max(1)),
+                    _ => {
+                        let junk = b"{}[],:\"0e-";
+                        bytes.insert(i, junk[usize::try_from(next()).unwrap() % junk.len()]);
+                    }
+                }
+            }
+            if let Some(resp) = s.handle_bytes(&bytes, at)
+                && resp.get("result").is_some()
+            {
+                successes += 1;
+            }
+        }
+        // The unmutated frame: it runs only if no mutation already spent the certificate.
+        let last = s.handle_bytes(&frame, at).unwrap();
+        if last.get("result").is_some() {
+            successes += 1;
+        }
+        assert_eq!(successes, 1, "a certificate ran {successes} times");
+        assert_eq!(s.verified().len(), 1);
+    }
+
+    #[test]
     fn protocol_basics_and_bad_frames() {
         let f = fixture();
         let mut s = f.server("web");

@@ -43,6 +43,7 @@ fn demo_plays_its_story_through_the_gateway() {
     has(r#"DENY   trading-analyzer -> shell/exec {"command":"cat /etc/passwd"}"#);
     has("[default-deny]");
     has("argument `exchange` must be one of `NYSE`, `NASDAQ`, `LSE`");
+    has("the gateway refuses the frame before any decision: malformed frame: duplicate");
     // Held, approved through the queue by a named approver, who is in the certificate.
     has("HOLD   trading-analyzer -> broker/execute_trade");
     has(

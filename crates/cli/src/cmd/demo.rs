@@ -198,6 +198,26 @@ impl Agent {
         }
     }
 
+    /// Sends a hand-written frame the gateway must refuse as a whole; returns its error.
+    async fn raw(&mut self, line: &str) -> anyhow::Result<Value> {
+        self.w.write_all(line.as_bytes()).await?;
+        self.w.write_all(b"\n").await?;
+        self.w.flush().await?;
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
+                .await
+                .context("the gateway did not answer in time")??
+                .context("the gateway closed the session")?;
+            let frame: Value = serde_json::from_str(&line)?;
+            if frame.get("id") == Some(&Value::Null) && frame.get("error").is_some() {
+                return Ok(frame);
+            }
+            if frame.get("result").is_some() {
+                bail!("the gateway took a frame it should have refused: {frame}");
+            }
+        }
+    }
+
     async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
         let id = self.send(method, params).await?;
         self.response(id).await
@@ -418,6 +438,20 @@ async fn story(dir: &Path, manifest: &Path) -> anyhow::Result<()> {
     let tsx = json!({"exchange": "TSX", "symbol": "SHOP"});
     let got = trader.call("market/query_market_data", &tsx).await?;
     expect_deny(&trader, "market/query_market_data", &tsx, &got)?;
+    let smuggled = r#"{"exchange":"NYSE","symbol":"ACME","exchange":"TSX"}"#;
+    let refused = trader
+        .raw(&format!(
+            r#"{{"jsonrpc":"2.0","id":99,"method":"tools/call","params":{{"name":"market/query_market_data","arguments":{smuggled}}}}}"#
+        ))
+        .await?;
+    println!("  REFUSE trading-analyzer -> market/query_market_data {smuggled}");
+    println!(
+        "         the gateway refuses the frame before any decision: {}",
+        refused
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    );
 
     println!();
     println!("3. A trade is held for a human");
