@@ -147,8 +147,8 @@ struct Agent {
 
 /// What became of one `tools/call`.
 enum Outcome {
-    Allowed { text: String, result: Value },
-    Refused { reason: String, rules: Vec<String> },
+    Allow { text: String, result: Value },
+    Refuse { reason: String, rules: Vec<String> },
 }
 
 impl Agent {
@@ -259,7 +259,7 @@ fn outcome(resp: &Value) -> anyhow::Result<Outcome> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        return Ok(Outcome::Allowed {
+        return Ok(Outcome::Allow {
             text,
             result: result.clone(),
         });
@@ -283,7 +283,7 @@ fn outcome(resp: &Value) -> anyhow::Result<Outcome> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Outcome::Refused { reason, rules })
+    Ok(Outcome::Refuse { reason, rules })
 }
 
 /// What the tool server said about the certificate it verified (`_meta`).
@@ -317,7 +317,7 @@ impl Tally {
         got: &Outcome,
     ) -> anyhow::Result<()> {
         match got {
-            Outcome::Allowed { text, result } => {
+            Outcome::Allow { text, result } => {
                 let Some(v) = verified_meta(result) else {
                     bail!("{tool} answered without a verified certificate");
                 };
@@ -332,7 +332,7 @@ impl Tally {
                 );
                 Ok(())
             }
-            Outcome::Refused { reason, .. } => {
+            Outcome::Refuse { reason, .. } => {
                 bail!("expected {tool} {args} to be allowed, got: {reason}")
             }
         }
@@ -353,7 +353,7 @@ fn strings(v: &Value) -> Vec<String> {
 /// Prints a refused call; fails the demo unless it was refused.
 fn expect_deny(agent: &Agent, tool: &str, args: &Value, got: &Outcome) -> anyhow::Result<()> {
     match got {
-        Outcome::Refused { reason, rules } => {
+        Outcome::Refuse { reason, rules } => {
             say!("  DENY   {} -> {tool} {args}", agent.name);
             if rules.is_empty() {
                 say!("         {reason}");
@@ -362,7 +362,7 @@ fn expect_deny(agent: &Agent, tool: &str, args: &Value, got: &Outcome) -> anyhow
             }
             Ok(())
         }
-        Outcome::Allowed { text, .. } => {
+        Outcome::Allow { text, .. } => {
             bail!("expected {tool} {args} to be refused, it ran: {text}")
         }
     }
@@ -495,7 +495,7 @@ async fn story(dir: &Path, manifest: &Path) -> anyhow::Result<()> {
         field(&answer, "approver").as_str().unwrap_or_default()
     );
     let got = outcome(&trader.response(id).await?)?;
-    if let Outcome::Allowed { result, .. } = &got {
+    if let Outcome::Allow { result, .. } = &got {
         let approver = verified_meta(result)
             .and_then(|v| v.get("approver"))
             .and_then(Value::as_str);
@@ -510,14 +510,14 @@ async fn story(dir: &Path, manifest: &Path) -> anyhow::Result<()> {
     let mut allowed = 1;
     let denial = loop {
         match trader.call("backtest/run_backtest", &bt).await? {
-            Outcome::Allowed { result, .. } => {
+            Outcome::Allow { result, .. } => {
                 if verified_meta(&result).is_none() {
                     bail!("a backtest ran without a verified certificate");
                 }
                 tally.allowed += 1;
                 allowed += 1;
             }
-            Outcome::Refused { reason, rules } => break (reason, rules),
+            Outcome::Refuse { reason, rules } => break (reason, rules),
         }
         if allowed > 20 {
             bail!("the rate limit never bit");
@@ -538,7 +538,7 @@ async fn story(dir: &Path, manifest: &Path) -> anyhow::Result<()> {
     let fetch = json!({"url": "https://news.example/quarterly-report"});
     let got = researcher.call("web/fetch", &fetch).await?;
     tally.expect_allow(&researcher, "web/fetch", &fetch, &got)?;
-    if let Outcome::Allowed { result, .. } = &got {
+    if let Outcome::Allow { result, .. } = &got {
         let label = result
             .get("_meta")
             .and_then(|m| m.get(META_LABELS))
