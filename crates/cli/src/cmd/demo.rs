@@ -629,15 +629,19 @@ fn forge(manifest: &Path, trade: &Value) -> anyhow::Result<Value> {
 async fn wait_for_hold(socket: &Path) -> anyhow::Result<Value> {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let list = admin_request(socket, &json!({"op": "list"})).await?;
+        // The socket may not be bound yet on a loaded machine: retry until the deadline.
+        let list = admin_request(socket, &json!({"op": "list"})).await;
         if let Some(first) = list
-            .get("pending")
+            .as_ref()
+            .ok()
+            .and_then(|l| l.get("pending"))
             .and_then(Value::as_array)
             .and_then(|p| p.first())
         {
             return Ok(first.clone());
         }
         if Instant::now() > deadline {
+            list.context("the gateway's admin socket")?;
             bail!("no call was held for approval");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
