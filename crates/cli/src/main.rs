@@ -32,7 +32,7 @@ enum Command {
     /// Work with call certificates.
     #[command(subcommand)]
     Cert(cmd::cert::CertCommand),
-    /// Play a short multi-agent story through real kernel decisions.
+    /// Play a short multi-agent story through the gateway, against its own demo tool servers.
     Demo(cmd::demo::DemoArgs),
     /// The demo's MCP tool server (stdio), run by `warden demo` behind the gateway.
     #[command(hide = true)]

@@ -131,7 +131,7 @@ fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// File the tool servers append the ids of the certificates they verified to.
+/// File the tool servers append each certificate they verified to (JSON lines).
 fn verified_log(dir: &Path) -> PathBuf {
     dir.join("verified-certificates.jsonl")
 }
