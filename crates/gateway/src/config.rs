@@ -116,6 +116,12 @@ pub struct ServerConfig {
     pub cwd: Option<PathBuf>,
     /// URL of a Streamable HTTP server.
     pub url: Option<String>,
+    /// Name of the `[sandbox.profiles.NAME]` a stdio server is started in.
+    pub sandbox: Option<String>,
+    /// That profile, parsed when the configuration is read (an unknown name is a configuration
+    /// error, never an unsandboxed start).
+    #[serde(skip)]
+    pub sandbox_profile: Option<warden_sandbox::Profile>,
     /// Era of the server (from `[gateway.eras]`).
     #[serde(skip)]
     pub era: Era,
@@ -171,6 +177,14 @@ impl GatewayConfig {
                 return Err(Error::Config(format!(
                     "server `{name}` needs exactly one of `command` and `url`"
                 )));
+            }
+            if let Some(profile) = &cfg.sandbox {
+                if cfg.command.is_none() {
+                    return Err(Error::Config(format!(
+                        "server `{name}` names sandbox profile `{profile}` but is not a stdio server"
+                    )));
+                }
+                cfg.sandbox_profile = Some(sandbox_profile(manifest, name, profile)?);
             }
             cfg.era = gateway.eras.get(name).copied().unwrap_or_default();
             servers.insert(name.clone(), cfg);
@@ -233,6 +247,27 @@ impl GatewayConfig {
         }
         format!("{server}{}{tool}", self.gateway.tool_separator)
     }
+}
+
+/// Parses `[sandbox.profiles.PROFILE]`, which server `server` names.
+fn sandbox_profile(
+    manifest: &Manifest,
+    server: &str,
+    profile: &str,
+) -> Result<warden_sandbox::Profile, Error> {
+    let table = manifest
+        .sandbox()
+        .and_then(|s| s.get("profiles"))
+        .and_then(|p| p.get(profile))
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "server `{server}` names sandbox profile `{profile}`, which is not defined in \
+                 `[sandbox.profiles]`"
+            ))
+        })?;
+    warden_sandbox::Profile::from_table(table)
+        .map_err(|e| Error::Config(format!("[sandbox.profiles.{profile}]: {e}")))
 }
 
 #[cfg(test)]
