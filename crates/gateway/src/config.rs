@@ -310,6 +310,33 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_profiles_must_exist_and_apply_to_stdio_servers() {
+        let base = "trust_domain = \"example.org\"\n[sandbox.profiles.p]\nrw = [\"/srv\"]\n";
+        let cfg = GatewayConfig::parse(&format!(
+            "{base}[servers.a]\ncommand = \"x\"\nsandbox = \"p\"\n"
+        ))
+        .unwrap();
+        let profile = cfg.servers["a"].sandbox_profile.as_ref().unwrap();
+        assert_eq!(profile.read_write, vec![PathBuf::from("/srv")]);
+        // Without `sandbox`, no profile.
+        let cfg = GatewayConfig::parse(&format!("{base}[servers.a]\ncommand = \"x\"\n")).unwrap();
+        assert!(cfg.servers["a"].sandbox_profile.is_none());
+        for bad in [
+            "[servers.a]\ncommand = \"x\"\nsandbox = \"q\"\n",
+            "[servers.a]\nurl = \"http://x\"\nsandbox = \"p\"\n",
+        ] {
+            assert!(
+                GatewayConfig::parse(&format!("{base}{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+        // A profile with an unknown key is an error too, not a weaker sandbox.
+        let typo = "trust_domain = \"example.org\"\n[sandbox.profiles.p]\nrww = [\"/srv\"]\n\
+                    [servers.a]\ncommand = \"x\"\nsandbox = \"p\"\n";
+        assert!(GatewayConfig::parse(typo).is_err());
+    }
+
+    #[test]
     fn refuses_ambiguous_servers() {
         let base = "trust_domain = \"example.org\"\n";
         assert!(
