@@ -148,6 +148,12 @@ pub struct ServerConfig {
     pub cwd: Option<PathBuf>,
     /// URL of a Streamable HTTP server.
     pub url: Option<String>,
+    /// Name of the `[sandbox.profiles.NAME]` a stdio server is started in.
+    pub sandbox: Option<String>,
+    /// That profile, parsed when the configuration is read (an unknown name is a configuration
+    /// error, never an unsandboxed start).
+    #[serde(skip)]
+    pub sandbox_profile: Option<warden_sandbox::Profile>,
     /// Era of the server (from `[gateway.eras]`).
     #[serde(skip)]
     pub era: Era,
@@ -203,6 +209,14 @@ impl GatewayConfig {
                 return Err(Error::Config(format!(
                     "server `{name}` needs exactly one of `command` and `url`"
                 )));
+            }
+            if let Some(profile) = &cfg.sandbox {
+                if cfg.command.is_none() {
+                    return Err(Error::Config(format!(
+                        "server `{name}` names sandbox profile `{profile}` but is not a stdio server"
+                    )));
+                }
+                cfg.sandbox_profile = Some(sandbox_profile(manifest, name, profile)?);
             }
             cfg.era = gateway.eras.get(name).copied().unwrap_or_default();
             servers.insert(name.clone(), cfg);
@@ -326,6 +340,27 @@ fn delegation_verifier(
     })
 }
 
+/// Parses `[sandbox.profiles.PROFILE]`, which server `server` names.
+fn sandbox_profile(
+    manifest: &Manifest,
+    server: &str,
+    profile: &str,
+) -> Result<warden_sandbox::Profile, Error> {
+    let table = manifest
+        .sandbox()
+        .and_then(|s| s.get("profiles"))
+        .and_then(|p| p.get(profile))
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "server `{server}` names sandbox profile `{profile}`, which is not defined in \
+                 `[sandbox.profiles]`"
+            ))
+        })?;
+    warden_sandbox::Profile::from_table(table)
+        .map_err(|e| Error::Config(format!("[sandbox.profiles.{profile}]: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +398,33 @@ mod tests {
         let clock = cfg.source_label("clock", "now");
         assert!(!clock.is_untrusted());
         assert!(clock.sources.contains("tool:clock/now"));
+    }
+
+    #[test]
+    fn sandbox_profiles_must_exist_and_apply_to_stdio_servers() {
+        let base = "trust_domain = \"example.org\"\n[sandbox.profiles.p]\nrw = [\"/srv\"]\n";
+        let cfg = GatewayConfig::parse(&format!(
+            "{base}[servers.a]\ncommand = \"x\"\nsandbox = \"p\"\n"
+        ))
+        .unwrap();
+        let profile = cfg.servers["a"].sandbox_profile.as_ref().unwrap();
+        assert_eq!(profile.read_write, vec![PathBuf::from("/srv")]);
+        // Without `sandbox`, no profile.
+        let cfg = GatewayConfig::parse(&format!("{base}[servers.a]\ncommand = \"x\"\n")).unwrap();
+        assert!(cfg.servers["a"].sandbox_profile.is_none());
+        for bad in [
+            "[servers.a]\ncommand = \"x\"\nsandbox = \"q\"\n",
+            "[servers.a]\nurl = \"http://x\"\nsandbox = \"p\"\n",
+        ] {
+            assert!(
+                GatewayConfig::parse(&format!("{base}{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+        // A profile with an unknown key is an error too, not a weaker sandbox.
+        let typo = "trust_domain = \"example.org\"\n[sandbox.profiles.p]\nrww = [\"/srv\"]\n\
+                    [servers.a]\ncommand = \"x\"\nsandbox = \"p\"\n";
+        assert!(GatewayConfig::parse(typo).is_err());
     }
 
     #[test]
