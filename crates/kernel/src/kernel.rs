@@ -246,6 +246,12 @@ impl Kernel {
         self.bundle.slice_len(agent)
     }
 
+    /// How many policies are evaluated for `agent` calling `tool`: the agent's slice narrowed
+    /// to the policies whose action constraint can match the tool.
+    pub fn tool_slice_len(&self, agent: &str, tool: &ToolId) -> usize {
+        self.bundle.tool_slice_len(agent, tool)
+    }
+
     /// The certificate audience for `server`.
     pub fn audience(&self, server: &str) -> String {
         self.manifest

@@ -65,8 +65,8 @@ pub(crate) struct PolicyBundle {
     )]
     schema: Schema,
     entities: Entities,
-    globals: PolicySet,
-    by_agent: HashMap<String, PolicySet>,
+    globals: Slice,
+    by_agent: HashMap<String, Slice>,
     pub(crate) tools: BTreeMap<ToolId, ToolSpec>,
     /// Per tool, what every request for it shares, built at load (a reload or a tool
     /// re-registration builds a new bundle, so a skeleton never outlives its tool spec).
@@ -92,6 +92,68 @@ struct Skeleton {
     /// see its value (it still gets a label).
     properties: Vec<(String, Option<PolicyType>)>,
     facts: Vec<(String, Fact)>,
+}
+
+/// The policies that can apply to one agent, and among them, per tool an action constraint
+/// names, those whose action constraint can match that tool.
+///
+/// Dropping a policy whose action constraint cannot match is exact: Cedar tests the scope
+/// before the condition (`scope && condition`, short-circuit), so such a policy neither applies
+/// nor errors. Action constraints are read conservatively: `action` (any), or a group or id that
+/// is not a known tool or `<server>/*` group, keeps the policy for every tool.
+#[derive(Debug)]
+struct Slice {
+    all: PolicySet,
+    by_tool: HashMap<ToolId, PolicySet>,
+}
+
+impl Slice {
+    fn new(all: PolicySet, tools: &BTreeMap<ToolId, ToolSpec>) -> Result<Self, Error> {
+        let named: BTreeSet<ToolId> = all
+            .policies()
+            .flat_map(|p| match p.action_constraint() {
+                ActionConstraint::Eq(u) => vec![u],
+                ActionConstraint::In(us) => us,
+                ActionConstraint::Any => Vec::new(),
+            })
+            .filter_map(|u| ToolId::parse(u.id().unescaped()).ok())
+            .filter(|t| tools.contains_key(t))
+            .collect();
+        let mut by_tool = HashMap::new();
+        for tool in named {
+            let mut set = PolicySet::new();
+            for p in all.policies() {
+                if may_match(p, &tool, tools) {
+                    add(&mut set, p.clone())?;
+                }
+            }
+            by_tool.insert(tool, set);
+        }
+        Ok(Self { all, by_tool })
+    }
+
+    fn for_tool(&self, tool: &ToolId) -> &PolicySet {
+        self.by_tool.get(tool).unwrap_or(&self.all)
+    }
+}
+
+/// Whether `policy`'s action constraint can match the action of `tool` (see [`Slice`]).
+fn may_match(policy: &Policy, tool: &ToolId, tools: &BTreeMap<ToolId, ToolSpec>) -> bool {
+    let excludes = |u: &EntityUid| {
+        if u.type_name().to_string() != "Action" {
+            return false;
+        }
+        let id = u.id().unescaped();
+        if let Some(server) = id.strip_suffix("/*") {
+            return server != tool.server();
+        }
+        ToolId::parse(id).is_ok_and(|t| t != *tool && tools.contains_key(&t))
+    };
+    match policy.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(u) => !excludes(&u),
+        ActionConstraint::In(us) => !us.iter().all(excludes),
+    }
 }
 
 /// The annotations of one policy that evaluation reads.
@@ -205,7 +267,7 @@ impl PolicyBundle {
 
         // Slice by principal: policies naming one agent go to that agent, policies naming a
         // group go to its members, everything else is global.
-        let mut globals = PolicySet::new();
+        let mut global_set = PolicySet::new();
         let mut by_agent_policies: HashMap<String, Vec<Policy>> = HashMap::new();
         let mut by_group: HashMap<String, Vec<Policy>> = HashMap::new();
         for policy in all.policies() {
@@ -224,7 +286,7 @@ impl PolicyBundle {
                         .or_default()
                         .push(policy.clone());
                 }
-                _ => add(&mut globals, policy.clone())?,
+                _ => add(&mut global_set, policy.clone())?,
             }
         }
         let agent_ids: BTreeSet<String> = by_agent_policies
@@ -234,7 +296,7 @@ impl PolicyBundle {
             .collect();
         let mut by_agent = HashMap::new();
         for agent in agent_ids {
-            let mut set = globals.clone();
+            let mut set = global_set.clone();
             for p in by_agent_policies.get(&agent).into_iter().flatten() {
                 add(&mut set, p.clone())?;
             }
@@ -243,8 +305,9 @@ impl PolicyBundle {
                     add(&mut set, p.clone())?;
                 }
             }
-            by_agent.insert(agent, set);
+            by_agent.insert(agent, Slice::new(set, &tools)?);
         }
+        let globals = Slice::new(global_set, &tools)?;
 
         let mut material = compiled.cedar.clone();
         for f in files {
@@ -306,13 +369,18 @@ impl PolicyBundle {
     }
 
     /// The slice of the policy set that can apply to `agent`.
-    fn slice(&self, agent: &str) -> &PolicySet {
+    fn slice(&self, agent: &str) -> &Slice {
         self.by_agent.get(agent).unwrap_or(&self.globals)
     }
 
     /// Number of policies in the slice for `agent` (for tests and benchmarks).
     pub(crate) fn slice_len(&self, agent: &str) -> usize {
-        self.slice(agent).policies().count()
+        self.slice(agent).all.policies().count()
+    }
+
+    /// Number of policies evaluated for `agent` calling `tool`.
+    pub(crate) fn tool_slice_len(&self, agent: &str, tool: &ToolId) -> usize {
+        self.slice(agent).for_tool(tool).policies().count()
     }
 
     /// Evaluates a call. Any error, in the request, the context or any policy, is a deny.
@@ -329,7 +397,7 @@ impl PolicyBundle {
             Ok(r) => r,
             Err(e) => return fail(format!("the call does not fit the policy schema: {e}")),
         };
-        let slice = self.slice(input.agent);
+        let slice = self.slice(input.agent).for_tool(input.tool);
         let response = self
             .authorizer
             .is_authorized(&request, slice, &self.entities);
@@ -871,5 +939,56 @@ max = 100
                 .iter()
                 .any(|(n, t)| n == "m" && *t == Some(PolicyType::String))
         );
+    }
+
+    /// Per-tool slices keep every policy whose action constraint can match the tool (the exact
+    /// action, its server's group, any action) and drop only those naming other tools.
+    #[test]
+    fn tool_slices_keep_what_can_match() {
+        let manifest = Manifest::from_toml_str(MANIFEST).unwrap();
+        let files = [PolicyFile {
+            name: "extra.cedar".to_owned(),
+            text: r#"
+@id("group") forbid (principal, action in Action::"s/*", resource) when { context.taint == "untrusted" };
+@id("any") forbid (principal, action, resource) when { context.usage.agent_calls > 100 };
+@id("other") forbid (principal, action == Action::"s/u", resource);
+@id("u") permit (principal, action == Action::"s/u", resource);
+"#
+            .to_owned(),
+        }];
+        let b = PolicyBundle::build(&manifest, &files, &[]).unwrap();
+        let t = ToolId::parse("s/t").unwrap();
+        let u = ToolId::parse("s/u").unwrap();
+        let all = b.slice_len(AGENT);
+        // `r`'s permit and its three argument forbids (length, regex, max), `group` and `any`.
+        assert_eq!(b.tool_slice_len(AGENT, &t), 6);
+        assert!(b.tool_slice_len(AGENT, &t) < all);
+        // `group`, `any`, `other` and `u`.
+        assert_eq!(b.tool_slice_len(AGENT, &u), 4);
+        let ok = json!({"name": "abc", "n": 7, "opts": {"k": 1}});
+        assert!(matches!(eval(&b, "s/t", &ok), PolicyOutcome::Allow { .. }));
+        let tool = t.clone();
+        let args = ok.as_object().unwrap();
+        let no_labels = BTreeMap::new();
+        let input = |taint, calls| EvalInput {
+            agent: AGENT,
+            tool: &tool,
+            args,
+            labels: &no_labels,
+            taint,
+            delegation: &[],
+            usage: (calls, 0),
+            now: Timestamp::from_unix_millis(1_795_464_229_000),
+        };
+        for (taint, calls, rule) in [("untrusted", 0, "group"), ("trusted", 101, "any")] {
+            match b.evaluate(&input(taint, calls)) {
+                PolicyOutcome::Deny { rules, .. } => assert_eq!(rules, vec![rule.to_owned()]),
+                other => panic!("{rule}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            eval(&b, "s/u", &json!({})),
+            PolicyOutcome::Deny { .. }
+        ));
     }
 }
