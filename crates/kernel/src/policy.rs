@@ -216,7 +216,7 @@ impl PolicyBundle {
             tools.insert(spec.id().clone(), spec.clone());
         }
         let compiled = manifest.compile(&tools)?;
-        let schema_json = cedar_schema_json(&tools, &compiled.facts);
+        let schema_json = cedar_schema_json(&tools, &compiled.facts, &manifest.server_groups());
         let schema = Schema::from_json_value(schema_json.clone())
             .map_err(|e| Error::PolicyValidation(format!("generated schema: {e}")))?;
 
@@ -728,10 +728,12 @@ fn cedar_type(ty: &PolicyType) -> Value {
     }
 }
 
-/// The Cedar schema (JSON form) for `tools`.
+/// The Cedar schema (JSON form) for `tools`, with a `<server>/*` action group for each server
+/// of `groups` and each server of a tool.
 pub(crate) fn cedar_schema_json(
     tools: &BTreeMap<ToolId, ToolSpec>,
     facts: &BTreeMap<ToolId, Vec<Fact>>,
+    groups: &BTreeSet<String>,
 ) -> Value {
     let label_type = json!({"type": "Record", "attributes": {
         "sources": {"type": "Set", "element": {"type": "String"}},
@@ -739,6 +741,9 @@ pub(crate) fn cedar_schema_json(
         "trusted": {"type": "Boolean"}
     }});
     let mut actions = Map::new();
+    for server in groups {
+        actions.insert(format!("{server}/*"), json!({}));
+    }
     for id in tools.keys() {
         actions.insert(format!("{}/*", id.server()), json!({}));
     }
