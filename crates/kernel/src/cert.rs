@@ -106,10 +106,17 @@ pub struct CallCertificate {
     signature: [u8; 64],
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Envelope {
     cert: CertificateClaims,
+    sig: String,
+}
+
+/// [`Envelope`]'s serialized form, borrowing the claims.
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    cert: &'a CertificateClaims,
     sig: String,
 }
 
@@ -126,8 +133,8 @@ impl CallCertificate {
 
     /// The certificate as a JSON value (`{"cert": …, "sig": …}`), e.g. for `_meta`.
     pub fn to_json_value(&self) -> Value {
-        let envelope = Envelope {
-            cert: self.claims.clone(),
+        let envelope = EnvelopeRef {
+            cert: &self.claims,
             sig: hex(&self.signature),
         };
         serde_json::to_value(envelope).unwrap_or(Value::Null)
