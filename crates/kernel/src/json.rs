@@ -46,8 +46,60 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, Error> {
 
 /// The RFC 8785 canonical bytes of `value`.
 pub fn canonical_bytes(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    if write_jcs_value(&mut out, value) {
+        return out;
+    }
+    generic_canonical_bytes(value)
+}
+
+/// [`canonical_bytes`] by the general canonicalizer (which also formats non-integer numbers the
+/// ECMAScript way).
+fn generic_canonical_bytes(value: &Value) -> Vec<u8> {
     // INVARIANT: a `serde_json::Value` always serializes (its map keys are strings).
     serde_json_canonicalizer::to_vec(value).unwrap_or_default()
+}
+
+/// Appends the RFC 8785 form of `value` when every number in it is an integer of magnitude at
+/// most 2^53 − 1 (written as plain decimal digits, as ECMAScript prints them); returns `false`,
+/// leaving `out` partly written, when it meets another number.
+fn write_jcs_value(out: &mut Vec<u8>, value: &Value) -> bool {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) if i.unsigned_abs() <= MAX_SAFE_INTEGER => {
+                out.extend_from_slice(i.to_string().as_bytes());
+            }
+            _ => return false,
+        },
+        Value::String(s) => write_jcs_str(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if !write_jcs_value(out, item) {
+                    return false;
+                }
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_by(|a, b| jcs_key_order(a.0, b.0));
+            out.push(b'{');
+            for (i, (key, item)) in members.into_iter().enumerate() {
+                write_jcs_key(out, i == 0, key);
+                if !write_jcs_value(out, item) {
+                    return false;
+                }
+            }
+            out.push(b'}');
+        }
+    }
+    true
 }
 
 /// Appends `text` as an RFC 8785 string: `"` and `\\` escaped, `\b \f \n \r \t` short-form,
@@ -545,6 +597,32 @@ mod tests {
             let object: Map<String, Value> = keys.iter().map(|k| (k.clone(), Value::from(0))).collect();
             proptest::prop_assert_eq!(out, canonical_bytes(&Value::Object(object)));
         }
+    }
+
+    proptest::proptest! {
+        /// The direct writer (integers only) and the general canonicalizer agree.
+        #[test]
+        fn direct_canonical_form_matches_the_canonicalizer(v in arb_json()) {
+            proptest::prop_assert_eq!(canonical_bytes(&v), generic_canonical_bytes(&v));
+        }
+    }
+
+    #[test]
+    fn direct_canonical_form_edges() {
+        for text in [
+            "9007199254740991",
+            "-9007199254740991",
+            "0",
+            "-0",
+            "1.0",
+            "1e2",
+            r#"{"b":[1,2.5],"a":{"\u00e9":1,"z":null,"\ud83d\ude00":true,"\uffff":false}}"#,
+        ] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(canonical_bytes(&v), generic_canonical_bytes(&v), "{text}");
+        }
+        let big = Value::from(9_007_199_254_740_993_i64);
+        assert_eq!(canonical_bytes(&big), generic_canonical_bytes(&big));
     }
 
     #[test]

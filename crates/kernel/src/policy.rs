@@ -512,12 +512,23 @@ impl PolicyBundle {
         let mut args = Vec::with_capacity(skeleton.properties.len());
         let mut labels = Vec::with_capacity(skeleton.properties.len());
         let unlabeled = Label::empty();
+        // Arguments mostly share a label (the default one): build each distinct label once
+        // (cloning an expression shares its parts).
+        let mut built: Vec<(&Label, RestrictedExpression)> = Vec::new();
         for (name, ty) in &skeleton.properties {
             if let (Some(ty), Some(v)) = (ty, input.args.get(name)) {
                 args.push((name.clone(), to_cedar(v, ty)?));
             }
             let label = input.labels.get(name).unwrap_or(&unlabeled);
-            labels.push((name.clone(), label_expr(label)?));
+            let expr = match built.iter().find(|(l, _)| *l == label) {
+                Some((_, e)) => e.clone(),
+                None => {
+                    let e = label_expr(label)?;
+                    built.push((label, e.clone()));
+                    e
+                }
+            };
+            labels.push((name.clone(), expr));
         }
         let facts = skeleton
             .facts
