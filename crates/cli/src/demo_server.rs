@@ -268,7 +268,7 @@ impl DemoServer {
         let bytes = serde_json::to_vec(args).map_err(|e| e.to_string())?;
         let claims = self
             .verifier
-            .verify(&cert, &bytes, now)
+            .verify(&cert, tool, &bytes, now)
             .map_err(|e| format!("certificate rejected: {e}"))?;
         if claims.tool.server != self.name || claims.tool.name != tool {
             return Err(format!(

@@ -365,12 +365,16 @@ impl CertificateVerifier {
         }
     }
 
-    /// Verifies `certificate` for a call with `arguments` (the JSON the tool received) at `now`,
-    /// and records its id as used. Checks, in order: key id, signature, version, decision,
-    /// audience, validity window, arguments hash, single use.
+    /// Verifies `certificate` for a call of `tool` (the tool's name on this server, as the server
+    /// was asked to run it) with `arguments` (the JSON the tool received) at `now`, and records its
+    /// id as used. Checks, in order: key id, signature, version, decision, audience, tool,
+    /// validity window, arguments hash, single use. The audience pins the server; the tool check
+    /// stops a certificate for one tool of the server being spent on another with the same
+    /// arguments.
     pub fn verify(
         &self,
         certificate: &CallCertificate,
+        tool: &str,
         arguments: &[u8],
         now: Timestamp,
     ) -> Result<CertificateClaims, Error> {
@@ -393,6 +397,12 @@ impl CertificateVerifier {
             return Err(Error::CertificateAudience {
                 expected: self.audience.clone(),
                 found: claims.aud.clone(),
+            });
+        }
+        if claims.tool.name != tool {
+            return Err(Error::CertificateTool {
+                called: tool.to_owned(),
+                found: claims.tool.name.clone(),
             });
         }
         let issued = Timestamp::parse_rfc3339(&claims.issued)?;
