@@ -221,6 +221,7 @@ fn helper(
     report: &mut Option<File>,
     reply: &mut Option<OwnedFd>,
 ) -> Result<i32, String> {
+    let zygote = sys::parent_pid();
     ctx("setsid", sys::setsid())?;
     ctx("rlimit core", sys::set_rlimit(libc::RLIMIT_CORE as i32, 0))?;
     ctx(
@@ -270,6 +271,15 @@ fn helper(
         "gid_map",
         fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n")),
     )?;
+    // Changing credentials (the uid drop, the new user namespace) cleared the parent-death
+    // signal: set it again, and stop if the zygote died meanwhile.
+    ctx(
+        "parent death signal",
+        sys::set_parent_death_signal(libc::SIGKILL),
+    )?;
+    if sys::parent_pid() != zygote {
+        return Err("the zygote exited".to_owned());
+    }
     ctx("not dumpable", sys::set_dumpable(false))?;
     ctx("hostname", sys::sethostname("warden-sandbox"))?;
     if config.proxy_socket.is_some() {
