@@ -1,5 +1,6 @@
-//! The caller's side: checks the kernel, creates cgroups and the egress proxy, re-executes the
-//! helper, enforces the timeout and the output cap, and cleans everything up.
+//! The caller's side: checks the kernel, creates cgroups and the egress proxy, asks the zygote
+//! (started once per `Sandbox`) for a helper, enforces the timeout and the output cap, and
+//! cleans everything up.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
