@@ -128,6 +128,25 @@ fn check_exit_codes_and_cert_verify() {
     ]);
     assert_eq!(code(&o), 1, "{}", text(&o));
     assert!(text(&o).contains("args hash"), "{}", text(&o));
+    // The tool that was called must be the certified one.
+    for (tool, expect) in [
+        ("market/query_market_data", 0),
+        ("market/other_tool", 1),
+        ("broker/query_market_data", 1),
+    ] {
+        let o = warden(&[
+            "cert",
+            "verify",
+            cert.to_str().unwrap(),
+            "--args",
+            args,
+            "--config",
+            &c,
+            "--tool",
+            tool,
+        ]);
+        assert_eq!(code(&o), expect, "{tool}: {}", text(&o));
+    }
 
     let deny = warden(&[
         "check",
@@ -209,7 +228,7 @@ fn demo_runs_to_the_end() {
         "HOLD",
         "rate-limit",
         "no-untrusted-into-shell",
-        "REJECT replay",
+        "REFUSE",
         "default-deny",
     ] {
         assert!(out.contains(needle), "missing {needle}: {out}");

@@ -157,6 +157,14 @@ pub enum Error {
         /// The certificate's.
         found: String,
     },
+    /// A certificate for another tool of the same server.
+    #[error("certificate is for tool `{found}`, not the called `{called}`")]
+    CertificateTool {
+        /// The tool the server was asked to run.
+        called: String,
+        /// The tool the certificate names.
+        found: String,
+    },
     /// A certificate past its expiry.
     #[error("certificate expired at {0}")]
     CertificateExpired(String),

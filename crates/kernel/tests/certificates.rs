@@ -61,7 +61,7 @@ fn tampering_any_field_invalidates() {
             other => panic!("unexpected leaf {other}"),
         };
         let result = CallCertificate::from_json_value(v)
-            .and_then(|c| verifier().verify(&c, ARGS.as_bytes(), at(1)));
+            .and_then(|c| verifier().verify(&c, "query_market_data", ARGS.as_bytes(), at(1)));
         assert!(result.is_err(), "tampered `{path}` still verifies");
     }
     // Adding a field is refused at decoding.
@@ -69,7 +69,9 @@ fn tampering_any_field_invalidates() {
     v["cert"]["extra"] = Value::Bool(true);
     assert!(CallCertificate::from_json_value(v).is_err());
     // The untouched certificate verifies, so the failures above are the tampering.
-    verifier().verify(&cert, ARGS.as_bytes(), at(1)).unwrap();
+    verifier()
+        .verify(&cert, "query_market_data", ARGS.as_bytes(), at(1))
+        .unwrap();
 }
 
 fn collect_leaves(v: &Value, path: String, out: &mut Vec<String>) {
@@ -97,7 +99,7 @@ fn signature_bytes_are_checked() {
     v["sig"] = Value::String(flipped);
     let c = CallCertificate::from_json_value(v).unwrap();
     assert!(matches!(
-        verifier().verify(&c, ARGS.as_bytes(), at(1)),
+        verifier().verify(&c, "query_market_data", ARGS.as_bytes(), at(1)),
         Err(Error::CertificateSignature)
     ));
 }
@@ -105,14 +107,16 @@ fn signature_bytes_are_checked() {
 #[test]
 fn expiry_and_issue_time() {
     let c = issue();
-    verifier().verify(&c, ARGS.as_bytes(), at(59_999)).unwrap();
+    verifier()
+        .verify(&c, "query_market_data", ARGS.as_bytes(), at(59_999))
+        .unwrap();
     assert!(matches!(
-        verifier().verify(&c, ARGS.as_bytes(), at(60_000)),
+        verifier().verify(&c, "query_market_data", ARGS.as_bytes(), at(60_000)),
         Err(Error::CertificateExpired(_))
     ));
     let early = Timestamp::from_unix_millis(T0 - 10_000);
     assert!(matches!(
-        verifier().verify(&c, ARGS.as_bytes(), early),
+        verifier().verify(&c, "query_market_data", ARGS.as_bytes(), early),
         Err(Error::CertificateNotYetValid(_))
     ));
 }
@@ -121,7 +125,7 @@ fn expiry_and_issue_time() {
 fn wrong_audience() {
     let v = CertificateVerifier::new(vec![signing_key().verifying_key()], "Server::\"broker\"");
     assert!(matches!(
-        v.verify(&issue(), ARGS.as_bytes(), at(1)),
+        v.verify(&issue(), "query_market_data", ARGS.as_bytes(), at(1)),
         Err(Error::CertificateAudience { .. })
     ));
 }
@@ -130,9 +134,10 @@ fn wrong_audience() {
 fn replay_is_refused() {
     let c = issue();
     let v = verifier();
-    v.verify(&c, ARGS.as_bytes(), at(1)).unwrap();
+    v.verify(&c, "query_market_data", ARGS.as_bytes(), at(1))
+        .unwrap();
     assert!(matches!(
-        v.verify(&c, ARGS.as_bytes(), at(2)),
+        v.verify(&c, "query_market_data", ARGS.as_bytes(), at(2)),
         Err(Error::CertificateReplayed(_))
     ));
 }
@@ -142,7 +147,7 @@ fn unknown_key_and_rotation() {
     let other = CertSigningKey::from_seed(&[9u8; 32]);
     let v = CertificateVerifier::new(vec![other.verifying_key()], "Server::\"market\"");
     assert!(matches!(
-        v.verify(&issue(), ARGS.as_bytes(), at(1)),
+        v.verify(&issue(), "query_market_data", ARGS.as_bytes(), at(1)),
         Err(Error::CertificateUnknownKey(_))
     ));
     // With both keys (rotation), the certificate verifies.
@@ -150,7 +155,8 @@ fn unknown_key_and_rotation() {
         vec![other.verifying_key(), signing_key().verifying_key()],
         "Server::\"market\"",
     );
-    v.verify(&issue(), ARGS.as_bytes(), at(1)).unwrap();
+    v.verify(&issue(), "query_market_data", ARGS.as_bytes(), at(1))
+        .unwrap();
 }
 
 #[test]
@@ -158,16 +164,27 @@ fn arguments_are_bound_canonically() {
     let c = issue();
     // Same arguments, other formatting: still the same call.
     verifier()
-        .verify(&c, br#"{ "symbol": "ACME", "exchange": "NYSE" }"#, at(1))
+        .verify(
+            &c,
+            "query_market_data",
+            br#"{ "symbol": "ACME", "exchange": "NYSE" }"#,
+            at(1),
+        )
         .unwrap();
     let v = verifier();
     assert!(matches!(
-        v.verify(&c, br#"{"exchange":"NYSE","symbol":"ACMF"}"#, at(1)),
+        v.verify(
+            &c,
+            "query_market_data",
+            br#"{"exchange":"NYSE","symbol":"ACMF"}"#,
+            at(1)
+        ),
         Err(Error::CertificateArguments)
     ));
     assert!(
         v.verify(
             &c,
+            "query_market_data",
             br#"{"exchange":"NYSE","symbol":"ACME","symbol":"ACME"}"#,
             at(1)
         )
@@ -187,4 +204,19 @@ fn decoding_round_trips_and_rejects_garbage() {
     ] {
         assert!(CallCertificate::decode(bad).is_err());
     }
+}
+
+/// A certificate for one tool of a server cannot be spent on another tool of the same server,
+/// even with the same arguments; the refusal does not use the certificate up.
+#[test]
+fn certificate_is_bound_to_its_tool() {
+    let c = issue();
+    let v = verifier();
+    assert!(matches!(
+        v.verify(&c, "delete_market_data", ARGS.as_bytes(), at(1)),
+        Err(Error::CertificateTool { ref called, ref found })
+            if called == "delete_market_data" && found == "query_market_data"
+    ));
+    v.verify(&c, "query_market_data", ARGS.as_bytes(), at(1))
+        .unwrap();
 }

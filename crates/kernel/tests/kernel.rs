@@ -57,7 +57,7 @@ fn allowed_query_gets_a_verifiable_certificate() {
         vec![common::signing_key().verifying_key()],
         "Server::\"market\"",
     );
-    v.verify(cert, args.as_bytes(), now(1)).unwrap();
+    v.verify(cert, "query_market_data", args.as_bytes(), now(1)).unwrap();
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::kernel_config::{Config, now};
 /// `warden cert` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum CertCommand {
-    /// Verify a certificate: signature, key id, expiry, audience and arguments hash
+    /// Verify a certificate: signature, key id, expiry, audience, tool and arguments hash
     /// (exit 0 valid, 1 invalid, 2 usage error). Single use needs a long-lived verifier and is
     /// not checked here.
     Verify {
@@ -33,6 +33,10 @@ pub(crate) enum CertCommand {
         /// The audience to expect (default: the certificate's server as the manifest names it).
         #[arg(long)]
         audience: Option<String>,
+        /// The tool that was called, `SERVER/TOOL` (default: the certificate's own tool, so only
+        /// pass-through is checked; a tool server always passes what it was asked to run).
+        #[arg(long)]
+        tool: Option<String>,
     },
 }
 
@@ -42,6 +46,7 @@ pub(crate) fn run(command: &CertCommand) -> ExitCode {
         args,
         config,
         audience,
+        tool,
     } = command;
     let setup = || -> anyhow::Result<(Config, Vec<u8>)> {
         let cfg = Config::read(config)?;
@@ -58,7 +63,23 @@ pub(crate) fn run(command: &CertCommand) -> ExitCode {
     };
     let verified = (|| -> anyhow::Result<_> {
         let certificate = CallCertificate::decode(&bytes)?;
-        let server = certificate.claims().tool.server.clone();
+        let certified = &certificate.claims().tool;
+        let called = match tool {
+            Some(t) => {
+                let (s, name) = t
+                    .split_once('/')
+                    .with_context(|| format!("`--tool {t}`: expected SERVER/TOOL"))?;
+                if s != certified.server {
+                    anyhow::bail!(
+                        "certificate is for server `{}`, not the called `{s}`",
+                        certified.server
+                    );
+                }
+                name.to_owned()
+            }
+            None => certified.name.clone(),
+        };
+        let server = certified.server.clone();
         let audience = audience.clone().unwrap_or_else(|| {
             cfg.manifest
                 .servers()
@@ -66,24 +87,26 @@ pub(crate) fn run(command: &CertCommand) -> ExitCode {
                 .map_or_else(|| format!("Server::\"{server}\""), |s| s.audience.clone())
         });
         let verifier = CertificateVerifier::new(cfg.verifying_keys()?, audience);
-        Ok(verifier.verify(&certificate, args.as_bytes(), now())?)
+        Ok(verifier.verify(&certificate, &called, args.as_bytes(), now())?)
     })();
     match verified {
         Ok(claims) => {
-            println!(
+            outln!(
                 "valid: certificate {} for {}/{}",
-                claims.id, claims.tool.server, claims.tool.name
+                claims.id,
+                claims.tool.server,
+                claims.tool.name
             );
-            println!("  agent:   {}", claims.agent);
-            println!("  rules:   {}", claims.rules.join(", "));
-            println!("  expires: {}", claims.expires);
+            outln!("  agent:   {}", claims.agent);
+            outln!("  rules:   {}", claims.rules.join(", "));
+            outln!("  expires: {}", claims.expires);
             if let Some(a) = &claims.approval {
-                println!("  approved by {} at {}", a.approver, a.time);
+                outln!("  approved by {} at {}", a.approver, a.time);
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("invalid: {e:#}");
+            outln!("invalid: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -11,6 +11,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, cert);
         let key = CertSigningKey::from_seed(&[1; 32]).verifying_key();
         let verifier = CertificateVerifier::new(vec![key], "Server::\"s\"");
-        let _ = verifier.verify(&cert, b"{}", Timestamp::from_unix_millis(1_795_464_229_000));
+        let _ = verifier.verify(
+            &cert,
+            "t",
+            b"{}",
+            Timestamp::from_unix_millis(1_795_464_229_000),
+        );
     }
 });
