@@ -1,6 +1,9 @@
 //! Start-up overhead of running `/bin/true`: a plain spawn, Warden's full sandbox, and bubblewrap
 //! with a minimal root, measured in the same run.
 //!
+//! `warden_full_sandbox` measures warm starts (the zygote already running, as in a gateway that
+//! keeps its `Sandbox`); `warden_full_sandbox_cold` includes starting the zygote each time.
+//!
 //! `cargo bench -p warden-sandbox --bench startup`; under `cargo bench -- --test` each runs once.
 #![allow(
     clippy::unwrap_used,
@@ -63,20 +66,30 @@ fn startup(c: &mut Criterion) {
         helper: HelperBinary::Path(helper()),
         ..Options::default()
     };
-    let sandbox = Sandbox::new(Profile::default(), options);
     let argv = vec!["/bin/true".to_owned()];
+    let run = |sandbox: &Sandbox| {
+        let outcome = sandbox
+            .run(
+                &argv,
+                Stdio::null(),
+                Box::new(std::io::sink()),
+                Box::new(std::io::sink()),
+            )
+            .unwrap();
+        assert_eq!(outcome.ending, warden_sandbox::Ending::Exited { code: 0 });
+        outcome
+    };
+    // Warm: the zygote is started before the timed loop, as a gateway starts its `Sandbox` once.
+    let sandbox = Sandbox::new(Profile::default(), options.clone());
+    sandbox.prewarm().unwrap();
     group.bench_function("warden_full_sandbox", |b| {
+        b.iter(|| black_box(run(&sandbox)));
+    });
+    // Cold: a new `Sandbox` per start, so each start includes executing the zygote.
+    group.bench_function("warden_full_sandbox_cold", |b| {
         b.iter(|| {
-            let outcome = sandbox
-                .run(
-                    &argv,
-                    Stdio::null(),
-                    Box::new(std::io::sink()),
-                    Box::new(std::io::sink()),
-                )
-                .unwrap();
-            assert_eq!(outcome.ending, warden_sandbox::Ending::Exited { code: 0 });
-            black_box(outcome)
+            let cold = Sandbox::new(Profile::default(), options.clone());
+            black_box(run(&cold))
         });
     });
     if Path::new("/usr/bin/bwrap").exists() {

@@ -1,18 +1,19 @@
 //! The launcher's side inside the new process: the single-threaded helper, the sandbox's PID 1
 //! and the command's last steps before `exec`.
 //!
-//! Process tree: caller → helper (already moved into the sandbox's cgroups by the caller before
-//! it receives its configuration, so it forks nothing outside them; sets rlimits, prepares the bind mounts, drops to
-//! the sandbox uid, unshares the namespaces) → PID 1 of the new pid namespace (builds the root,
-//! pivots, runs the egress relay, reaps, and exits with the command's status, which kills the
-//! namespace) → the command (no-new-privs, Landlock, capability drop, descriptors closed,
-//! seccomp, exec).
+//! Process tree: caller → zygote (started once per `Sandbox`, single-threaded, cleared
+//! environment, never enters anything) → helper (one fork per start; joins the sandbox's
+//! cgroups before anything else, so it forks nothing outside them; sets rlimits, prepares the
+//! bind mounts, drops to the sandbox uid, unshares the namespaces) → PID 1 of the new pid
+//! namespace (builds the root, pivots, runs the egress relay, reaps, and exits with the
+//! command's status, which kills the namespace) → the command (no-new-privs, Landlock,
+//! capability drop, descriptors closed, seccomp, exec).
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -27,12 +28,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::{self, Fork};
 
-/// The first argument that turns a binary into the helper.
-pub(crate) const HELPER_ARG: &str = "__warden-sandbox-helper";
-/// Descriptor carrying the JSON [`HelperConfig`].
-pub(crate) const CONFIG_FD: i32 = 3;
-/// Descriptor on which setup errors are reported; end-of-file without data means `exec` worked.
-pub(crate) const REPORT_FD: i32 = 4;
+/// The first argument that turns a binary into the zygote.
+pub(crate) const ZYGOTE_ARG: &str = "__warden-sandbox-zygote";
+/// The zygote's end of its control socket.
+pub(crate) const CONTROL_FD: i32 = 3;
+/// Descriptors in a start request, in order: the command's stdin, stdout and stderr, the
+/// configuration pipe, the report pipe and the helper's reply socket.
+pub(crate) const REQUEST_FDS: usize = 6;
 /// Where the new root is assembled (inside the helper's own mount namespace).
 const NEW_ROOT: &str = "/tmp";
 /// Scheduler slice requested by the helper and PID 1 (inherited, reset for the command): short
@@ -62,6 +64,13 @@ pub(crate) struct HelperConfig {
     pub allow_without_landlock: bool,
 }
 
+/// A start request's data (its descriptors travel beside it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StartRequest {
+    /// The cgroup files (`tasks` on v1, `cgroup.procs` on v2) the helper joins first.
+    pub cgroups: Vec<PathBuf>,
+}
+
 /// A detached mount tree waiting to be attached in the new root.
 struct Bind {
     tree: OwnedFd,
@@ -75,34 +84,120 @@ struct RootPlan {
     links: Vec<(PathBuf, PathBuf)>,
 }
 
-/// If this process was started as the sandbox helper, runs it and exits; otherwise returns at
+/// If this process was started as the sandbox's zygote, runs it and exits; otherwise returns at
 /// once. Call it first thing in `main`, while the process is still single-threaded.
 pub fn run_helper_if_requested() {
-    if std::env::args_os().nth(1).as_deref() != Some(OsStr::new(HELPER_ARG)) {
+    if std::env::args_os().nth(1).as_deref() != Some(OsStr::new(ZYGOTE_ARG)) {
         return;
     }
-    let code = helper_main();
+    let code = zygote_main();
     std::process::exit(code);
 }
 
-fn helper_main() -> i32 {
-    // Nothing this process holds may reach the command except through the fds set up here.
+/// The zygote: a single-threaded process with a cleared environment, started once per
+/// [`Sandbox`](crate::Sandbox), that forks one sandbox helper per start request.
+///
+/// It holds nothing secret (configurations go straight to each helper through its own pipe)
+/// and never itself joins a cgroup, sets a limit, drops privileges or enters a namespace: every
+/// such step happens in the forked helper, so each sandbox starts from the same clean state and
+/// nothing of one sandbox can reach the next. It exits at end of stream on its control socket,
+/// that is when the caller closed it or died (a parent-death signal would follow the caller's
+/// *thread*, which may end long before the `Sandbox`); its helpers follow it through their own
+/// parent-death signal.
+fn zygote_main() -> i32 {
+    // Nothing this process holds may reach a command except through the fds set up per start.
     let _ = sys::cloexec_from(3);
     let _ = sys::set_fair_slice(SETUP_SLICE_NS);
-    let mut report = sys::take_fd(REPORT_FD).map(File::from);
-    if report.is_none() {
+    let Some(control) = sys::take_fd(CONTROL_FD) else {
+        return 125;
+    };
+    // Helpers are reaped by the kernel: the zygote never waits, and no zombie keeps a pid.
+    if sys::ignore_children(true).is_err() {
         return 125;
     }
-    let config = sys::take_fd(CONFIG_FD)
-        .ok_or_else(|| "no configuration descriptor".to_owned())
-        .and_then(|fd| {
-            let mut text = String::new();
-            File::from(fd)
-                .read_to_string(&mut text)
-                .map_err(|e| e.to_string())?;
-            serde_json::from_str::<HelperConfig>(&text).map_err(|e| e.to_string())
-        });
-    match config.and_then(|c| helper(&c, &mut report)) {
+    // Hello: the caller learns the zygote is up and which uid its helpers run as (a wrapper may
+    // have dropped privileges), so it can hand them their cgroups.
+    let uid = sys::euid_egid().0;
+    if sys::send_with_fds(control.as_raw_fd(), &uid.to_le_bytes(), &[]).is_err() {
+        return 125;
+    }
+    let zygote = sys::own_pid();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (n, fds) = match sys::recv_with_fds(control.as_raw_fd(), &mut buf) {
+            Ok((0, fds)) if fds.is_empty() => return 0,
+            Ok(message) => message,
+            Err(e) if e.kind() == std::io::ErrorKind::Other => continue,
+            Err(_) => return 125,
+        };
+        // A malformed request is dropped; its descriptors close, so its caller sees an error.
+        let Ok(fds) = <[OwnedFd; REQUEST_FDS]>::try_from(fds) else {
+            continue;
+        };
+        let Some(Ok(request)) = buf.get(..n).map(serde_json::from_slice::<StartRequest>) else {
+            continue;
+        };
+        if let Ok(Fork::Child) = sys::fork() {
+            drop(control);
+            sys::exit_now(warm_helper(zygote, &request, fds));
+        }
+        // In the zygote (or the fork failed): the request's descriptors close here.
+    }
+}
+
+/// A freshly forked helper: joins the sandbox's cgroups before anything else, takes its stdio,
+/// tells the caller its pidfd, runs the helper and reports the status.
+fn warm_helper(zygote: libc::pid_t, request: &StartRequest, fds: [OwnedFd; REQUEST_FDS]) -> i32 {
+    let [stdin, stdout, stderr, config, report, reply] = fds;
+    let report = Some(File::from(report));
+    let fail = |message: String| {
+        send_report(&report, &message);
+        125
+    };
+    for cgroup in &request.cgroups {
+        if let Err(e) = sys::join_cgroup(cgroup) {
+            return fail(format!("join cgroup `{}`: {e}", cgroup.display()));
+        }
+    }
+    if let Err(e) = sys::ignore_children(false) {
+        return fail(format!("default SIGCHLD: {e}"));
+    }
+    // Dies with the zygote; if the zygote is already gone, stop here.
+    if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
+        return fail(format!("parent death signal: {e}"));
+    }
+    if sys::parent_pid() != zygote {
+        return fail("the zygote exited".to_owned());
+    }
+    for (fd, to) in [(&stdin, 0), (&stdout, 1), (&stderr, 2)] {
+        if let Err(e) = sys::dup_onto(fd, to) {
+            return fail(format!("stdio: {e}"));
+        }
+    }
+    drop((stdin, stdout, stderr));
+    let me = sys::own_pid();
+    let sent = sys::pidfd_open(me).and_then(|pidfd| {
+        sys::send_with_fds(reply.as_raw_fd(), &me.to_le_bytes(), &[pidfd.as_raw_fd()])
+    });
+    if let Err(e) = sent {
+        return fail(format!("send pidfd: {e}"));
+    }
+    let mut reply = Some(reply);
+    let code = run_helper(config, report, &mut reply);
+    if let Some(reply) = reply {
+        let _ = sys::send_with_fds(reply.as_raw_fd(), &code.to_le_bytes(), &[]);
+    }
+    code
+}
+
+/// Reads the configuration and runs the helper; returns its exit status.
+fn run_helper(config: OwnedFd, mut report: Option<File>, reply: &mut Option<OwnedFd>) -> i32 {
+    let mut text = String::new();
+    let config = File::from(config)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_str::<HelperConfig>(&text).map_err(|e| e.to_string()));
+    match config.and_then(|c| helper(&c, &mut report, reply)) {
         Ok(code) => code,
         Err(message) => {
             send_report(&report, &message);
@@ -121,7 +216,12 @@ fn ctx<T>(what: &str, r: std::io::Result<T>) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-fn helper(config: &HelperConfig, report: &mut Option<File>) -> Result<i32, String> {
+fn helper(
+    config: &HelperConfig,
+    report: &mut Option<File>,
+    reply: &mut Option<OwnedFd>,
+) -> Result<i32, String> {
+    let zygote = sys::parent_pid();
     ctx("setsid", sys::setsid())?;
     ctx("rlimit core", sys::set_rlimit(libc::RLIMIT_CORE as i32, 0))?;
     ctx(
@@ -171,6 +271,15 @@ fn helper(config: &HelperConfig, report: &mut Option<File>) -> Result<i32, Strin
         "gid_map",
         fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n")),
     )?;
+    // Changing credentials (the uid drop, the new user namespace) cleared the parent-death
+    // signal: set it again, and stop if the zygote died meanwhile.
+    ctx(
+        "parent death signal",
+        sys::set_parent_death_signal(libc::SIGKILL),
+    )?;
+    if sys::parent_pid() != zygote {
+        return Err("the zygote exited".to_owned());
+    }
     ctx("not dumpable", sys::set_dumpable(false))?;
     ctx("hostname", sys::sethostname("warden-sandbox"))?;
     if config.proxy_socket.is_some() {
@@ -178,6 +287,8 @@ fn helper(config: &HelperConfig, report: &mut Option<File>) -> Result<i32, Strin
     }
     match ctx("fork pid 1", sys::fork())? {
         Fork::Child => {
+            // PID 1 has no business with the caller's reply socket.
+            drop(reply.take());
             let message = pid1(config, plan, report);
             send_report(report, &message);
             sys::exit_now(125);

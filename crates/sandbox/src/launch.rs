@@ -1,19 +1,20 @@
-//! The caller's side: checks the kernel, creates cgroups and the egress proxy, re-executes the
-//! helper, enforces the timeout and the output cap, and cleans everything up.
+//! The caller's side: checks the kernel, creates cgroups and the egress proxy, asks the zygote
+//! (started once per `Sandbox`) for a helper, enforces the timeout and the output cap, and
+//! cleans everything up.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Error;
 use crate::cgroup::Cgroup;
 use crate::egress::{EgressPolicy, EgressProxy, EgressSink, Resolve, SystemResolver};
-use crate::helper::{CONFIG_FD, HELPER_ARG, HelperConfig, REPORT_FD};
+use crate::helper::{CONTROL_FD, HelperConfig, StartRequest, ZYGOTE_ARG};
 use crate::profile::{Profile, check_env_name};
 use crate::sys;
 
@@ -129,6 +130,69 @@ pub struct Sandbox {
     profile: Profile,
     options: Options,
     counter: AtomicU64,
+    zygote: Mutex<Option<Arc<Zygote>>>,
+}
+
+/// The running zygote (see `helper.rs`): forks one helper per start. Kept alive by its
+/// `Sandbox` and by every child it started; killed when the last of them goes.
+#[derive(Debug)]
+struct Zygote {
+    control: OwnedFd,
+    /// The uid the zygote and its helpers run as.
+    uid: u32,
+    process: Mutex<Child>,
+}
+
+impl Zygote {
+    fn start(program: &std::path::Path) -> Result<Self, Error> {
+        let (ours, theirs) =
+            sys::seqpacket_pair().map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
+        let mut cmd = Command::new(program);
+        cmd.arg(ZYGOTE_ARG)
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let process =
+            sys::spawn_with_fds(&mut cmd, vec![(theirs, CONTROL_FD)], &[]).map_err(|e| {
+                Error::Setup(format!("cannot start helper `{}`: {e}", program.display()))
+            })?;
+        let mut zygote = Self {
+            control: ours,
+            uid: 0,
+            process: Mutex::new(process),
+        };
+        let mut buf = [0u8; 16];
+        match sys::recv_with_fds(zygote.control.as_raw_fd(), &mut buf) {
+            Ok((4, _)) => {
+                zygote.uid = buf
+                    .first_chunk::<4>()
+                    .copied()
+                    .map_or(0, u32::from_le_bytes);
+                Ok(zygote)
+            }
+            _ => Err(Error::Setup(format!(
+                "helper `{}` did not start as the sandbox zygote",
+                program.display()
+            ))),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.process
+            .lock()
+            .is_ok_and(|mut p| matches!(p.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        if let Ok(p) = self.process.get_mut() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
 }
 
 /// A running sandboxed command.
@@ -139,7 +203,9 @@ pub struct SandboxedChild {
     pub stdout: Option<ChildStdout>,
     /// The command's stderr, if piped.
     pub stderr: Option<ChildStderr>,
-    helper: Option<Child>,
+    helper: Option<OwnedFd>,
+    status: Option<OwnedFd>,
+    _zygote: Option<Arc<Zygote>>,
     pid: i32,
     exit_code: Option<i32>,
     cgroup: Option<Cgroup>,
@@ -163,7 +229,33 @@ impl Sandbox {
             profile,
             options,
             counter: AtomicU64::new(0),
+            zygote: Mutex::new(None),
         }
+    }
+
+    /// Starts the zygote now (otherwise the first start does). Later starts fork from it
+    /// instead of executing a new helper; a zygote that died is started again by the next start.
+    pub fn prewarm(&self) -> Result<(), Error> {
+        self.zygote().map(drop)
+    }
+
+    /// The running zygote, started (again) if there is none or it died.
+    fn zygote(&self) -> Result<Arc<Zygote>, Error> {
+        let mut slot = self
+            .zygote
+            .lock()
+            .map_err(|_| Error::Setup("zygote lock poisoned".to_owned()))?;
+        if let Some(z) = slot.as_ref().filter(|z| z.alive()) {
+            return Ok(Arc::clone(z));
+        }
+        let program = match &self.options.helper {
+            HelperBinary::CurrentExe => PathBuf::from("/proc/self/exe"),
+            HelperBinary::Path(p) => std::path::absolute(p)
+                .map_err(|e| Error::Setup(format!("helper path `{}`: {e}", p.display())))?,
+        };
+        let z = Arc::new(Zygote::start(&program)?);
+        *slot = Some(Arc::clone(&z));
+        Ok(z)
     }
 
     /// The profile.
@@ -213,6 +305,8 @@ impl Sandbox {
             stdout: None,
             stderr: None,
             helper: None,
+            status: None,
+            _zygote: None,
             pid: 0,
             exit_code: None,
             cgroup,
@@ -307,13 +401,11 @@ impl Sandbox {
         };
         let json = serde_json::to_vec(&config).map_err(|e| Error::Setup(format!("config: {e}")))?;
 
-        let program = match &self.options.helper {
-            HelperBinary::CurrentExe => PathBuf::from("/proc/self/exe"),
-            HelperBinary::Path(p) => std::path::absolute(p)
-                .map_err(|e| Error::Setup(format!("helper path `{}`: {e}", p.display())))?,
-        };
+        let zygote = self.zygote()?;
         let (config_r, config_w) = sys::pipe().map_err(|e| Error::Setup(format!("pipe: {e}")))?;
         let (report_r, report_w) = sys::pipe().map_err(|e| Error::Setup(format!("pipe: {e}")))?;
+        let (reply, reply_w) =
+            sys::seqpacket_pair().map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
         let mut config_w = Some(std::fs::File::from(config_w));
         let send = |w: &mut std::fs::File| {
             w.write_all(&json)
@@ -325,32 +417,71 @@ impl Sandbox {
         if sent_early && let Some(mut w) = config_w.take() {
             send(&mut w)?;
         }
+        // The helper moves itself into its cgroups first thing after the zygote forked it: it
+        // never runs, and nothing it starts runs, outside them.
+        let request = StartRequest {
+            cgroups: child
+                .cgroup
+                .as_ref()
+                .map(Cgroup::join_files)
+                .unwrap_or_default(),
+        };
+        // A helper running as another uid (started through a wrapper that dropped privileges)
+        // may write only the files that move it into this sandbox's cgroups.
+        if zygote.uid != euid {
+            for file in &request.cgroups {
+                std::os::unix::fs::chown(file, Some(zygote.uid), None).map_err(|e| {
+                    Error::Setup(format!("cgroup `{}` for the helper: {e}", file.display()))
+                })?;
+            }
+        }
+        let request =
+            serde_json::to_vec(&request).map_err(|e| Error::Setup(format!("request: {e}")))?;
+        // `Stdio` is opaque: a short-lived fork of the caller lets std set the stdio up on 0, 1
+        // and 2 and passes them, with the pipes, to the zygote, without executing anything.
         let [stdin, stdout, stderr] = stdio;
-        let mut cmd = Command::new(&program);
-        cmd.arg(HELPER_ARG)
-            .env_clear()
-            .current_dir("/")
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr);
-        // The helper moves itself into its cgroups between fork and exec: it never runs, and
-        // nothing it starts runs, outside them.
-        let procs = child
-            .cgroup
-            .as_ref()
-            .map(Cgroup::join_files)
-            .unwrap_or_default();
-        let fds = vec![(config_r, CONFIG_FD), (report_w, REPORT_FD)];
-        let mut helper = sys::spawn_with_fds(&mut cmd, fds, &procs).map_err(|e| {
-            Error::Setup(format!("cannot start helper `{}`: {e}", program.display()))
-        })?;
-        child.pid = i32::try_from(helper.id()).unwrap_or(0);
-        child.stdin = helper.stdin.take();
-        child.stdout = helper.stdout.take();
-        child.stderr = helper.stderr.take();
-        child.helper = Some(helper);
+        let mut cmd = Command::new("/");
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        let extra = [
+            config_r.as_raw_fd(),
+            report_w.as_raw_fd(),
+            reply_w.as_raw_fd(),
+        ];
+        let mut passer = sys::pass_stdio(&mut cmd, zygote.control.as_raw_fd(), request, &extra)
+            .map_err(|e| Error::Setup(format!("cannot reach the sandbox zygote: {e}")))?;
+        drop((config_r, report_w, reply_w));
+        child.stdin = passer.stdin.take();
+        child.stdout = passer.stdout.take();
+        child.stderr = passer.stderr.take();
+        child._zygote = Some(zygote);
         if let Some(mut w) = config_w.take() {
             send(&mut w)?;
+        }
+        let mut buf = [0u8; 16];
+        let started = sys::recv_with_fds(reply.as_raw_fd(), &mut buf);
+        let _ = passer.wait();
+        match started {
+            Ok((4, fds)) if fds.len() == 1 => {
+                child.pid = buf
+                    .first_chunk::<4>()
+                    .copied()
+                    .map_or(0, i32::from_le_bytes);
+                child.helper = fds.into_iter().next();
+                child.status = Some(reply);
+            }
+            other => {
+                // No helper: the zygote refused or died, or the helper failed before it could
+                // answer. Fail closed with whatever it reported.
+                let mut report = String::new();
+                let _ = std::fs::File::from(report_r).read_to_string(&mut report);
+                if !report.is_empty() {
+                    return Err(Error::Setup(report));
+                }
+                return Err(Error::Setup(match other {
+                    Ok(_) => "the sandbox zygote did not start a helper".to_owned(),
+                    Err(e) => format!("the sandbox zygote: {e}"),
+                }));
+            }
         }
         let mut report = String::new();
         let _ = std::fs::File::from(report_r).read_to_string(&mut report);
@@ -561,7 +692,11 @@ impl SandboxedChild {
 
     /// A descriptor that becomes readable when the helper exits.
     fn pidfd(&mut self) -> Result<OwnedFd, Error> {
-        sys::pidfd_open(self.pid).map_err(|e| {
+        let pidfd = match &self.helper {
+            Some(fd) => fd.try_clone(),
+            None => Err(std::io::Error::from_raw_os_error(libc::ESRCH)),
+        };
+        pidfd.map_err(|e| {
             // Fail closed: without it there is no timeout, so end the sandbox now.
             self.kill();
             Error::Setup(format!("pidfd_open: {e}"))
@@ -570,25 +705,31 @@ impl SandboxedChild {
 
     /// Waits for the helper and records its status.
     fn reap(&mut self) -> Result<(), Error> {
-        let Some(mut helper) = self.helper.take() else {
+        let Some(helper) = self.helper.take() else {
             return Ok(());
         };
-        let status = helper
-            .wait()
+        sys::poll_readable(&[helper.as_raw_fd()], None)
             .map_err(|e| Error::Setup(format!("wait: {e}")))?;
-        // Reaped: the pid may be reused from now on.
+        // Exited: its pid may be reused from now on.
         self.pid = 0;
-        self.exit_code = status.code().or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            status.signal().map(|s| 128 + s)
-        });
+        // The helper sends its status just before it exits; without one it was killed (by us:
+        // the kill, the timeout, or its parent-death signal).
+        let mut buf = [0u8; 16];
+        let code = match self.status.take() {
+            Some(status) => match sys::recv_with_fds(status.as_raw_fd(), &mut buf) {
+                Ok((4, _)) => buf.first_chunk::<4>().copied().map(i32::from_le_bytes),
+                _ => None,
+            },
+            None => None,
+        };
+        self.exit_code = Some(code.unwrap_or(128 + libc::SIGKILL));
         Ok(())
     }
 
     /// Kills every process of the sandbox.
     pub fn kill(&mut self) {
-        if self.pid > 0 {
-            let _ = sys::kill(self.pid, libc::SIGKILL);
+        if let Some(helper) = &self.helper {
+            let _ = sys::pidfd_kill(helper, libc::SIGKILL);
         }
         if let Some(cg) = &self.cgroup {
             cg.kill_all();
@@ -624,9 +765,9 @@ impl SandboxedChild {
     }
 
     fn cleanup(&mut self) {
-        if let Some(mut helper) = self.helper.take() {
-            let _ = helper.kill();
-            let _ = helper.wait();
+        if let Some(helper) = self.helper.take() {
+            let _ = sys::pidfd_kill(&helper, libc::SIGKILL);
+            let _ = sys::poll_readable(&[helper.as_raw_fd()], None);
         }
         if let Some(cg) = self.cgroup.take() {
             cg.remove();

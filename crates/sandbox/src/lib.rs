@@ -2,9 +2,10 @@
 //! proxy, and hard limits.
 //!
 //! [`Sandbox::spawn`] starts a command (for example a stdio MCP server) and [`Sandbox::run`] runs
-//! one to completion. The caller re-executes its own binary as a single-threaded helper (its
-//! `main` must call [`run_helper_if_requested`] first), which is moved into memory and pids
-//! cgroups before it gets its configuration, then sets rlimits, drops to a dedicated uid when
+//! one to completion. The caller re-executes its own binary once per [`Sandbox`] as a
+//! single-threaded zygote (on the first start or at [`Sandbox::prewarm`]; its `main` must call
+//! [`run_helper_if_requested`] first), which forks one helper per start. The helper joins memory and pids
+//! cgroups before anything else, then reads its configuration, sets rlimits, drops to a dedicated uid when
 //! root, unshares user, mount, network, pid, ipc, uts and cgroup namespaces, and pivots into a fresh read-only tmpfs root holding `/usr`, a few `/etc`
 //! files, the granted paths, a new `/proc`, a private `/tmp` and four devices. The command then
 //! gets no-new-privs, Landlock (filesystem, TCP, signal and abstract-socket scoping), no

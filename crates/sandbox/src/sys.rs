@@ -614,3 +614,220 @@ pub(crate) fn take_fd(fd: RawFd) -> Option<OwnedFd> {
     // process; this is called once per number at helper start.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Most descriptors one zygote message carries.
+pub(crate) const MAX_PASSED_FDS: usize = 8;
+
+/// A close-on-exec `SOCK_SEQPACKET` unix socket pair (message boundaries kept, one message per
+/// `sendmsg`, so concurrent senders never interleave).
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: `fds` is a two-element out-array as `socketpair(2)` requires.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    let [a, b] = fds;
+    // SAFETY: the kernel just returned both descriptors; we take sole ownership.
+    Ok(unsafe { (OwnedFd::from_raw_fd(a), OwnedFd::from_raw_fd(b)) })
+}
+
+/// Space for the control message of [`MAX_PASSED_FDS`] descriptors (aligned for `cmsghdr`).
+#[repr(C, align(8))]
+struct CmsgSpace([u8; 64]);
+
+/// `sendmsg(2)` of `data` with `fds` attached by `SCM_RIGHTS`, without `SIGPIPE`. Allocates
+/// nothing and takes no lock, so it may run between `fork` and `exec` of a multi-threaded
+/// process.
+pub(crate) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut space = CmsgSpace([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: `msghdr` is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = space.0.as_mut_ptr().cast();
+        // SAFETY: `CMSG_SPACE` is arithmetic on its argument.
+        let needed = unsafe { libc::CMSG_SPACE(fd_bytes as c_uint) } as usize;
+        if needed > space.0.len() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        msg.msg_controllen = needed;
+        // SAFETY: `msg_control` points at `needed` zeroed, aligned bytes, so the first header
+        // and its data (`CMSG_LEN(fd_bytes)` <= `needed`) lie inside `space`.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            if cmsg.is_null() {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as c_uint) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                fd_bytes,
+            );
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at `iov` and `space`, both alive for the call.
+        let n = unsafe { libc::sendmsg(sock, &raw const msg, libc::MSG_NOSIGNAL) };
+        match usize::try_from(n) {
+            Ok(n) if n == data.len() => return Ok(()),
+            Ok(_) => return Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// `recvmsg(2)` of one message into `buf`, with any descriptors passed by `SCM_RIGHTS` (received
+/// close-on-exec). Returns the data length (0 at end of stream) and the descriptors; a message
+/// whose data or descriptors were truncated is an error (its descriptors are closed).
+pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = CmsgSpace([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `msghdr` is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.0.as_mut_ptr().cast();
+    msg.msg_controllen = space.0.len();
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (over `buf`) and `space`, both alive for the call.
+        let n = unsafe { libc::recvmsg(sock, &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match usize::try_from(n) {
+            Ok(n) => break n,
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed
+    // control messages inside `space`; the CMSG macros walk only within them, and each
+    // `SCM_RIGHTS` payload holds `(cmsg_len - CMSG_LEN(0)) / 4` descriptors now owned by us.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = payload / std::mem::size_of::<c_int>();
+                let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    if msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 {
+        return Err(io::Error::other("truncated message"));
+    }
+    Ok((n, fds))
+}
+
+/// Spawns `cmd` only to pass its prepared stdio: between `fork` and `exec`, once std has put the
+/// stdio on descriptors 0, 1 and 2, the child sends them and `extra` in one message with `data`
+/// over `sock`, then exits with status 0 instead of executing anything. A failed send fails
+/// the spawn.
+pub(crate) fn pass_stdio(
+    cmd: &mut Command,
+    sock: RawFd,
+    data: Vec<u8>,
+    extra: &[RawFd],
+) -> io::Result<std::process::Child> {
+    let mut fds = [0 as RawFd; MAX_PASSED_FDS];
+    let count = 3 + extra.len();
+    let slots = fds
+        .get_mut(3..count)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    slots.copy_from_slice(extra);
+    if let Some(stdio) = fds.get_mut(..3) {
+        stdio.copy_from_slice(&[0, 1, 2]);
+    }
+    // SAFETY: the closure calls only `sendmsg` (through `send_with_fds`, which allocates
+    // nothing) and `_exit`, both async-signal-safe; `data` and `fds` were built before the fork
+    // and are only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            let all = fds.get(..count).unwrap_or_default();
+            send_with_fds(sock, &data, all)?;
+            libc::_exit(0)
+        });
+    }
+    cmd.spawn()
+}
+
+/// Sets `SIGCHLD` to be ignored (children are reaped by the kernel, no zombies) or back to the
+/// default.
+pub(crate) fn ignore_children(ignore: bool) -> io::Result<()> {
+    let handler = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: installs a disposition, not a handler function; no Rust code runs on the signal.
+    if unsafe { libc::signal(libc::SIGCHLD, handler) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `dup2(2)`: makes `to` a copy of `from` (without close-on-exec).
+pub(crate) fn dup_onto(from: &OwnedFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on integers; `to` is a standard stream number the caller replaces.
+    check(unsafe { libc::dup2(from.as_raw_fd(), to) }).map(drop)
+}
+
+/// `pidfd_send_signal(2)`.
+pub(crate) fn pidfd_kill(pidfd: &OwnedFd, signal: c_int) -> io::Result<()> {
+    // SAFETY: plain syscall; a null `siginfo` is allowed.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as c_uint,
+        )
+    })
+    .map(drop)
+}
+
+/// This process's pid.
+pub(crate) fn own_pid() -> libc::pid_t {
+    // SAFETY: `getpid` has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// Writes `path`'s text `0` with `open`/`write` only (moves the calling thread into a cgroup).
+pub(crate) fn join_cgroup(path: &Path) -> io::Result<()> {
+    std::fs::write(path, "0")
+}
+
+/// The parent's pid.
+pub(crate) fn parent_pid() -> libc::pid_t {
+    // SAFETY: `getppid` has no preconditions.
+    unsafe { libc::getppid() }
+}

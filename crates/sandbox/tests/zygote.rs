@@ -1,0 +1,236 @@
+//! The warm path: one zygote per `Sandbox` forks every sandbox's helper. Each sandbox must still
+//! be a fresh one (nothing of one reaches the next), the zygote must never enter anything itself,
+//! and the zygote and its sandboxes must not outlive the caller.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use warden_sandbox::{Ending, Profile, Sandbox};
+
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim().to_owned())
+    })
+}
+
+fn parent_of(pid: u32) -> u32 {
+    status_field(pid, "PPid").unwrap().parse().unwrap()
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|c| c.parse().unwrap())
+        .collect()
+}
+
+/// Gone: no such process, or only its zombie is left.
+fn gone(pid: u32) -> bool {
+    status_field(pid, "State").is_none_or(|s| s.starts_with('Z'))
+}
+
+fn namespaces(pid: u32) -> Vec<String> {
+    // `pid_for_children`: unsharing the pid namespace applies to the helper's children.
+    [
+        "user",
+        "mnt",
+        "net",
+        "pid",
+        "pid_for_children",
+        "ipc",
+        "uts",
+        "cgroup",
+    ]
+    .iter()
+    .map(|ns| {
+        let link = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        link.to_string_lossy().into_owned()
+    })
+    .collect()
+}
+
+fn cgroups(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap()
+}
+
+fn shell(script: &str) -> Vec<String> {
+    vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]
+}
+
+#[test]
+fn consecutive_sandboxes_share_nothing_through_the_zygote() {
+    let sandbox = Sandbox::new(Profile::default(), options());
+    sandbox.prewarm().unwrap();
+    let null = Stdio::null;
+    let mut first = sandbox
+        .spawn(
+            &shell("echo secret > /tmp/mark && echo ready; exec sleep 30"),
+            [null(), Stdio::piped(), null()],
+        )
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(first.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let second = sandbox
+        .spawn(&shell("exec sleep 30"), [null(), null(), null()])
+        .unwrap();
+    let (a, b) = (
+        u32::try_from(first.id()).unwrap(),
+        u32::try_from(second.id()).unwrap(),
+    );
+    // Both helpers are forks of one zygote (the warm path), which is the caller's child.
+    let zygote = parent_of(a);
+    assert_eq!(parent_of(b), zygote);
+    assert_eq!(parent_of(zygote), std::process::id());
+    // The zygote never entered a namespace or a cgroup and kept the caller's uid.
+    let me = std::process::id();
+    assert_eq!(namespaces(zygote), namespaces(me));
+    assert_eq!(cgroups(zygote), cgroups(me));
+    assert_eq!(status_field(zygote, "Uid"), status_field(me, "Uid"));
+    // Control: each helper did enter its own namespaces and cgroups, so the checks can fail.
+    let (na, nb) = (namespaces(a), namespaces(b));
+    assert_ne!(na, namespaces(me));
+    for (x, y) in na.iter().zip(&nb).filter(|(x, _)| !x.starts_with("pid:")) {
+        assert_ne!(x, y, "two sandboxes share a namespace");
+    }
+    let (ca, cb) = (cgroups(a), cgroups(b));
+    assert!(
+        ca.contains("/warden-") && cb.contains("/warden-"),
+        "{ca}\n{cb}"
+    );
+    assert_ne!(ca, cb, "two sandboxes share a cgroup");
+    // The second sandbox's /tmp is its own: the first one's file is not there.
+    let r = run(
+        Profile::default(),
+        &["/bin/sh", "-c", "cat /tmp/mark 2>/dev/null || echo absent"],
+    );
+    assert_eq!(r.stdout, "absent\n", "{r:?}");
+    let out = Buf::default();
+    let outcome = sandbox
+        .run(
+            &shell("cat /tmp/mark 2>/dev/null || echo absent"),
+            Stdio::null(),
+            Box::new(out.clone()),
+            Box::new(std::io::sink()),
+        )
+        .unwrap();
+    assert_eq!(outcome.ending, Ending::Exited { code: 0 });
+    assert_eq!(out.text(), "absent\n");
+    drop((first, second));
+}
+
+#[test]
+fn a_dead_zygote_is_started_again() {
+    let sandbox = Sandbox::new(Profile::default(), options());
+    let null = Stdio::null;
+    let child = sandbox
+        .spawn(&shell("exec sleep 30"), [null(), null(), null()])
+        .unwrap();
+    let zygote = parent_of(u32::try_from(child.id()).unwrap());
+    drop(child);
+    std::process::Command::new("kill")
+        .args(["-KILL", &zygote.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone(zygote) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(gone(zygote));
+    let child = sandbox
+        .spawn(&shell("exec sleep 30"), [null(), null(), null()])
+        .unwrap();
+    let helper = u32::try_from(child.id()).unwrap();
+    let again = parent_of(helper);
+    assert_ne!(again, zygote);
+    assert_eq!(parent_of(again), std::process::id());
+    assert_ne!(namespaces(helper), namespaces(std::process::id()));
+}
+
+/// The caller of `the_zygote_and_its_sandboxes_die_with_the_caller`, run as a separate process.
+#[test]
+fn zygote_caller() {
+    let Ok(file) = std::env::var("WARDEN_ZYGOTE_CALLER") else {
+        return;
+    };
+    let sandbox = Sandbox::new(Profile::default(), options());
+    let null = Stdio::null;
+    let child = sandbox
+        .spawn(&shell("exec sleep 60"), [null(), null(), null()])
+        .unwrap();
+    let tmp = format!("{file}.tmp");
+    std::fs::write(&tmp, child.id().to_string()).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn the_zygote_and_its_sandboxes_die_with_the_caller() {
+    let dir = tempdir();
+    let file = dir.path().join("helper-pid");
+    let mut caller = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "zygote_caller", "--nocapture"])
+        .env("WARDEN_ZYGOTE_CALLER", &file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the caller did not start a sandbox"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let helper: u32 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    let zygote = parent_of(helper);
+    assert_eq!(parent_of(zygote), caller.id());
+    let pid1 = children_of(helper);
+    assert_eq!(pid1.len(), 1);
+    let command = children_of(pid1[0]);
+    assert_eq!(command.len(), 1);
+    let all = [zygote, helper, pid1[0], command[0]];
+    let sandbox_cgroups = cgroups(helper);
+    // Control: everything is running before the caller dies.
+    assert!(all.iter().all(|&p| !gone(p)));
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all.iter().all(|&p| gone(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left: Vec<u32> = all.iter().copied().filter(|&p| !gone(p)).collect();
+    // The killed caller could not remove its cgroups: do it here (best effort).
+    for line in sandbox_cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        if let (Some(c), Some(p)) = (controllers, path) {
+            let base = if c.is_empty() {
+                "/sys/fs/cgroup".to_owned()
+            } else {
+                format!("/sys/fs/cgroup/{c}")
+            };
+            if p.contains("/warden-") {
+                let _ = std::fs::remove_dir(format!("{base}{p}"));
+            }
+        }
+    }
+    assert!(left.is_empty(), "survived the caller: {left:?} of {all:?}");
+}
