@@ -31,6 +31,7 @@ mod labels;
 mod pins;
 pub mod replay;
 mod session;
+pub mod sse;
 mod stdio;
 pub mod taint;
 mod upstream;
@@ -38,12 +39,12 @@ mod upstream;
 pub use admin::{admin_request, serve_admin};
 pub use approval::{Clock, PendingCall, SystemClock, rfc3339};
 pub use auth::{BearerError, BearerVerifier};
-pub use authority::{Approval, Authority, AuthorityError, CallRequest, Verdict};
+pub use authority::{Approval, Authority, AuthorityError, CallRequest, PendingVerdict, Verdict};
 pub use config::{Era, FaceSettings, GatewayConfig, ServerConfig};
 pub use error::Error;
 pub use http::HttpFace;
 pub use kernel_authority::{
-    KernelAuthority, RecordSink, from_kernel_label, rebuild_from_log, to_kernel_label,
+    KernelAuthority, RecordAck, RecordSink, from_kernel_label, rebuild_from_log, to_kernel_label,
 };
 pub use labels::{Integrity, Label};
 pub use pins::{Pin, PinStatus, PinStore, definition_hash};
