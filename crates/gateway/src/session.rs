@@ -743,10 +743,23 @@ impl Session {
             .await
     }
 
-    /// The kernel decides on this task (no thread hop); the verdict is handed out once the log's
-    /// writer thread acknowledged the record, without blocking a runtime thread meanwhile.
+    /// The verdict is handed out once the log's writer thread acknowledged the record, without
+    /// blocking a runtime thread meanwhile. On a current-thread runtime (the stdio face: one
+    /// agent) the kernel decides on this task, saving two thread hops; on a multi-thread runtime
+    /// (the HTTP face: many sessions) it decides on the blocking pool, so its CPU time does not
+    /// stall the workers that move other sessions' frames.
     async fn decide(&self, call: &CallRequest) -> Result<Verdict, crate::AuthorityError> {
-        self.gw.authority.decide_deferred(call).await
+        let current_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if current_thread {
+            return self.gw.authority.decide_deferred(call).await;
+        }
+        let authority = self.gw.authority.clone();
+        let call = call.clone();
+        tokio::task::spawn_blocking(move || authority.decide_deferred(&call))
+            .await
+            .map_err(|e| crate::AuthorityError(e.to_string()))?
+            .await
     }
 
     /// Holds the call until an operator answers or the timeout denies it; returns the
