@@ -36,6 +36,7 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Cert(command) => cert::run(&command),
         Command::Demo(args) => demo::run(&args),
+        Command::DemoServer(args) => crate::demo_server::run(&args),
         // ---- log ----
         Command::Log(args) => log::run(args),
         // ---- sandbox ----

@@ -1,14 +1,45 @@
 //! `warden`: the command line of the Warden security kernel and gateway for AI agents' tool calls.
 //!
 //! Exit codes are part of the interface: 0 success (or allow), 1 deny or invalid, 2 usage error,
-//! 3 needs approval; subcommands document any others.
+//! 3 needs approval; subcommands document any others. When standard output is closed early (for
+//! example `warden log show DIR | head`), the command stops with status 141, what a shell reports
+//! for a process ended by `SIGPIPE`, instead of panicking.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Writes one line to standard output like `println!`, but never panics: a closed pipe ends the
+/// process with status 141 and any other write error with status 2 (and a message on stderr).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(::std::format_args!("{}\n", ::std::format_args!($($arg)*)))
+    };
+}
+
+/// Like `print!`, with the behaviour of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(::std::format_args!($($arg)*))
+    };
+}
+
+/// The writer behind [`outln!`] and [`out!`].
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        let _ = writeln!(std::io::stderr(), "error: writing to standard output: {e}");
+        std::process::exit(2);
+    }
+}
+
 mod cmd;
+mod demo_server;
 
 /// Warden: a zero-trust kernel and gateway for AI agents' tool calls.
 #[derive(Debug, Parser)]
@@ -31,8 +62,11 @@ enum Command {
     /// Work with call certificates.
     #[command(subcommand)]
     Cert(cmd::cert::CertCommand),
-    /// Play a short multi-agent story through real kernel decisions.
+    /// Play a short multi-agent story through the gateway, against its own demo tool servers.
     Demo(cmd::demo::DemoArgs),
+    /// The demo's MCP tool server (stdio), run by `warden demo` behind the gateway.
+    #[command(hide = true)]
+    DemoServer(demo_server::DemoServerArgs),
     // ---- log ----
     /// The transparency log: verify, prove, check proofs, show and export decisions.
     Log(cmd::log::LogArgs),

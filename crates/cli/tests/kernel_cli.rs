@@ -209,7 +209,7 @@ fn demo_runs_to_the_end() {
         "HOLD",
         "rate-limit",
         "no-untrusted-into-shell",
-        "REJECT replay",
+        "REFUSE",
         "default-deny",
     ] {
         assert!(out.contains(needle), "missing {needle}: {out}");

@@ -121,6 +121,45 @@ fn verify_show_export_prove_and_check() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stdout).starts_with("invalid"));
 
+    // `--entry-out` writes the record's exact bytes: they check against the receipt for record 1
+    // (the allow record) and not against the receipt for record 0.
+    let proof1 = tmp.path().join("p1.tlog-proof").display().to_string();
+    let entry1 = tmp.path().join("e1").display().to_string();
+    ok(&[
+        "log",
+        "prove",
+        &dir,
+        "1",
+        "-o",
+        &proof1,
+        "--entry-out",
+        &entry1,
+    ]);
+    assert_eq!(
+        std::fs::read(&entry1).unwrap(),
+        std::fs::read(&allow).unwrap()
+    );
+    let checked = ok(&[
+        "log",
+        "check-proof",
+        &proof1,
+        "--entry",
+        &entry1,
+        "--key",
+        &key,
+    ]);
+    assert!(checked.starts_with("valid"), "{checked}");
+    let wrong = warden(&[
+        "log",
+        "check-proof",
+        &proof,
+        "--entry",
+        &entry1,
+        "--key",
+        &key,
+    ]);
+    assert_eq!(wrong.status.code(), Some(1));
+
     let c = ok(&["log", "consistency", &dir, "1"]);
     assert!(c.starts_with("old size 1\nold root "), "{c}");
     assert!(ok(&["log", "rebuild", &dir]).contains("2 records"));
@@ -211,4 +250,15 @@ fn check_appends_its_decision_and_prints_a_receipt() {
         "{show}"
     );
     assert!(ok(&["log", "verify", &dir]).starts_with("ok: 2 records"));
+}
+
+#[test]
+fn a_missing_log_is_a_clear_error_said_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nothing-here");
+    let out = warden(&["log", "show", dir.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing-here"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }

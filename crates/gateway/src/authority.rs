@@ -33,6 +33,19 @@ pub struct CallRequest {
     pub labels: BTreeMap<String, Label>,
     /// The agent's stated reason for the call, with its label.
     pub intent: Option<(String, Label)>,
+    /// Set when the gateway itself refuses the call before policy (e.g. a delegation token that
+    /// does not verify): the authority must record a denial with this rule and reason, and never
+    /// allow the call.
+    pub refusal: Option<Refusal>,
+}
+
+/// A refusal decided by the gateway before the kernel (it is still a logged decision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Rule id named in the record and the error (`delegation`).
+    pub rule: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// Who decided a held call.

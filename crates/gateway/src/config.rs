@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use warden_identity::SpiffeId;
+use warden_identity::delegation::{DelegationIssuer, DelegationVerifier};
 use warden_kernel::{Manifest, ToolId};
 
 use crate::error::Error;
@@ -27,6 +29,8 @@ pub struct GatewayConfig {
     pub servers: BTreeMap<String, ServerConfig>,
     /// Directory the config file is in: relative paths resolve against it.
     pub base_dir: PathBuf,
+    /// The verifier of delegation tokens, from `[gateway.delegation]`.
+    pub delegation: Option<DelegationVerifier>,
     manifest: Arc<Manifest>,
 }
 
@@ -65,6 +69,32 @@ pub struct FaceSettings {
     pub eras: BTreeMap<String, Era>,
     /// Directory of the decision log, relative to the config file.
     pub log: PathBuf,
+    /// Delegation tokens the gateway accepts on calls (`[gateway.delegation]`); none without it.
+    pub delegation: Option<DelegationSettings>,
+    /// mTLS on the HTTP face (`[gateway.tls]`).
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[gateway.delegation]`: the root key delegation chains must verify with.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DelegationSettings {
+    /// The root public key, 32 bytes hex (`warden identity delegate` prints tokens under it).
+    pub root_public_key: Option<String>,
+    /// Or the root private key file written by `warden identity ca init` (`delegation.key`,
+    /// hex), relative to the config file; only its public half is kept.
+    pub root_key_file: Option<PathBuf>,
+    /// Maximum number of delegations after the root (default 8).
+    pub max_depth: Option<usize>,
+}
+
+/// `[gateway.tls]`: the HTTP face serves TLS 1.3 with a server SVID minted by Warden's CA and
+/// requires a client X.509-SVID of a configured agent (or approver).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The gateway's own SPIFFE ID (its server SVID names it).
+    pub spiffe_id: String,
 }
 
 impl Default for FaceSettings {
@@ -84,6 +114,8 @@ impl Default for FaceSettings {
             admin_socket: PathBuf::from("warden-admin.sock"),
             eras: BTreeMap::new(),
             log: PathBuf::from("log"),
+            delegation: None,
+            tls: None,
         }
     }
 }
@@ -116,6 +148,12 @@ pub struct ServerConfig {
     pub cwd: Option<PathBuf>,
     /// URL of a Streamable HTTP server.
     pub url: Option<String>,
+    /// Name of the `[sandbox.profiles.NAME]` a stdio server is started in.
+    pub sandbox: Option<String>,
+    /// That profile, parsed when the configuration is read (an unknown name is a configuration
+    /// error, never an unsandboxed start).
+    #[serde(skip)]
+    pub sandbox_profile: Option<warden_sandbox::Profile>,
     /// Era of the server (from `[gateway.eras]`).
     #[serde(skip)]
     pub era: Era,
@@ -172,6 +210,14 @@ impl GatewayConfig {
                     "server `{name}` needs exactly one of `command` and `url`"
                 )));
             }
+            if let Some(profile) = &cfg.sandbox {
+                if cfg.command.is_none() {
+                    return Err(Error::Config(format!(
+                        "server `{name}` names sandbox profile `{profile}` but is not a stdio server"
+                    )));
+                }
+                cfg.sandbox_profile = Some(sandbox_profile(manifest, name, profile)?);
+            }
             cfg.era = gateway.eras.get(name).copied().unwrap_or_default();
             servers.insert(name.clone(), cfg);
         }
@@ -185,10 +231,26 @@ impl GatewayConfig {
                 "`bare_names` needs exactly one server".into(),
             ));
         }
+        let delegation = gateway
+            .delegation
+            .as_ref()
+            .map(|d| delegation_verifier(d, base_dir))
+            .transpose()?;
+        if let Some(tls) = &gateway.tls {
+            let id = SpiffeId::new(&tls.spiffe_id)
+                .map_err(|e| Error::Config(format!("[gateway.tls] spiffe_id: {e}")))?;
+            if id.trust_domain().name() != manifest.trust_domain() {
+                return Err(Error::Config(format!(
+                    "[gateway.tls] spiffe_id `{id}` is not in the trust domain `{}`",
+                    manifest.trust_domain()
+                )));
+            }
+        }
         Ok(Self {
             gateway,
             servers,
             base_dir: base_dir.to_path_buf(),
+            delegation,
             manifest: Arc::new(manifest.clone()),
         })
     }
@@ -235,6 +297,70 @@ impl GatewayConfig {
     }
 }
 
+fn delegation_verifier(
+    settings: &DelegationSettings,
+    base_dir: &Path,
+) -> Result<DelegationVerifier, Error> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Config(format!("[gateway.delegation] {what}: {e}"))
+    };
+    let public = match (&settings.root_public_key, &settings.root_key_file) {
+        (Some(hex_key), None) => {
+            hex::decode(hex_key.trim()).map_err(|e| bad("root_public_key", &e))?
+        }
+        (None, Some(file)) => {
+            let path = if file.is_absolute() {
+                file.clone()
+            } else {
+                base_dir.join(file)
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| bad(&format!("`{}`", path.display()), &e))?;
+            let private = hex::decode(text.trim()).map_err(|e| bad("root_key_file", &e))?;
+            DelegationIssuer::from_private_key(&private)
+                .map_err(|e| bad("root_key_file", &e))?
+                .public_key()
+        }
+        _ => {
+            return Err(Error::Config(
+                "[gateway.delegation] needs exactly one of `root_public_key` and `root_key_file`"
+                    .into(),
+            ));
+        }
+    };
+    if public.len() != 32 {
+        return Err(Error::Config(
+            "[gateway.delegation] the root public key is not 32 bytes".into(),
+        ));
+    }
+    let verifier = DelegationVerifier::new(&public);
+    Ok(match settings.max_depth {
+        Some(d) => verifier.with_max_depth(d),
+        None => verifier,
+    })
+}
+
+/// Parses `[sandbox.profiles.PROFILE]`, which server `server` names.
+fn sandbox_profile(
+    manifest: &Manifest,
+    server: &str,
+    profile: &str,
+) -> Result<warden_sandbox::Profile, Error> {
+    let table = manifest
+        .sandbox()
+        .and_then(|s| s.get("profiles"))
+        .and_then(|p| p.get(profile))
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "server `{server}` names sandbox profile `{profile}`, which is not defined in \
+                 `[sandbox.profiles]`"
+            ))
+        })?;
+    warden_sandbox::Profile::from_table(table)
+        .map_err(|e| Error::Config(format!("[sandbox.profiles.{profile}]: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +398,33 @@ mod tests {
         let clock = cfg.source_label("clock", "now");
         assert!(!clock.is_untrusted());
         assert!(clock.sources.contains("tool:clock/now"));
+    }
+
+    #[test]
+    fn sandbox_profiles_must_exist_and_apply_to_stdio_servers() {
+        let base = "trust_domain = \"example.org\"\n[sandbox.profiles.p]\nrw = [\"/srv\"]\n";
+        let cfg = GatewayConfig::parse(&format!(
+            "{base}[servers.a]\ncommand = \"x\"\nsandbox = \"p\"\n"
+        ))
+        .unwrap();
+        let profile = cfg.servers["a"].sandbox_profile.as_ref().unwrap();
+        assert_eq!(profile.read_write, vec![PathBuf::from("/srv")]);
+        // Without `sandbox`, no profile.
+        let cfg = GatewayConfig::parse(&format!("{base}[servers.a]\ncommand = \"x\"\n")).unwrap();
+        assert!(cfg.servers["a"].sandbox_profile.is_none());
+        for bad in [
+            "[servers.a]\ncommand = \"x\"\nsandbox = \"q\"\n",
+            "[servers.a]\nurl = \"http://x\"\nsandbox = \"p\"\n",
+        ] {
+            assert!(
+                GatewayConfig::parse(&format!("{base}{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+        // A profile with an unknown key is an error too, not a weaker sandbox.
+        let typo = "trust_domain = \"example.org\"\n[sandbox.profiles.p]\nrww = [\"/srv\"]\n\
+                    [servers.a]\ncommand = \"x\"\nsandbox = \"p\"\n";
+        assert!(GatewayConfig::parse(typo).is_err());
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::auth::BearerVerifier;
 use crate::error::Error;
 use crate::jsonrpc::{self, Kind};
 use crate::session::{Gateway, Session};
+use crate::tls::Peer;
 use crate::{LEGACY_VERSIONS, MODERN_VERSION, SUPPORTED_VERSIONS};
 
 struct HttpSession {
@@ -67,10 +68,11 @@ impl HttpFace {
                 gw.config().manifest().trust_domain(),
                 &settings.audience,
             )?),
-            None if settings.http_agent.is_some() => None,
+            None if settings.http_agent.is_some() || settings.tls.is_some() => None,
             None => {
                 return Err(Error::Config(
-                    "the HTTP face needs `jwks` (or `http_agent` for loopback tests)".into(),
+                    "the HTTP face needs `jwks`, `[gateway.tls]` (or `http_agent` for loopback tests)"
+                        .into(),
                 ));
             }
         };
@@ -93,6 +95,11 @@ impl HttpFace {
 
     /// Serves on `listener` until the task is dropped.
     pub async fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener) -> Result<(), Error> {
+        if self.gw.config().gateway.tls.is_some() {
+            return Err(Error::Config(
+                "`[gateway.tls]` is set: serve the face with `MtlsFace`, not in plain HTTP".into(),
+            ));
+        }
         axum::serve(listener, self.router())
             .await
             .map_err(Error::Io)
@@ -129,7 +136,10 @@ impl HttpFace {
         matches!(host, "localhost" | "127.0.0.1" | "[::1]")
     }
 
-    fn caller(&self, headers: &HeaderMap) -> Result<String, Response> {
+    fn caller(&self, headers: &HeaderMap, peer: &Peer) -> Result<String, Response> {
+        if self.gw.config().gateway.tls.is_some() {
+            return self.mtls_caller(headers, peer);
+        }
         let Some(verifier) = &self.verifier else {
             return self
                 .gw
@@ -147,6 +157,36 @@ impl HttpFace {
         verifier
             .verify(token.trim(), self.gw.now())
             .map_err(|e| unauthorized(&e.to_string()))
+    }
+
+    /// With `[gateway.tls]`: the client SVID's SPIFFE ID (verified and authorized in the
+    /// handshake, checked again here); a bearer sent as well must name the same agent.
+    fn mtls_caller(&self, headers: &HeaderMap, peer: &Peer) -> Result<String, Response> {
+        let Some(id) = &peer.0 else {
+            return Err(unauthorized("no client SVID"));
+        };
+        if !crate::tls::allowed_clients(self.gw.config()).contains(id) {
+            return Err(status(StatusCode::FORBIDDEN, "client SVID not authorized"));
+        }
+        if let Some(bearer) = headers.get(header::AUTHORIZATION) {
+            let Some(verifier) = &self.verifier else {
+                return Err(unauthorized("bearer not accepted: no `jwks` configured"));
+            };
+            let token = bearer
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| unauthorized("malformed bearer"))?;
+            let named = verifier
+                .verify(token.trim(), self.gw.now())
+                .map_err(|e| unauthorized(&e.to_string()))?;
+            if &named != id {
+                return Err(unauthorized(&format!(
+                    "bearer names `{named}`, client SVID names `{id}`"
+                )));
+            }
+        }
+        Ok(id.clone())
     }
 
     fn modern_session(&self, agent: &str) -> Arc<Session> {
@@ -294,15 +334,20 @@ fn decode_header_value(v: &str) -> String {
         .unwrap_or_else(|| v.to_owned())
 }
 
-async fn post_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_mcp(
+    State(face): State<Arc<HttpFace>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !face.origin_ok(&headers) {
         return status(StatusCode::FORBIDDEN, "origin not allowed");
     }
-    let agent = match face.caller(&headers) {
+    let agent = match face.caller(&headers, &peer) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let frame = match jsonrpc::parse_strict(&body) {
+    let mut frame = match jsonrpc::parse_strict(&body) {
         Ok(f) => f,
         Err(e) => {
             return rpc_error(
@@ -314,6 +359,11 @@ async fn post_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap, body: B
             );
         }
     };
+    if let Some(token) = header_str(&headers, crate::DELEGATION_HEADER)
+        && let Err(why) = crate::delegation::attach_header(&mut frame, token)
+    {
+        return status(StatusCode::BAD_REQUEST, &why);
+    }
     let kind = jsonrpc::classify(&frame);
     if kind == Kind::Invalid {
         return rpc_error(
@@ -522,11 +572,11 @@ fn sse_stream(
     r
 }
 
-async fn get_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -> Response {
+async fn get_mcp(State(face): State<Arc<HttpFace>>, peer: Peer, headers: HeaderMap) -> Response {
     if !face.origin_ok(&headers) {
         return status(StatusCode::FORBIDDEN, "origin not allowed");
     }
-    let agent = match face.caller(&headers) {
+    let agent = match face.caller(&headers, &peer) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -549,11 +599,11 @@ async fn get_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -> Respo
     }
 }
 
-async fn delete_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -> Response {
+async fn delete_mcp(State(face): State<Arc<HttpFace>>, peer: Peer, headers: HeaderMap) -> Response {
     if !face.origin_ok(&headers) {
         return status(StatusCode::FORBIDDEN, "origin not allowed");
     }
-    let agent = match face.caller(&headers) {
+    let agent = match face.caller(&headers, &peer) {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -573,11 +623,11 @@ async fn delete_mcp(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -> Re
     }
 }
 
-fn approver(face: &HttpFace, headers: &HeaderMap) -> Result<String, Response> {
+fn approver(face: &HttpFace, peer: &Peer, headers: &HeaderMap) -> Result<String, Response> {
     if !face.origin_ok(headers) {
         return Err(status(StatusCode::FORBIDDEN, "origin not allowed"));
     }
-    let who = face.caller(headers)?;
+    let who = face.caller(headers, peer)?;
     if face.gw.config().gateway.approvers.contains(&who) {
         Ok(who)
     } else {
@@ -585,8 +635,12 @@ fn approver(face: &HttpFace, headers: &HeaderMap) -> Result<String, Response> {
     }
 }
 
-async fn list_approvals(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -> Response {
-    if let Err(r) = approver(&face, &headers) {
+async fn list_approvals(
+    State(face): State<Arc<HttpFace>>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = approver(&face, &peer, &headers) {
         return r;
     }
     axum::Json(json!({"pending": face.gw.pending_approvals()})).into_response()
@@ -595,9 +649,10 @@ async fn list_approvals(State(face): State<Arc<HttpFace>>, headers: HeaderMap) -
 async fn answer_approval(
     State(face): State<Arc<HttpFace>>,
     UrlPath((id, decision)): UrlPath<(String, String)>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let who = match approver(&face, &headers) {
+    let who = match approver(&face, &peer, &headers) {
         Ok(w) => w,
         Err(r) => return r,
     };

@@ -134,6 +134,31 @@ impl<R: rand_core::CryptoRng + Send> KernelAuthority<R> {
         Ok(())
     }
 
+    /// Records the denial of a call the gateway refused before policy (durable first).
+    fn refuse(
+        &self,
+        call: &CallRequest,
+        refusal: &crate::Refusal,
+    ) -> Result<Verdict, AuthorityError> {
+        let mut bytes = [0u8; 16];
+        self.rng
+            .lock()
+            .map_err(|_| AuthorityError("rng lock poisoned".into()))?
+            .fill_bytes(&mut bytes);
+        let record = crate::delegation::refusal_record(
+            call,
+            refusal,
+            hex::encode(bytes),
+            self.now().to_string(),
+        );
+        self.append(&record)?;
+        Ok(Verdict::Deny {
+            record: record.id,
+            rules: record.rules,
+            reason: refusal.reason.clone(),
+        })
+    }
+
     fn append(&self, record: &warden_kernel::DecisionRecord) -> Result<(), AuthorityError> {
         self.sink
             .append(&record.to_jcs_bytes())
@@ -182,6 +207,9 @@ impl<R: rand_core::CryptoRng + Send> KernelAuthority<R> {
 
 impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
     fn decide(&self, call: &CallRequest) -> Result<Verdict, AuthorityError> {
+        if let Some(refusal) = &call.refusal {
+            return self.refuse(call, refusal);
+        }
         let (record, decision) = self.enforce(call)?;
         // Durable first; only then is the verdict acted on.
         self.append(&record)?;
@@ -189,6 +217,10 @@ impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
     }
 
     fn decide_deferred(&self, call: &CallRequest) -> PendingVerdict {
+        if let Some(refusal) = &call.refusal {
+            // Rare (refused before policy): recorded durably right here.
+            return Box::pin(std::future::ready(self.refuse(call, refusal)));
+        }
         let (record, decision) = match self.enforce(call) {
             Ok(d) => d,
             Err(e) => return Box::pin(std::future::ready(Err(e))),

@@ -23,6 +23,7 @@ mod approval;
 mod auth;
 mod authority;
 mod config;
+mod delegation;
 mod error;
 mod http;
 pub mod jsonrpc;
@@ -34,13 +35,17 @@ mod session;
 pub mod sse;
 mod stdio;
 pub mod taint;
+mod tls;
 mod upstream;
 
 pub use admin::{admin_request, serve_admin};
 pub use approval::{Clock, PendingCall, SystemClock, rfc3339};
 pub use auth::{BearerError, BearerVerifier};
-pub use authority::{Approval, Authority, AuthorityError, CallRequest, PendingVerdict, Verdict};
-pub use config::{Era, FaceSettings, GatewayConfig, ServerConfig};
+pub use authority::{
+    Approval, Authority, AuthorityError, CallRequest, PendingVerdict, Refusal, Verdict,
+};
+pub use config::{DelegationSettings, Era, FaceSettings, GatewayConfig, ServerConfig, TlsSettings};
+pub use delegation::{DELEGATION_HEADER, META_DELEGATION};
 pub use error::Error;
 pub use http::HttpFace;
 pub use kernel_authority::{
@@ -50,6 +55,7 @@ pub use labels::{Integrity, Label};
 pub use pins::{Pin, PinStatus, PinStore, definition_hash};
 pub use session::{Gateway, Session};
 pub use stdio::serve_stdio;
+pub use tls::{MtlsFace, MtlsListener, TlsPeer};
 
 /// The legacy protocol revision the gateway speaks (`initialize`, sessions).
 pub const LEGACY_VERSION: &str = "2025-11-25";

@@ -693,7 +693,7 @@ impl Session {
                 }
                 (text.to_owned(), label)
             });
-        let call = CallRequest {
+        let mut call = CallRequest {
             agent: self.agent.clone(),
             delegation: self.delegation.clone(),
             session: Some(self.id.clone()),
@@ -704,7 +704,9 @@ impl Session {
             arguments: arguments.clone(),
             labels: labels.clone(),
             intent,
+            refusal: None,
         };
+        crate::delegation::apply(&self.gw.cfg, meta, &mut call, self.gw.clock.now());
         let verdict = match self.decide(&call).await {
             Ok(v) => v,
             Err(e) => {
@@ -717,6 +719,18 @@ impl Session {
             }
         };
         let certificate = match verdict {
+            // A call the gateway refused is never forwarded, whatever the authority said.
+            Verdict::Allow { record, .. } if call.refusal.is_some() => {
+                let reason = call.refusal.map(|r| r.reason).unwrap_or_default();
+                return jsonrpc::error(
+                    id,
+                    jsonrpc::DENIED,
+                    &format!("denied by policy: {reason}"),
+                    Some(
+                        json!({"rules": [crate::delegation::RULE], "reason": reason, "record": record}),
+                    ),
+                );
+            }
             Verdict::Allow { certificate, .. } => certificate,
             Verdict::Deny {
                 record,
@@ -850,6 +864,7 @@ impl Session {
             let meta = params.entry("_meta").or_insert_with(|| json!({}));
             if let Some(meta) = meta.as_object_mut() {
                 meta.remove(META_LABELS);
+                meta.remove(crate::META_DELEGATION);
                 meta.insert(META_CERTIFICATE.into(), certificate);
             }
         }

@@ -63,7 +63,8 @@ type Pending = Arc<PendingMap>;
 enum Transport {
     Stdio {
         stdin: tokio::sync::Mutex<ChildStdin>,
-        _child: Box<tokio::process::Child>,
+        /// The server's process (or its sandbox), kept so that dropping the connection ends it.
+        _child: Box<dyn std::any::Any + Send + Sync>,
     },
     Http {
         client: reqwest::Client,
@@ -106,6 +107,24 @@ impl std::fmt::Debug for Upstream {
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
+}
+
+/// Reports a sandboxed server's egress decision on the gateway's stderr.
+fn log_egress(server: &str, event: &warden_sandbox::egress::EgressEvent) {
+    use std::io::Write;
+    let line = match &event.decision {
+        warden_sandbox::egress::EgressDecision::Allow { address } => format!(
+            "egress allowed: `{}:{}` via {address}",
+            event.host, event.port
+        ),
+        warden_sandbox::egress::EgressDecision::Refuse { reason } => {
+            format!("egress refused: `{}:{}`: {reason}", event.host, event.port)
+        }
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "warden gateway: upstream `{server}`: {line}"
+    );
 }
 
 fn upstream_err(server: &str, reason: impl std::fmt::Display) -> Error {
@@ -168,6 +187,9 @@ impl Upstream {
         pending: Pending,
         events: mpsc::UnboundedSender<UpstreamEvent>,
     ) -> Result<Transport, Error> {
+        if let Some(profile) = &server.sandbox_profile {
+            return Self::spawn_sandboxed(cfg, name, command, server, profile, pending, events);
+        }
         let mut cmd = Command::new(command);
         cmd.args(&server.args)
             .env_clear()
@@ -195,6 +217,75 @@ impl Upstream {
             .stdout
             .take()
             .ok_or_else(|| upstream_err(name, "no stdout"))?;
+        Self::read_frames(name, stdout, pending, events);
+        Ok(Transport::Stdio {
+            stdin: tokio::sync::Mutex::new(stdin),
+            _child: Box::new(child),
+        })
+    }
+
+    /// Starts a stdio server inside its sandbox profile: only the profile's grants, no network
+    /// but its allowed hosts, its limits. stdin and stdout carry MCP; stderr is the gateway's.
+    /// `timeout_secs` bounds the server's CPU time, not its life: it lives as long as the
+    /// connection.
+    fn spawn_sandboxed(
+        cfg: &GatewayConfig,
+        name: &str,
+        command: &str,
+        server: &ServerConfig,
+        profile: &warden_sandbox::Profile,
+        pending: Pending,
+        events: mpsc::UnboundedSender<UpstreamEvent>,
+    ) -> Result<Transport, Error> {
+        let mut profile = profile.clone();
+        if let Some(cwd) = &server.cwd {
+            profile.cwd = Some(cfg.resolve(cwd));
+        }
+        let server_name = name.to_owned();
+        let options = warden_sandbox::Options {
+            on_egress: Arc::new(move |event| log_egress(&server_name, &event)),
+            ..warden_sandbox::Options::default()
+        };
+        let argv: Vec<String> = std::iter::once(command.to_owned())
+            .chain(server.args.iter().cloned())
+            .collect();
+        let env: Vec<(String, String)> = server
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Blocks until the command has been executed (a few milliseconds).
+        let mut child = warden_sandbox::Sandbox::new(profile, options)
+            .spawn_with_env(
+                &argv,
+                &env,
+                [Stdio::piped(), Stdio::piped(), Stdio::inherit()],
+            )
+            .map_err(|e| upstream_err(name, format_args!("cannot start `{command}`: {e}")))?;
+        let stdin = child
+            .stdin
+            .take()
+            .and_then(|s| ChildStdin::from_std(s).ok())
+            .ok_or_else(|| upstream_err(name, "no stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .and_then(|s| tokio::process::ChildStdout::from_std(s).ok())
+            .ok_or_else(|| upstream_err(name, "no stdout"))?;
+        Self::read_frames(name, stdout, pending, events);
+        Ok(Transport::Stdio {
+            stdin: tokio::sync::Mutex::new(stdin),
+            _child: Box::new(Mutex::new(child)),
+        })
+    }
+
+    /// Routes every frame a stdio server writes; fails every waiting call when it is gone.
+    fn read_frames(
+        name: &str,
+        stdout: tokio::process::ChildStdout,
+        pending: Pending,
+        events: mpsc::UnboundedSender<UpstreamEvent>,
+    ) {
         let server_name = name.to_owned();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout);
@@ -215,10 +306,6 @@ impl Upstream {
                 p.clear();
             }
         });
-        Ok(Transport::Stdio {
-            stdin: tokio::sync::Mutex::new(stdin),
-            _child: Box::new(child),
-        })
     }
 
     /// The era the connection settled on.

@@ -141,7 +141,10 @@ impl SharedAuthority {
         self.changes.subscribe()
     }
 
-    fn maintain(&self) -> Result<(), Error> {
+    /// Rotates the CA's keys when less than half the CA's lifetime remains, and drops keys no
+    /// longer needed. The Workload API server calls it periodically; so does the gateway's mTLS
+    /// face, which may run without it.
+    pub fn maintain(&self) -> Result<(), Error> {
         let due = {
             let ca = self.read();
             let now = ca.clock().now();

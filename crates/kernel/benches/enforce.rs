@@ -1,6 +1,7 @@
 //! `Kernel::enforce` at 10, 100 and 1,000 agents of 5 tools each, allow and deny, beside the
 //! policy part alone (`Kernel::evaluate`) and, as the baseline, raw Cedar `is_authorized` over
-//! the whole unsliced policy set for the same request.
+//! the whole unsliced policy set for the same request. `ed25519_sign` (a bare Ed25519 signature
+//! over a certificate-sized message) is the floor the allow path cannot go under.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,7 +20,9 @@ use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request}
 use common::{TestRng, signing_key};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::json;
-use warden_kernel::{CallRequest, Decision, Evaluation, Kernel, Manifest, Timestamp, ToolId};
+use warden_kernel::{
+    CERT_SIGNING_CONTEXT, CallRequest, Decision, Evaluation, Kernel, Manifest, Timestamp, ToolId,
+};
 
 const TOOLS: usize = 100;
 const TOOLS_PER_AGENT: usize = 5;
@@ -101,6 +104,8 @@ fn cedar_request(agent: usize, n: i64) -> Request {
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("enforce");
+    // The signed message of a certificate from the 1,000-agent fleet, for `ed25519_sign`.
+    let mut message = Vec::new();
     for agents in [10, 100, 1000] {
         let kernel = fleet(agents);
         let agent = agents / 2;
@@ -125,6 +130,17 @@ fn bench(c: &mut Criterion) {
             kernel.evaluate(&allow, Timestamp::from_unix_millis(ms)),
             Evaluation::Allow { .. }
         ));
+        // The agent's permit and argument forbid for this tool, nothing else.
+        assert_eq!(kernel.tool_slice_len(&allow.agent, &allow.tool), 2);
+        if agents == 1000 {
+            let Decision::Allow(cert) = kernel
+                .enforce(&allow, Timestamp::from_unix_millis(ms), &mut rng)
+                .decision
+            else {
+                unreachable!()
+            };
+            message = [CERT_SIGNING_CONTEXT, &cert.claims().canonical_bytes()].concat();
+        }
         group.bench_with_input(BenchmarkId::new("allow", agents), &allow, |b, req| {
             b.iter(|| {
                 ms += 1;
@@ -153,6 +169,10 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    group.bench_function("ed25519_sign", |b| {
+        b.iter(|| black_box(ed25519_dalek::Signer::sign(&key, black_box(&message))));
+    });
     group.finish();
 }
 

@@ -46,8 +46,127 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, Error> {
 
 /// The RFC 8785 canonical bytes of `value`.
 pub fn canonical_bytes(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    if write_jcs_value(&mut out, value) {
+        return out;
+    }
+    generic_canonical_bytes(value)
+}
+
+/// [`canonical_bytes`] by the general canonicalizer (which also formats non-integer numbers the
+/// ECMAScript way).
+fn generic_canonical_bytes(value: &Value) -> Vec<u8> {
     // INVARIANT: a `serde_json::Value` always serializes (its map keys are strings).
     serde_json_canonicalizer::to_vec(value).unwrap_or_default()
+}
+
+/// Appends the RFC 8785 form of `value` when every number in it is an integer of magnitude at
+/// most 2^53 − 1 (written as plain decimal digits, as ECMAScript prints them); returns `false`,
+/// leaving `out` partly written, when it meets another number.
+fn write_jcs_value(out: &mut Vec<u8>, value: &Value) -> bool {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) if i.unsigned_abs() <= MAX_SAFE_INTEGER => {
+                out.extend_from_slice(i.to_string().as_bytes());
+            }
+            _ => return false,
+        },
+        Value::String(s) => write_jcs_str(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if !write_jcs_value(out, item) {
+                    return false;
+                }
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_by(|a, b| jcs_key_order(a.0, b.0));
+            out.push(b'{');
+            for (i, (key, item)) in members.into_iter().enumerate() {
+                write_jcs_key(out, i == 0, key);
+                if !write_jcs_value(out, item) {
+                    return false;
+                }
+            }
+            out.push(b'}');
+        }
+    }
+    true
+}
+
+/// Appends `text` as an RFC 8785 string: `"` and `\\` escaped, `\b \f \n \r \t` short-form,
+/// other control characters as `\u00xx`, everything else as its UTF-8 bytes.
+pub(crate) fn write_jcs_str(out: &mut Vec<u8>, text: &str) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x00..=0x1f => 0,
+            _ => continue,
+        };
+        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+        start = i + 1;
+        if short == 0 {
+            out.extend_from_slice(b"\\u00");
+            for nibble in [b >> 4, b & 0x0f] {
+                // INVARIANT: a nibble is below 16.
+                out.push(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'));
+            }
+        } else {
+            out.push(b'\\');
+            out.push(short);
+        }
+    }
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    out.push(b'"');
+}
+
+/// Appends the RFC 8785 form of a list of strings.
+pub(crate) fn write_jcs_strs<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a String>) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_jcs_str(out, item);
+    }
+    out.push(b']');
+}
+
+/// Appends `key` (already in RFC 8785 order among its siblings) and a `:`, after a `,` unless
+/// it is the first member.
+pub(crate) fn write_jcs_key(out: &mut Vec<u8>, first: bool, key: &str) {
+    if !first {
+        out.push(b',');
+    }
+    write_jcs_str(out, key);
+    out.push(b':');
+}
+
+/// Sorts object keys the RFC 8785 way: by their UTF-16 code units.
+pub(crate) fn jcs_key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        a.cmp(b)
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
 }
 
 /// `"sha256:<hex>"` of `bytes`.
@@ -453,6 +572,67 @@ mod tests {
             let canonical = canonical_bytes(&parsed);
             proptest::prop_assert_eq!(canonical_bytes(&parse_strict(&canonical).unwrap()), canonical);
         }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn jcs_strings_match_the_canonicalizer(text in proptest::prelude::any::<String>()) {
+            let mut out = Vec::new();
+            write_jcs_str(&mut out, &text);
+            proptest::prop_assert_eq!(out, canonical_bytes(&Value::String(text)));
+        }
+
+        #[test]
+        fn jcs_key_order_matches_the_canonicalizer(
+            keys in proptest::collection::btree_set(proptest::prelude::any::<String>(), 0..8)
+        ) {
+            let mut sorted: Vec<&String> = keys.iter().collect();
+            sorted.sort_by(|a, b| jcs_key_order(a, b));
+            let mut out = vec![b'{'];
+            for (i, k) in sorted.iter().enumerate() {
+                write_jcs_key(&mut out, i == 0, k);
+                out.push(b'0');
+            }
+            out.push(b'}');
+            let object: Map<String, Value> = keys.iter().map(|k| (k.clone(), Value::from(0))).collect();
+            proptest::prop_assert_eq!(out, canonical_bytes(&Value::Object(object)));
+        }
+    }
+
+    proptest::proptest! {
+        /// The direct writer (integers only) and the general canonicalizer agree.
+        #[test]
+        fn direct_canonical_form_matches_the_canonicalizer(v in arb_json()) {
+            proptest::prop_assert_eq!(canonical_bytes(&v), generic_canonical_bytes(&v));
+        }
+    }
+
+    #[test]
+    fn direct_canonical_form_edges() {
+        for text in [
+            "9007199254740991",
+            "-9007199254740991",
+            "0",
+            "-0",
+            "1.0",
+            "1e2",
+            r#"{"b":[1,2.5],"a":{"\u00e9":1,"z":null,"\ud83d\ude00":true,"\uffff":false}}"#,
+        ] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(canonical_bytes(&v), generic_canonical_bytes(&v), "{text}");
+        }
+        let big = Value::from(9_007_199_254_740_993_i64);
+        assert_eq!(canonical_bytes(&big), generic_canonical_bytes(&big));
+    }
+
+    #[test]
+    fn jcs_strings_escape_controls() {
+        let mut out = Vec::new();
+        write_jcs_str(&mut out, "a\"\\\u{8}\u{c}\n\r\t\u{1}\u{1f}\u{7f}é\u{2028}");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"a\\\"\\\\\\b\\f\\n\\r\\t\\u0001\\u001f\u{7f}é\u{2028}\""
+        );
     }
 
     #[test]

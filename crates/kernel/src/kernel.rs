@@ -246,6 +246,12 @@ impl Kernel {
         self.bundle.slice_len(agent)
     }
 
+    /// How many policies are evaluated for `agent` calling `tool`: the agent's slice narrowed
+    /// to the policies whose action constraint can match the tool.
+    pub fn tool_slice_len(&self, agent: &str, tool: &ToolId) -> usize {
+        self.bundle.tool_slice_len(agent, tool)
+    }
+
     /// The certificate audience for `server`.
     pub fn audience(&self, server: &str) -> String {
         self.manifest
@@ -335,7 +341,9 @@ impl Kernel {
             delegation: request.delegation.clone(),
             session: request.session.clone(),
             tool: request.tool.to_string(),
-            args_hash: sha256_tag(&request.arguments),
+            // Set from the parsed arguments, or from the raw bytes when the call is refused
+            // before they parse (see `deny`).
+            args_hash: String::new(),
             labels: BTreeMap::new(),
             taint: String::new(),
             rules: Vec::new(),
@@ -349,6 +357,9 @@ impl Kernel {
                     rules: Vec<String>,
                     reason: String,
                     arguments: Option<Arguments>| {
+            if record.args_hash.is_empty() {
+                record.args_hash = sha256_tag(&request.arguments);
+            }
             record.decision = Verdict::Deny;
             record.rules = rules.clone();
             record.reason = Some(reason.clone());
@@ -459,7 +470,7 @@ impl Kernel {
             id: id.clone(),
             kid: self.kid.clone(),
             aud: self.audience(request.tool.server()),
-            issued: now.to_string(),
+            issued: record.time.clone(),
             expires: now.plus(self.manifest.certificate_ttl()).to_string(),
             agent: request.agent.clone(),
             delegation: request.delegation.clone(),

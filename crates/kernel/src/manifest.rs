@@ -459,6 +459,23 @@ impl Manifest {
         &self.servers
     }
 
+    /// Servers whose `<server>/*` action group the policy schema declares even before any of
+    /// their tools is known: every declared server and every server an allowlist entry names
+    /// as `<server>/*`. Tools join their server's group when they are registered.
+    pub(crate) fn server_groups(&self) -> std::collections::BTreeSet<String> {
+        let entries = self
+            .allow
+            .iter()
+            .flat_map(|r| &r.raw.tools)
+            .filter_map(|t| t.strip_suffix("/*"));
+        self.servers
+            .keys()
+            .map(String::as_str)
+            .chain(entries)
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Tools declared with their input schema in the manifest.
     pub fn declared_tools(&self) -> &[ToolSpec] {
         &self.declared

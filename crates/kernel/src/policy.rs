@@ -56,18 +56,127 @@ pub(crate) enum PolicyOutcome {
 /// A compiled, validated, sliced policy bundle.
 #[derive(Debug)]
 pub(crate) struct PolicyBundle {
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "requests are valid by construction; tests check them"
+        )
+    )]
     schema: Schema,
     entities: Entities,
-    globals: PolicySet,
-    by_agent: HashMap<String, PolicySet>,
+    globals: Slice,
+    by_agent: HashMap<String, Slice>,
     pub(crate) tools: BTreeMap<ToolId, ToolSpec>,
-    facts: BTreeMap<ToolId, Vec<Fact>>,
+    /// Per tool, what every request for it shares, built at load (a reload or a tool
+    /// re-registration builds a new bundle, so a skeleton never outlives its tool spec).
+    skeletons: HashMap<ToolId, Skeleton>,
     pub(crate) limits: BTreeMap<String, crate::limits::RuleLimits>,
     pub(crate) manifest_cedar: String,
     pub(crate) hash: String,
     pub(crate) warnings: Vec<String>,
     authorizer: Authorizer,
     types: EntityTypes,
+    /// The annotations evaluation reads, per policy, read once at load: asking a `PolicySet`
+    /// for an annotation runs the Cedar parser on the key at every call.
+    notes: HashMap<PolicyId, Notes>,
+}
+
+/// The fixed parts of every request for one tool: its action and resource, and the typed
+/// properties and facts its context carries, in the shape the generated schema declares.
+#[derive(Debug)]
+struct Skeleton {
+    action: EntityUid,
+    resource: EntityUid,
+    /// `(name, policy type)` of each declared top-level argument; `None` when policies cannot
+    /// see its value (it still gets a label).
+    properties: Vec<(String, Option<PolicyType>)>,
+    facts: Vec<(String, Fact)>,
+}
+
+/// The policies that can apply to one agent, and among them, per tool an action constraint
+/// names, those whose action constraint can match that tool.
+///
+/// Dropping a policy whose action constraint cannot match is exact: Cedar tests the scope
+/// before the condition (`scope && condition`, short-circuit), so such a policy neither applies
+/// nor errors. Action constraints are read conservatively: `action` (any), or a group or id that
+/// is not a known tool or `<server>/*` group, keeps the policy for every tool.
+#[derive(Debug)]
+struct Slice {
+    all: PolicySet,
+    by_tool: HashMap<ToolId, PolicySet>,
+}
+
+impl Slice {
+    fn new(all: PolicySet, tools: &BTreeMap<ToolId, ToolSpec>) -> Result<Self, Error> {
+        let named: BTreeSet<ToolId> = all
+            .policies()
+            .flat_map(|p| match p.action_constraint() {
+                ActionConstraint::Eq(u) => vec![u],
+                ActionConstraint::In(us) => us,
+                ActionConstraint::Any => Vec::new(),
+            })
+            .filter_map(|u| ToolId::parse(u.id().unescaped()).ok())
+            .filter(|t| tools.contains_key(t))
+            .collect();
+        let mut by_tool = HashMap::new();
+        for tool in named {
+            let mut set = PolicySet::new();
+            for p in all.policies() {
+                if may_match(p, &tool, tools) {
+                    add(&mut set, p.clone())?;
+                }
+            }
+            by_tool.insert(tool, set);
+        }
+        Ok(Self { all, by_tool })
+    }
+
+    fn for_tool(&self, tool: &ToolId) -> &PolicySet {
+        self.by_tool.get(tool).unwrap_or(&self.all)
+    }
+}
+
+/// Whether `policy`'s action constraint can match the action of `tool` (see [`Slice`]).
+fn may_match(policy: &Policy, tool: &ToolId, tools: &BTreeMap<ToolId, ToolSpec>) -> bool {
+    let excludes = |u: &EntityUid| {
+        if u.type_name().to_string() != "Action" {
+            return false;
+        }
+        let id = u.id().unescaped();
+        if let Some(server) = id.strip_suffix("/*") {
+            return server != tool.server();
+        }
+        ToolId::parse(id).is_ok_and(|t| t != *tool && tools.contains_key(&t))
+    };
+    match policy.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(u) => !excludes(&u),
+        ActionConstraint::In(us) => !us.iter().all(excludes),
+    }
+}
+
+/// The annotations of one policy that evaluation reads.
+#[derive(Debug, Default)]
+struct Notes {
+    id: Option<String>,
+    risk: Option<String>,
+    approval: Option<String>,
+    arg: Option<String>,
+    reason: Option<String>,
+}
+
+impl Notes {
+    fn of(policy: &Policy) -> Self {
+        let get = |key: &str| policy.annotation(key).map(str::to_owned);
+        Self {
+            id: get("id"),
+            risk: get("risk"),
+            approval: get("approval"),
+            arg: get("arg"),
+            reason: get("reason"),
+        }
+    }
 }
 
 /// `Agent`, `Action` and `Server`, parsed once: parsing a type name runs the Cedar parser.
@@ -107,7 +216,7 @@ impl PolicyBundle {
             tools.insert(spec.id().clone(), spec.clone());
         }
         let compiled = manifest.compile(&tools)?;
-        let schema_json = cedar_schema_json(&tools, &compiled.facts);
+        let schema_json = cedar_schema_json(&tools, &compiled.facts, &manifest.server_groups());
         let schema = Schema::from_json_value(schema_json.clone())
             .map_err(|e| Error::PolicyValidation(format!("generated schema: {e}")))?;
 
@@ -158,7 +267,7 @@ impl PolicyBundle {
 
         // Slice by principal: policies naming one agent go to that agent, policies naming a
         // group go to its members, everything else is global.
-        let mut globals = PolicySet::new();
+        let mut global_set = PolicySet::new();
         let mut by_agent_policies: HashMap<String, Vec<Policy>> = HashMap::new();
         let mut by_group: HashMap<String, Vec<Policy>> = HashMap::new();
         for policy in all.policies() {
@@ -177,7 +286,7 @@ impl PolicyBundle {
                         .or_default()
                         .push(policy.clone());
                 }
-                _ => add(&mut globals, policy.clone())?,
+                _ => add(&mut global_set, policy.clone())?,
             }
         }
         let agent_ids: BTreeSet<String> = by_agent_policies
@@ -187,7 +296,7 @@ impl PolicyBundle {
             .collect();
         let mut by_agent = HashMap::new();
         for agent in agent_ids {
-            let mut set = globals.clone();
+            let mut set = global_set.clone();
             for p in by_agent_policies.get(&agent).into_iter().flatten() {
                 add(&mut set, p.clone())?;
             }
@@ -196,8 +305,9 @@ impl PolicyBundle {
                     add(&mut set, p.clone())?;
                 }
             }
-            by_agent.insert(agent, set);
+            by_agent.insert(agent, Slice::new(set, &tools)?);
         }
+        let globals = Slice::new(global_set, &tools)?;
 
         let mut material = compiled.cedar.clone();
         for f in files {
@@ -216,30 +326,61 @@ impl PolicyBundle {
                 ));
             }
         }
+        let types = EntityTypes::new()?;
+        let skeletons = tools
+            .iter()
+            .map(|(id, spec)| {
+                let skeleton = Skeleton {
+                    action: EntityTypes::uid(&types.action, &id.to_string()),
+                    resource: EntityTypes::uid(&types.server, id.server()),
+                    properties: spec
+                        .policy_properties()
+                        .map(|(name, ty, _)| (name.to_owned(), ty))
+                        .collect(),
+                    facts: compiled
+                        .facts
+                        .get(id)
+                        .into_iter()
+                        .flatten()
+                        .map(|f| (f.key(), f.clone()))
+                        .collect(),
+                };
+                (id.clone(), skeleton)
+            })
+            .collect();
         Ok(Self {
             schema,
             entities,
             globals,
             by_agent,
             tools,
-            facts: compiled.facts,
+            skeletons,
             limits: compiled.limits,
             manifest_cedar: compiled.cedar,
             hash,
             warnings,
             authorizer: Authorizer::new(),
-            types: EntityTypes::new()?,
+            types,
+            notes: all
+                .policies()
+                .map(|p| (p.id().clone(), Notes::of(p)))
+                .collect(),
         })
     }
 
     /// The slice of the policy set that can apply to `agent`.
-    fn slice(&self, agent: &str) -> &PolicySet {
+    fn slice(&self, agent: &str) -> &Slice {
         self.by_agent.get(agent).unwrap_or(&self.globals)
     }
 
     /// Number of policies in the slice for `agent` (for tests and benchmarks).
     pub(crate) fn slice_len(&self, agent: &str) -> usize {
-        self.slice(agent).policies().count()
+        self.slice(agent).all.policies().count()
+    }
+
+    /// Number of policies evaluated for `agent` calling `tool`.
+    pub(crate) fn tool_slice_len(&self, agent: &str, tool: &ToolId) -> usize {
+        self.slice(agent).for_tool(tool).policies().count()
     }
 
     /// Evaluates a call. Any error, in the request, the context or any policy, is a deny.
@@ -249,27 +390,26 @@ impl PolicyBundle {
             reason,
             risk: None,
         };
-        let Some(spec) = self.tools.get(input.tool) else {
+        let Some(skeleton) = self.skeletons.get(input.tool) else {
             return fail(format!("tool `{}` has no policy schema", input.tool));
         };
-        let request = match self.request(spec, input) {
+        let request = match self.request(skeleton, input) {
             Ok(r) => r,
             Err(e) => return fail(format!("the call does not fit the policy schema: {e}")),
         };
-        let slice = self.slice(input.agent);
+        let slice = self.slice(input.agent).for_tool(input.tool);
         let response = self
             .authorizer
             .is_authorized(&request, slice, &self.entities);
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
         let rule_of = |id: &PolicyId| {
-            slice
-                .annotation(id, "id")
+            self.note(id, |n| &n.id)
                 .map_or_else(|| id.to_string(), str::to_owned)
         };
         let risk_of = |ids: &[&PolicyId]| {
             ids.iter()
-                .find_map(|id| slice.annotation(id, "risk"))
+                .find_map(|id| self.note(id, |n| &n.risk))
                 .map(str::to_owned)
         };
         if !errors.is_empty() {
@@ -299,7 +439,7 @@ impl PolicyBundle {
             CedarDecision::Allow => PolicyOutcome::Allow {
                 approval: determining
                     .iter()
-                    .any(|id| slice.annotation(id, "approval") == Some("human")),
+                    .any(|id| self.note(id, |n| &n.approval) == Some("human")),
                 risk: risk_of(&determining),
                 rules,
             },
@@ -314,7 +454,7 @@ impl PolicyBundle {
             CedarDecision::Deny => {
                 let reasons: Vec<String> = determining
                     .iter()
-                    .map(|id| self.forbid_reason(slice, id, input))
+                    .map(|id| self.forbid_reason(id, input))
                     .collect();
                 PolicyOutcome::Deny {
                     rules,
@@ -325,8 +465,13 @@ impl PolicyBundle {
         }
     }
 
-    fn forbid_reason(&self, slice: &PolicySet, id: &PolicyId, input: &EvalInput<'_>) -> String {
-        if let Some(arg) = slice.annotation(id, "arg") {
+    /// One annotation of policy `id`, as read at load.
+    fn note(&self, id: &PolicyId, field: impl Fn(&Notes) -> &Option<String>) -> Option<&str> {
+        self.notes.get(id).and_then(|n| field(n).as_deref())
+    }
+
+    fn forbid_reason(&self, id: &PolicyId, input: &EvalInput<'_>) -> String {
+        if let Some(arg) = self.note(id, |n| &n.arg) {
             let label = input.labels.get(arg).cloned().unwrap_or_else(Label::empty);
             let sources: Vec<String> = label
                 .source_strings()
@@ -344,27 +489,56 @@ impl PolicyBundle {
                 sources.join(", ")
             );
         }
-        slice
-            .annotation(id, "reason")
+        self.note(id, |n| &n.reason)
             .map_or_else(|| format!("forbidden by policy `{id}`"), str::to_owned)
     }
 
-    fn request(&self, spec: &ToolSpec, input: &EvalInput<'_>) -> Result<Request, String> {
-        let mut args = Vec::new();
-        let mut labels = Vec::new();
-        for (name, ty, _) in spec.policy_properties() {
+    /// The Cedar request for a call, built from typed values on the tool's skeleton.
+    ///
+    /// It is not checked against the schema here (`Request::new(.., None)`): the schema check
+    /// re-derived, per call, what construction already guarantees. The context holds exactly the
+    /// attributes the generated schema declares for this action — `args` only the declared
+    /// arguments that are present, each converted by `to_cedar` from the same `PolicyType` the
+    /// schema was generated from (a value that does not fit is an error, hence a denial); a
+    /// required argument is present because the strict parser checked the tool's JSON Schema
+    /// before policy; `labels` one record per declared argument; `facts` one boolean per
+    /// compiled fact; the fixed records with their fixed types. Principal, action and resource
+    /// have the schema's entity types and the action is one the schema declares (the skeleton
+    /// exists only for known tools). The unit test `built_requests_fit_the_schema` validates
+    /// built requests against the schema, and `mistyped_arguments_deny` shows a value that does
+    /// not fit never reaches evaluation. Policies themselves are still strictly validated at
+    /// load.
+    fn request(&self, skeleton: &Skeleton, input: &EvalInput<'_>) -> Result<Request, String> {
+        let mut args = Vec::with_capacity(skeleton.properties.len());
+        let mut labels = Vec::with_capacity(skeleton.properties.len());
+        let unlabeled = Label::empty();
+        // Arguments mostly share a label (the default one): build each distinct label once
+        // (cloning an expression shares its parts).
+        let mut built: Vec<(&Label, RestrictedExpression)> = Vec::new();
+        for (name, ty) in &skeleton.properties {
             if let (Some(ty), Some(v)) = (ty, input.args.get(name)) {
-                args.push((name.to_owned(), to_cedar(v, &ty)?));
+                args.push((name.clone(), to_cedar(v, ty)?));
             }
-            let label = input.labels.get(name).cloned().unwrap_or_else(Label::empty);
-            labels.push((name.to_owned(), label_expr(&label)?));
+            let label = input.labels.get(name).unwrap_or(&unlabeled);
+            let expr = match built.iter().find(|(l, _)| *l == label) {
+                Some((_, e)) => e.clone(),
+                None => {
+                    let e = label_expr(label)?;
+                    built.push((label, e.clone()));
+                    e
+                }
+            };
+            labels.push((name.clone(), expr));
         }
-        let facts = self
+        let facts = skeleton
             .facts
-            .get(spec.id())
-            .into_iter()
-            .flatten()
-            .map(|f| (f.key(), RestrictedExpression::new_bool(f.holds(input.args))))
+            .iter()
+            .map(|(key, f)| {
+                (
+                    key.clone(),
+                    RestrictedExpression::new_bool(f.holds(input.args)),
+                )
+            })
             .collect::<Vec<_>>();
         let origin = input.delegation.first().map_or(input.agent, String::as_str);
         let record = |pairs: Vec<(String, RestrictedExpression)>| {
@@ -417,10 +591,10 @@ impl PolicyBundle {
         .map_err(|e| e.to_string())?;
         Request::new(
             EntityTypes::uid(&self.types.agent, input.agent),
-            EntityTypes::uid(&self.types.action, &input.tool.to_string()),
-            EntityTypes::uid(&self.types.server, input.tool.server()),
+            skeleton.action.clone(),
+            skeleton.resource.clone(),
             context,
-            Some(&self.schema),
+            None,
         )
         .map_err(|e| e.to_string())
     }
@@ -565,10 +739,12 @@ fn cedar_type(ty: &PolicyType) -> Value {
     }
 }
 
-/// The Cedar schema (JSON form) for `tools`.
+/// The Cedar schema (JSON form) for `tools`, with a `<server>/*` action group for each server
+/// of `groups` and each server of a tool.
 pub(crate) fn cedar_schema_json(
     tools: &BTreeMap<ToolId, ToolSpec>,
     facts: &BTreeMap<ToolId, Vec<Fact>>,
+    groups: &BTreeSet<String>,
 ) -> Value {
     let label_type = json!({"type": "Record", "attributes": {
         "sources": {"type": "Set", "element": {"type": "String"}},
@@ -576,6 +752,9 @@ pub(crate) fn cedar_schema_json(
         "trusted": {"type": "Boolean"}
     }});
     let mut actions = Map::new();
+    for server in groups {
+        actions.insert(format!("{server}/*"), json!({}));
+    }
     for id in tools.keys() {
         actions.insert(format!("{}/*", id.server()), json!({}));
     }
@@ -630,4 +809,202 @@ pub(crate) fn cedar_schema_json(
         },
         "actions": actions
     }})
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const MANIFEST: &str = r#"
+trust_domain = "example.org"
+[agents.a]
+id = "spiffe://example.org/agent/a"
+[servers.s.tools.t]
+input_schema = { type = "object", required = ["name", "n", "opts"], properties = { name = { type = "string" }, n = { type = "integer" }, x = { type = "number" }, flag = { type = "boolean" }, tags = { type = "array", items = { type = "string" } }, opts = { type = "object", required = ["k"], properties = { k = { type = "integer" }, j = { type = "string" } } }, color = { enum = ["red", "blue"] }, free = {} } }
+[servers.s.tools.u]
+input_schema = { type = "object", properties = { n = { type = "integer" } } }
+[[allow]]
+id = "r"
+agents = ["a"]
+tools = ["s/t"]
+[allow.args.name]
+max_length = 5
+regex = "^[a-z]+$"
+[allow.args.n]
+max = 100
+"#;
+
+    const AGENT: &str = "spiffe://example.org/agent/a";
+
+    fn bundle() -> PolicyBundle {
+        let manifest = Manifest::from_toml_str(MANIFEST).unwrap();
+        PolicyBundle::build(&manifest, &[], &[]).unwrap()
+    }
+
+    fn eval(bundle: &PolicyBundle, tool: &str, args: &Value) -> PolicyOutcome {
+        let tool = ToolId::parse(tool).unwrap();
+        let args = args.as_object().unwrap();
+        let labels = args
+            .keys()
+            .map(|k| (k.clone(), Label::user()))
+            .collect::<BTreeMap<_, _>>();
+        bundle.evaluate(&EvalInput {
+            agent: AGENT,
+            tool: &tool,
+            args,
+            labels: &labels,
+            taint: "trusted",
+            delegation: &[],
+            usage: (0, 0),
+            now: Timestamp::from_unix_millis(1_795_464_229_000),
+        })
+    }
+
+    /// Requests are built without Cedar's per-request schema check; this holds the builder to
+    /// the schema for every kind of argument, present or absent, with and without facts.
+    #[test]
+    fn built_requests_fit_the_schema() {
+        let b = bundle();
+        let calls = [
+            ("s/t", json!({"name": "abc", "n": 7, "opts": {"k": 1}})),
+            (
+                "s/t",
+                json!({"name": "ABCDEFG", "n": 700, "x": 1.5, "flag": true, "tags": ["a", "b"],
+                       "opts": {"k": 1, "j": "z"}, "color": "red", "free": {"q": [1]}}),
+            ),
+            ("s/u", json!({})),
+            ("s/u", json!({"n": -3})),
+        ];
+        for (tool, args) in calls {
+            let id = ToolId::parse(tool).unwrap();
+            let map = args.as_object().unwrap();
+            let labels = map
+                .keys()
+                .map(|k| (k.clone(), Label::user()))
+                .collect::<BTreeMap<_, _>>();
+            let input = EvalInput {
+                agent: AGENT,
+                tool: &id,
+                args: map,
+                labels: &labels,
+                taint: "untrusted",
+                delegation: &["spiffe://example.org/agent/o".to_owned()],
+                usage: (3, 4),
+                now: Timestamp::from_unix_millis(1_795_464_229_000),
+            };
+            let request = b.request(&b.skeletons[&id], &input).unwrap();
+            let checked = Request::new(
+                request.principal().unwrap().clone(),
+                request.action().unwrap().clone(),
+                request.resource().unwrap().clone(),
+                request.context().unwrap().clone(),
+                Some(&b.schema),
+            );
+            assert!(checked.is_ok(), "{tool} {args}: {:?}", checked.err());
+        }
+    }
+
+    /// A value that does not fit the declared type (the strict parser bypassed) never reaches
+    /// Cedar: the call is denied as a policy error.
+    #[test]
+    fn mistyped_arguments_deny() {
+        let b = bundle();
+        let ok = json!({"name": "abc", "n": 7, "opts": {"k": 1}});
+        assert!(matches!(eval(&b, "s/t", &ok), PolicyOutcome::Allow { .. }));
+        for bad in [
+            json!({"name": 5, "n": 7, "opts": {"k": 1}}),
+            json!({"name": "abc", "n": "7", "opts": {"k": 1}}),
+            json!({"name": "abc", "n": 7, "opts": {"k": "1"}}),
+            json!({"name": "abc", "n": 7, "opts": {"k": 1}, "tags": [1]}),
+            json!({"name": "abc", "n": 7, "opts": {"k": 1}, "flag": "yes"}),
+        ] {
+            match eval(&b, "s/t", &bad) {
+                PolicyOutcome::Deny { rules, .. } => {
+                    assert_eq!(rules, vec!["policy-error".to_owned()], "{bad}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // A required argument missing errors in the policy that reads it: still a denial.
+        assert!(matches!(
+            eval(&b, "s/t", &json!({"name": "abc", "opts": {"k": 1}})),
+            PolicyOutcome::Deny { .. }
+        ));
+    }
+
+    /// Skeletons come from the tool specs of their bundle: a tool re-registered with another
+    /// schema gets a new skeleton (a stale one would not type its new argument).
+    #[test]
+    fn skeletons_follow_the_tool_specs() {
+        let manifest = Manifest::from_toml_str(MANIFEST).unwrap();
+        let b = PolicyBundle::build(&manifest, &[], &[]).unwrap();
+        let u = ToolId::parse("s/u").unwrap();
+        assert!(b.skeletons[&u].properties.iter().all(|(n, _)| n != "m"));
+        let spec = ToolSpec::from_mcp_definition(
+            "s",
+            &json!({"name": "u", "inputSchema": {"type": "object",
+                    "properties": {"n": {"type": "integer"}, "m": {"type": "string"}}}}),
+        )
+        .unwrap();
+        let b = PolicyBundle::build(&manifest, &[], &[spec]).unwrap();
+        assert!(
+            b.skeletons[&u]
+                .properties
+                .iter()
+                .any(|(n, t)| n == "m" && *t == Some(PolicyType::String))
+        );
+    }
+
+    /// Per-tool slices keep every policy whose action constraint can match the tool (the exact
+    /// action, its server's group, any action) and drop only those naming other tools.
+    #[test]
+    fn tool_slices_keep_what_can_match() {
+        let manifest = Manifest::from_toml_str(MANIFEST).unwrap();
+        let files = [PolicyFile {
+            name: "extra.cedar".to_owned(),
+            text: r#"
+@id("group") forbid (principal, action in Action::"s/*", resource) when { context.taint == "untrusted" };
+@id("any") forbid (principal, action, resource) when { context.usage.agent_calls > 100 };
+@id("other") forbid (principal, action == Action::"s/u", resource);
+@id("u") permit (principal, action == Action::"s/u", resource);
+"#
+            .to_owned(),
+        }];
+        let b = PolicyBundle::build(&manifest, &files, &[]).unwrap();
+        let t = ToolId::parse("s/t").unwrap();
+        let u = ToolId::parse("s/u").unwrap();
+        let all = b.slice_len(AGENT);
+        // `r`'s permit and its three argument forbids (length, regex, max), `group` and `any`.
+        assert_eq!(b.tool_slice_len(AGENT, &t), 6);
+        assert!(b.tool_slice_len(AGENT, &t) < all);
+        // `group`, `any`, `other` and `u`.
+        assert_eq!(b.tool_slice_len(AGENT, &u), 4);
+        let ok = json!({"name": "abc", "n": 7, "opts": {"k": 1}});
+        assert!(matches!(eval(&b, "s/t", &ok), PolicyOutcome::Allow { .. }));
+        let tool = t.clone();
+        let args = ok.as_object().unwrap();
+        let no_labels = BTreeMap::new();
+        let input = |taint, calls| EvalInput {
+            agent: AGENT,
+            tool: &tool,
+            args,
+            labels: &no_labels,
+            taint,
+            delegation: &[],
+            usage: (calls, 0),
+            now: Timestamp::from_unix_millis(1_795_464_229_000),
+        };
+        for (taint, calls, rule) in [("untrusted", 0, "group"), ("trusted", 101, "any")] {
+            match b.evaluate(&input(taint, calls)) {
+                PolicyOutcome::Deny { rules, .. } => assert_eq!(rules, vec![rule.to_owned()]),
+                other => panic!("{rule}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            eval(&b, "s/u", &json!({})),
+            PolicyOutcome::Deny { .. }
+        ));
+    }
 }

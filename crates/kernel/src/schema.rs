@@ -3,7 +3,8 @@
 //! Supported: `type` (one or several), `enum`, `const`, `properties`, `required`,
 //! `additionalProperties`, `items`, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`,
 //! `minLength`, `maxLength`, `minItems`, `maxItems`, `uniqueItems`, `pattern`, `anyOf`, `oneOf`,
-//! `allOf`; annotations (`title`, `description`, `default`, `examples`, `format`, …) are ignored.
+//! `allOf`; annotations (`title`, `description`, `default`, `examples`, `format`, …) and
+//! extension keywords starting with `x-` (e.g. `x-mcp-header`) are ignored.
 //! Any other keyword (`$ref`, `not`, `if`, …) makes the schema unsupported: the tool is refused
 //! rather than half-checked.
 //!
@@ -238,7 +239,7 @@ impl SchemaNode {
                 "anyOf" => node.any_of = list(value)?,
                 "oneOf" => node.one_of = list(value)?,
                 "allOf" => node.all_of = list(value)?,
-                other if ANNOTATIONS.contains(&other) => {}
+                other if ANNOTATIONS.contains(&other) || other.starts_with("x-") => {}
                 other => return Err(err(&at, format!("unsupported schema keyword `{other}`"))),
             }
         }
@@ -503,6 +504,31 @@ mod tests {
         let e =
             SchemaNode::compile(&json!({"properties": {"a": {"$ref": "#/x"}}}), "").unwrap_err();
         assert!(e.to_string().contains("$ref"), "{e}");
+        // Only the `x-` prefix marks an extension; look-alikes stay refused.
+        for keyword in ["xmcp-header", "X-mcp-header", "mcp-header", "x_mcp"] {
+            let e = SchemaNode::compile(&json!({"type": "string", keyword: "v"}), "").unwrap_err();
+            assert!(e.to_string().contains(keyword), "{e}");
+        }
+    }
+
+    /// `x-` keywords (MCP 2026-07-28's `x-mcp-header`) are annotations: accepted, and they
+    /// change nothing in what a call may carry.
+    #[test]
+    fn ignores_extension_keywords() {
+        let s = SchemaNode::compile(
+            &json!({"type": "object", "x-mcp-header": "X-Region", "required": ["region"],
+                    "properties": {"region": {"type": "string", "x-mcp-header": "X-Region",
+                                              "x-anything": {"$ref": "#/not-followed"}, "maxLength": 4}}}),
+            "",
+        )
+        .unwrap();
+        assert!(s.check(&json!({"region": "eu"}), "").is_ok());
+        assert!(s.check(&json!({"region": "europe"}), "").is_err());
+        assert!(
+            s.check(&json!({"region": "eu", "x-mcp-header": "v"}), "")
+                .is_err()
+        );
+        assert!(s.check(&json!({}), "").is_err());
     }
 
     #[test]

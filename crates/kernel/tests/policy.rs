@@ -406,3 +406,65 @@ fn slices_do_not_grow_with_the_fleet() {
         Decision::Allow(_)
     ));
 }
+
+/// `server/*` entries compile before any tool of the server is known (the schema declares the
+/// server's action group up front), and cover the server's tools once they are registered.
+#[test]
+fn server_wildcards_compile_before_the_tools_are_known() {
+    let manifest = r#"
+trust_domain = "example.org"
+[agents.a]
+id = "spiffe://example.org/agent/a"
+[servers.web]
+command = "web-server"
+[[allow]]
+id = "web-all"
+agents = ["a"]
+tools = ["web/*", "notes/*"]
+"#;
+    let k = Kernel::new(
+        Manifest::from_toml_str(manifest).unwrap(),
+        vec![],
+        vec![],
+        signing_key(),
+    )
+    .unwrap();
+    assert!(
+        k.manifest_cedar().contains(r#"action in Action::"web/*""#),
+        "{}",
+        k.manifest_cedar()
+    );
+    let now = Timestamp::from_unix_millis(MONDAY_10H);
+    let fetch = CallRequest::new(AGENT, ToolId::parse("web/fetch").unwrap(), r#"{"url":"x"}"#);
+    let Decision::Deny(d) = k.enforce(&fetch, now, &mut TestRng(1)).decision else {
+        panic!("a tool not registered yet must not be allowed")
+    };
+    assert_eq!(d.rules, vec!["unknown-tool"]);
+
+    let def = |name: &str| serde_json::json!({"name": name, "inputSchema": {"type": "object", "properties": {"url": {"type": "string"}}}});
+    let learned = k
+        .with_tools(vec![
+            ToolSpec::from_mcp_definition("web", &def("fetch")).unwrap(),
+            ToolSpec::from_mcp_definition("notes", &def("add")).unwrap(),
+            ToolSpec::from_mcp_definition("shell", &def("exec")).unwrap(),
+        ])
+        .unwrap();
+    for (tool, allowed) in [
+        ("web/fetch", true),
+        ("notes/add", true),
+        ("shell/exec", false),
+    ] {
+        let req = CallRequest::new(AGENT, ToolId::parse(tool).unwrap(), r#"{"url":"x"}"#);
+        let decision = learned.enforce(&req, now, &mut TestRng(2)).decision;
+        assert_eq!(
+            matches!(decision, Decision::Allow(_)),
+            allowed,
+            "{tool}: {decision:?}"
+        );
+    }
+    let other = CallRequest::new(OTHER, ToolId::parse("web/fetch").unwrap(), r#"{"url":"x"}"#);
+    assert!(matches!(
+        learned.enforce(&other, now, &mut TestRng(3)).decision,
+        Decision::Deny(_)
+    ));
+}

@@ -102,14 +102,14 @@ pub enum LogError {
     /// The log was closed.
     #[error("log is closed")]
     Closed,
-    /// A filesystem error.
-    #[error("{context}: {source}")]
+    /// A filesystem error. The I/O error is part of the message (not a chained `source`), so a
+    /// caller printing the whole chain does not repeat it.
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done.
         context: String,
         /// The error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -117,7 +117,7 @@ impl LogError {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         Self::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 }

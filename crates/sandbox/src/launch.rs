@@ -14,7 +14,7 @@ use crate::Error;
 use crate::cgroup::Cgroup;
 use crate::egress::{EgressPolicy, EgressProxy, EgressSink, Resolve, SystemResolver};
 use crate::helper::{CONFIG_FD, HELPER_ARG, HelperConfig, REPORT_FD};
-use crate::profile::Profile;
+use crate::profile::{Profile, check_env_name};
 use crate::sys;
 
 /// The port the egress relay listens on, on `127.0.0.1` inside the sandbox's network namespace.
@@ -175,6 +175,18 @@ impl Sandbox {
     /// executed (or with the setup error). Limits other than the output cap apply; the caller
     /// enforces the timeout with [`SandboxedChild::wait_timeout`].
     pub fn spawn(&self, argv: &[String], stdio: [Stdio; 3]) -> Result<SandboxedChild, Error> {
+        self.spawn_with_env(argv, &[], stdio)
+    }
+
+    /// [`spawn`](Self::spawn), with variables set to the given values in the command's
+    /// environment (after the profile's pass-through, before the proxy variables, which they
+    /// cannot override). The gateway passes a server's `env` table this way.
+    pub fn spawn_with_env(
+        &self,
+        argv: &[String],
+        extra_env: &[(String, String)],
+        stdio: [Stdio; 3],
+    ) -> Result<SandboxedChild, Error> {
         if argv.is_empty() {
             return Err(Error::Setup("empty command".to_owned()));
         }
@@ -220,6 +232,11 @@ impl Sandbox {
                 env.push((name.clone(), value));
             }
         }
+        for (name, value) in extra_env {
+            check_env_name(name)?;
+            env.retain(|(k, _)| k != name);
+            env.push((name.clone(), value.clone()));
+        }
         let mut proxy_socket = None;
         if !self.profile.allow_hosts.is_empty() {
             let dir = std::env::temp_dir().join(&name);
@@ -255,6 +272,7 @@ impl Sandbox {
                 "ALL_PROXY",
                 "all_proxy",
             ] {
+                env.retain(|(k, _)| k != key);
                 env.push((key.to_owned(), url.clone()));
             }
         }

@@ -89,12 +89,12 @@ fn go(command: &ApprovalsCommand) -> anyhow::Result<ExitCode> {
                 .cloned()
                 .unwrap_or_default();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&pending)?);
+                outln!("{}", serde_json::to_string_pretty(&pending)?);
             } else if pending.is_empty() {
-                println!("no calls waiting");
+                outln!("no calls waiting");
             } else {
                 for p in pending {
-                    println!(
+                    outln!(
                         "{}  {}  {}  {}\n    args: {}\n    why: {}",
                         text(&p, "id"),
                         text(&p, "held_at"),
@@ -108,7 +108,7 @@ fn go(command: &ApprovalsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         _ if answer.get("ok") == Some(&Value::Bool(true)) => {
-            println!("answered as {}", text(&answer, "approver"));
+            outln!("answered as {}", text(&answer, "approver"));
             Ok(ExitCode::SUCCESS)
         }
         _ => {

@@ -70,20 +70,22 @@ pub(crate) fn run(command: &CertCommand) -> ExitCode {
     })();
     match verified {
         Ok(claims) => {
-            println!(
+            outln!(
                 "valid: certificate {} for {}/{}",
-                claims.id, claims.tool.server, claims.tool.name
+                claims.id,
+                claims.tool.server,
+                claims.tool.name
             );
-            println!("  agent:   {}", claims.agent);
-            println!("  rules:   {}", claims.rules.join(", "));
-            println!("  expires: {}", claims.expires);
+            outln!("  agent:   {}", claims.agent);
+            outln!("  rules:   {}", claims.rules.join(", "));
+            outln!("  expires: {}", claims.expires);
             if let Some(a) = &claims.approval {
-                println!("  approved by {} at {}", a.approver, a.time);
+                outln!("  approved by {} at {}", a.approver, a.time);
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("invalid: {e:#}");
+            outln!("invalid: {e:#}");
             ExitCode::from(1)
         }
     }

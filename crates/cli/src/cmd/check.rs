@@ -74,7 +74,7 @@ pub(crate) fn run(args: &CheckArgs) -> ExitCode {
         None => None,
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             String::from_utf8_lossy(&enforcement.record.to_jcs_bytes())
         );
@@ -87,8 +87,8 @@ pub(crate) fn run(args: &CheckArgs) -> ExitCode {
         if args.json {
             eprint!("{text}");
         } else {
-            println!("logged: record {index}; receipt:");
-            print!("{text}");
+            outln!("logged: record {index}; receipt:");
+            out!("{text}");
         }
     }
     match &enforcement.decision {
@@ -142,23 +142,23 @@ fn print_decision(e: &Enforcement) {
     let r = &e.record;
     match &e.decision {
         Decision::Allow(cert) => {
-            println!("allow: {} may call {}", r.agent, r.tool);
-            println!("  rules:       {}", r.rules.join(", "));
-            println!(
+            outln!("allow: {} may call {}", r.agent, r.tool);
+            outln!("  rules:       {}", r.rules.join(", "));
+            outln!(
                 "  certificate: {} (expires {})",
                 cert.claims().id,
                 cert.claims().expires
             );
-            println!("  args hash:   {}", r.args_hash);
+            outln!("  args hash:   {}", r.args_hash);
         }
         Decision::NeedsApproval(p) => {
-            println!("needs approval: {} calling {}", r.agent, r.tool);
-            println!("  {}", p.reason());
+            outln!("needs approval: {} calling {}", r.agent, r.tool);
+            outln!("  {}", p.reason());
         }
         Decision::Deny(d) => {
-            println!("deny: {} calling {}", r.agent, r.tool);
-            println!("  {d}");
+            outln!("deny: {} calling {}", r.agent, r.tool);
+            outln!("  {d}");
         }
     }
-    println!("  taint:       {}", r.taint);
+    outln!("  taint:       {}", r.taint);
 }

@@ -356,7 +356,12 @@ fn entries(dir: &Path, command: EntriesCommand) -> anyhow::Result<()> {
     }
 }
 
-fn serve(dir: &Path, socket: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+/// The CA (shared, persisted) and registration entries of the identity directory `dir`,
+/// overridden and extended by the manifest's `[identity]` table when `config` is given.
+pub(crate) fn load_identity(
+    dir: &Path,
+    config: Option<&Path>,
+) -> anyhow::Result<(SharedAuthority, Vec<RegistrationEntry>)> {
     let mut entries = load_entries_file(&entries_path(dir))?;
     let mut ca_file = ca_path(dir);
     let mut trust_domain = None;
@@ -389,7 +394,11 @@ fn serve(dir: &Path, socket: &Path, config: Option<&Path>) -> anyhow::Result<()>
             ca.trust_domain()
         );
     }
-    let shared = SharedAuthority::persisted(ca, ca_file);
+    Ok((SharedAuthority::persisted(ca, ca_file), entries))
+}
+
+fn serve(dir: &Path, socket: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    let (shared, entries) = load_identity(dir, config)?;
     let api = WorkloadApi::new(shared, EntryStore::new(entries));
     let runtime = tokio::runtime::Runtime::new()?;
     let socket = socket.to_owned();

@@ -30,14 +30,14 @@ pub(crate) fn run(args: &InitArgs) -> ExitCode {
     match write_starter(&args.dir) {
         Ok(()) => {
             let dir = args.dir.display();
-            println!("wrote a starter into {dir}:");
-            println!("  {dir}/warden.toml               agents, servers, tools, allowlist");
-            println!("  {dir}/policies/extra.cedar      raw Cedar beside the allowlist");
-            println!(
+            outln!("wrote a starter into {dir}:");
+            outln!("  {dir}/warden.toml               agents, servers, tools, allowlist");
+            outln!("  {dir}/policies/extra.cedar      raw Cedar beside the allowlist");
+            outln!(
                 "  {dir}/keys/cert-signing.key     certificate signing key (mode 0600, keep secret)"
             );
-            println!("  {dir}/keys/cert-signing.pub     its public half, for tool servers");
-            println!("next: warden policy validate --config {dir}/warden.toml");
+            outln!("  {dir}/keys/cert-signing.pub     its public half, for tool servers");
+            outln!("next: warden policy validate --config {dir}/warden.toml");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -61,6 +61,9 @@ enum LogCommand {
         /// Output file (default `record-INDEX.tlog-proof`; `-` for stdout).
         #[arg(long, short)]
         out: Option<PathBuf>,
+        /// Also write the record's exact bytes to FILE (what `check-proof --entry` takes).
+        #[arg(long, value_name = "FILE")]
+        entry_out: Option<PathBuf>,
         /// Verifier key; default `DIR/log.pub`.
         #[arg(long)]
         key: Option<String>,
@@ -196,11 +199,24 @@ fn run_inner(args: LogArgs) -> Result<ExitCode> {
             dir,
             index,
             out: path,
+            entry_out,
             key,
         } => {
             let verifier = verifier_for(&dir, key.as_deref())?;
             let snapshot = Snapshot::load(&dir, &verifier)?;
             let receipt = snapshot.receipt(index)?.encode();
+            if let Some(entry_path) = entry_out {
+                let mut entry = None;
+                read_records(&dir, index, &mut |i, record| {
+                    if i == index {
+                        entry = Some(record.to_vec());
+                    }
+                    Ok(())
+                })?;
+                let entry = entry.with_context(|| format!("no record {index} in the segments"))?;
+                fs::write(&entry_path, &entry)
+                    .with_context(|| format!("writing `{}`", entry_path.display()))?;
+            }
             let path = path.unwrap_or_else(|| PathBuf::from(format!("record-{index}.tlog-proof")));
             if path.as_os_str() == "-" {
                 out.write_all(&receipt)?;

@@ -64,18 +64,18 @@ pub(crate) fn run(command: &PolicyCommand) -> ExitCode {
     match command {
         PolicyCommand::Validate { .. } => {
             let tools = kernel.tools().count();
-            println!(
+            outln!(
                 "valid: {} agents, {tools} tools, policy {}",
                 cfg.manifest.agents().len(),
                 kernel.policy_hash()
             );
             for w in kernel.warnings() {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
         }
         PolicyCommand::Show { .. } => {
-            println!("// Cedar compiled from {}", config.display());
-            print!("{}", kernel.manifest_cedar());
+            outln!("// Cedar compiled from {}", config.display());
+            out!("{}", kernel.manifest_cedar());
         }
     }
     ExitCode::SUCCESS

@@ -76,7 +76,7 @@ fn go(args: &ReplayArgs) -> anyhow::Result<bool> {
     for d in &decisions {
         all_allowed &= d.decision == "allow";
         if args.json {
-            println!("{}", serde_json::to_string(d)?);
+            outln!("{}", serde_json::to_string(d)?);
         } else {
             let rules = if d.rules.is_empty() {
                 String::new()
@@ -88,7 +88,7 @@ fn go(args: &ReplayArgs) -> anyhow::Result<bool> {
                 .as_deref()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{:<8} {:<14} {}{rules}{reason}",
                 d.id.to_string(),
                 d.decision,

@@ -49,8 +49,8 @@ fn go(command: &ToolsCommand) -> anyhow::Result<()> {
         ToolsCommand::List { .. } => {
             for (tool, pin) in pins.pins() {
                 match &pin.pending {
-                    None => println!("{tool}  {}", pin.hash),
-                    Some(p) => println!(
+                    None => outln!("{tool}  {}", pin.hash),
+                    Some(p) => outln!(
                         "{tool}  {}  CHANGED to {} (refused until accepted):\n{}",
                         pin.hash,
                         p.hash,
@@ -61,7 +61,7 @@ fn go(command: &ToolsCommand) -> anyhow::Result<()> {
         }
         ToolsCommand::Accept { tool, .. } => {
             let hash = pins.accept(tool)?;
-            println!("{tool} now pinned at {hash}");
+            outln!("{tool} now pinned at {hash}");
         }
     }
     Ok(())
