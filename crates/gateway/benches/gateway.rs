@@ -152,6 +152,19 @@ fn gateway(dir: &std::path::Path) -> (Arc<Gateway>, warden_log::Log) {
     )
 }
 
+/// The runtime of the stdio face: `WARDEN_BENCH_RUNTIME=multi` for a 2-worker multi-thread
+/// runtime, else a current-thread runtime (what `warden mcp` uses).
+fn gateway_runtime() -> tokio::runtime::Runtime {
+    let mut b = if std::env::var("WARDEN_BENCH_RUNTIME").as_deref() == Ok("multi") {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().unwrap()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -188,7 +201,12 @@ fn bench(c: &mut Criterion) {
         let (client, server) = tokio::io::duplex(1 << 20);
         let (sr, sw) = tokio::io::split(server);
         let gw2 = gw.clone();
-        tokio::spawn(async move { serve_stdio(gw2, AGENT, sr, sw).await });
+        // The gateway runs on its own runtime, of the flavour `warden mcp` uses, as it would in
+        // its own process; only the pipe to the agent is an in-memory duplex.
+        std::thread::spawn(move || {
+            let rt = gateway_runtime();
+            rt.block_on(async move { serve_stdio(gw2, AGENT, sr, sw).await })
+        });
         let (cr, cw) = tokio::io::split(client);
         let mut gwc = Client::new(cr, cw);
         gwc.initialize().await;

@@ -3,6 +3,8 @@
 //! an `Err` refuses the call (fail closed).
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use serde_json::Value;
 
@@ -89,10 +91,23 @@ pub enum Verdict {
     },
 }
 
+/// A verdict whose record is on its way to the log. The verdict is only handed out once the
+/// record is durable: awaiting this future is the only way to get it, so no caller can act on a
+/// decision the log has not acknowledged.
+pub type PendingVerdict = Pin<Box<dyn Future<Output = Result<Verdict, AuthorityError>> + Send>>;
+
 /// Decides calls and makes every decision durable before returning.
 pub trait Authority: Send + Sync {
     /// Decides `call`; the decision record is durable when this returns `Ok`.
     fn decide(&self, call: &CallRequest) -> Result<Verdict, AuthorityError>;
+
+    /// Decides `call` now (on the calling thread) and returns a future that resolves to the
+    /// verdict once its record is durable, without blocking a thread on the log's `fdatasync`.
+    /// The default decides with [`Authority::decide`] (blocking) and returns a ready future.
+    fn decide_deferred(&self, call: &CallRequest) -> PendingVerdict {
+        let verdict = self.decide(call);
+        Box::pin(std::future::ready(verdict))
+    }
 
     /// Decides a call that was held for approval, once a human answered (or the wait timed out:
     /// then `approval.granted` is false and the approver is `warden:timeout`).

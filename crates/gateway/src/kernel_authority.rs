@@ -5,6 +5,8 @@
 //! their pinned definition changes), so the allowlist's argument rules apply to them.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
@@ -14,13 +16,23 @@ use warden_kernel::{
 };
 
 use crate::approval::Clock;
-use crate::authority::{Approval, Authority, AuthorityError, CallRequest, Verdict};
+use crate::authority::{Approval, Authority, AuthorityError, CallRequest, PendingVerdict, Verdict};
 use crate::labels::{Integrity, Label};
+
+/// The acknowledgement of a submitted entry: resolves once the entry is durable (or refused).
+pub type RecordAck = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// Where records go: the log. `append` returns only once the entry is durable.
 pub trait RecordSink: Send + Sync {
     /// Appends one entry (the JCS bytes of a record) durably.
     fn append(&self, entry: &[u8]) -> Result<(), String>;
+
+    /// Queues one entry and returns its acknowledgement, to be awaited without blocking a
+    /// thread. The default appends at once (blocking) and returns a ready acknowledgement.
+    fn submit(&self, entry: Vec<u8>) -> RecordAck {
+        let result = self.append(&entry);
+        Box::pin(std::future::ready(result))
+    }
 }
 
 impl RecordSink for warden_log::LogWriter {
@@ -28,6 +40,16 @@ impl RecordSink for warden_log::LogWriter {
         warden_log::LogWriter::append(self, entry.to_vec())
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    fn submit(&self, entry: Vec<u8>) -> RecordAck {
+        match warden_log::LogWriter::submit(self, entry) {
+            // The ticket is woken by the log's writer thread once `fdatasync` returned.
+            Ok(ticket) => {
+                Box::pin(async move { ticket.await.map(|_| ()).map_err(|e| e.to_string()) })
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e.to_string()))),
+        }
     }
 }
 
@@ -52,7 +74,7 @@ pub struct KernelAuthority<R> {
     sink: Arc<dyn RecordSink>,
     clock: Arc<dyn Clock>,
     rng: Mutex<R>,
-    held: Mutex<HashMap<String, warden_kernel::PendingCall>>,
+    held: Arc<Mutex<HashMap<String, warden_kernel::PendingCall>>>,
 }
 
 impl<R> std::fmt::Debug for KernelAuthority<R> {
@@ -69,7 +91,7 @@ impl<R: rand_core::CryptoRng + Send> KernelAuthority<R> {
             sink,
             clock,
             rng: Mutex::new(rng),
-            held: Mutex::default(),
+            held: Arc::default(),
         }
     }
 
@@ -144,11 +166,12 @@ impl<R: rand_core::CryptoRng + Send> KernelAuthority<R> {
     }
 }
 
-impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
-    fn decide(&self, call: &CallRequest) -> Result<Verdict, AuthorityError> {
-        if let Some(refusal) = &call.refusal {
-            return self.refuse(call, refusal);
-        }
+impl<R: rand_core::CryptoRng + Send> KernelAuthority<R> {
+    /// Runs the kernel on `call`: its record (JCS bytes) and its decision, not yet logged.
+    fn enforce(
+        &self,
+        call: &CallRequest,
+    ) -> Result<(warden_kernel::DecisionRecord, Decision), AuthorityError> {
         self.learn(call)?;
         let tool =
             ToolId::new(&call.server, &call.tool).map_err(|e| AuthorityError(e.to_string()))?;
@@ -178,33 +201,37 @@ impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
                 .map_err(|_| AuthorityError("rng lock poisoned".into()))?;
             kernel.enforce(&request, now, &mut *rng)
         };
+        Ok((enforcement.record, enforcement.decision))
+    }
+}
+
+impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
+    fn decide(&self, call: &CallRequest) -> Result<Verdict, AuthorityError> {
+        if let Some(refusal) = &call.refusal {
+            return self.refuse(call, refusal);
+        }
+        let (record, decision) = self.enforce(call)?;
         // Durable first; only then is the verdict acted on.
-        self.append(&enforcement.record)?;
-        let record = enforcement.record;
-        Ok(match enforcement.decision {
-            Decision::Allow(cert) => Verdict::Allow {
-                certificate: cert.to_json_value(),
-                record: record.id,
-                rules: record.rules,
-            },
-            Decision::NeedsApproval(pending) => {
-                let reason = pending.reason().to_owned();
-                let id = pending.id().to_owned();
-                self.held
-                    .lock()
-                    .map_err(|_| AuthorityError("lock poisoned".into()))?
-                    .insert(id.clone(), pending);
-                Verdict::NeedsApproval {
-                    record: id,
-                    rules: record.rules,
-                    reason,
-                }
-            }
-            Decision::Deny(denial) => Verdict::Deny {
-                record: record.id,
-                rules: denial.rules,
-                reason: denial.reason,
-            },
+        self.append(&record)?;
+        verdict_of(&self.held, record, decision)
+    }
+
+    fn decide_deferred(&self, call: &CallRequest) -> PendingVerdict {
+        if let Some(refusal) = &call.refusal {
+            // Rare (refused before policy): recorded durably right here.
+            return Box::pin(std::future::ready(self.refuse(call, refusal)));
+        }
+        let (record, decision) = match self.enforce(call) {
+            Ok(d) => d,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let ack = self.sink.submit(record.to_jcs_bytes());
+        let held = self.held.clone();
+        Box::pin(async move {
+            // Durable first: the verdict exists only once the log acknowledged its record.
+            ack.await
+                .map_err(|e| AuthorityError(format!("the log refused the record: {e}")))?;
+            verdict_of(&held, record, decision)
         })
     }
 
@@ -277,6 +304,38 @@ impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
             .append(&bytes)
             .map_err(|e| AuthorityError(format!("the log refused the record: {e}")))
     }
+}
+
+/// The verdict of a durable decision; a held call is remembered for [`Authority::resolve`].
+fn verdict_of(
+    held: &Mutex<HashMap<String, warden_kernel::PendingCall>>,
+    record: warden_kernel::DecisionRecord,
+    decision: Decision,
+) -> Result<Verdict, AuthorityError> {
+    Ok(match decision {
+        Decision::Allow(cert) => Verdict::Allow {
+            certificate: cert.to_json_value(),
+            record: record.id,
+            rules: record.rules,
+        },
+        Decision::NeedsApproval(pending) => {
+            let reason = pending.reason().to_owned();
+            let id = pending.id().to_owned();
+            held.lock()
+                .map_err(|_| AuthorityError("lock poisoned".into()))?
+                .insert(id.clone(), pending);
+            Verdict::NeedsApproval {
+                record: id,
+                rules: record.rules,
+                reason,
+            }
+        }
+        Decision::Deny(denial) => Verdict::Deny {
+            record: record.id,
+            rules: denial.rules,
+            reason: denial.reason,
+        },
+    })
 }
 
 /// The kernel's form of a gateway label. A source the kernel cannot parse (from a client's

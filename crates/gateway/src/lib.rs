@@ -32,6 +32,7 @@ mod labels;
 mod pins;
 pub mod replay;
 mod session;
+pub mod sse;
 mod stdio;
 pub mod taint;
 mod tls;
@@ -40,13 +41,15 @@ mod upstream;
 pub use admin::{admin_request, serve_admin};
 pub use approval::{Clock, PendingCall, SystemClock, rfc3339};
 pub use auth::{BearerError, BearerVerifier};
-pub use authority::{Approval, Authority, AuthorityError, CallRequest, Refusal, Verdict};
+pub use authority::{
+    Approval, Authority, AuthorityError, CallRequest, PendingVerdict, Refusal, Verdict,
+};
 pub use config::{DelegationSettings, Era, FaceSettings, GatewayConfig, ServerConfig, TlsSettings};
 pub use delegation::{DELEGATION_HEADER, META_DELEGATION};
 pub use error::Error;
 pub use http::HttpFace;
 pub use kernel_authority::{
-    KernelAuthority, RecordSink, from_kernel_label, rebuild_from_log, to_kernel_label,
+    KernelAuthority, RecordAck, RecordSink, from_kernel_label, rebuild_from_log, to_kernel_label,
 };
 pub use labels::{Integrity, Label};
 pub use pins::{Pin, PinStatus, PinStore, definition_hash};

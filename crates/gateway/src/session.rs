@@ -26,6 +26,8 @@ use crate::{
 
 const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CLIENT_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
+/// Longest a response waits for the notifications that preceded it to be delivered.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 
 /// State shared by every session of one gateway process.
 pub struct Gateway {
@@ -158,6 +160,10 @@ pub struct Session {
     /// Per-request streams (HTTP SSE responses): (sequence, progress token, sink).
     sinks: Mutex<Vec<RequestSink>>,
     next_sink: AtomicU64,
+    /// Per server: how many of its routed events the pump has delivered (see [`Session::settle`]).
+    delivered: Mutex<HashMap<String, u64>>,
+    /// Woken each time the pump delivered an event.
+    delivered_tick: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Session {
@@ -200,6 +206,8 @@ impl Session {
             next_server_request: AtomicU64::new(1),
             sinks: Mutex::default(),
             next_sink: AtomicU64::new(1),
+            delivered: Mutex::default(),
+            delivered_tick: tokio::sync::Notify::new(),
         });
         tokio::spawn(pump(Arc::downgrade(&session), rx));
         session
@@ -749,12 +757,23 @@ impl Session {
             .await
     }
 
+    /// The verdict is handed out once the log's writer thread acknowledged the record, without
+    /// blocking a runtime thread meanwhile. On a current-thread runtime (the stdio face: one
+    /// agent) the kernel decides on this task, saving two thread hops; on a multi-thread runtime
+    /// (the HTTP face: many sessions) it decides on the blocking pool, so its CPU time does not
+    /// stall the workers that move other sessions' frames.
     async fn decide(&self, call: &CallRequest) -> Result<Verdict, crate::AuthorityError> {
+        let current_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if current_thread {
+            return self.gw.authority.decide_deferred(call).await;
+        }
         let authority = self.gw.authority.clone();
         let call = call.clone();
-        tokio::task::spawn_blocking(move || authority.decide(&call))
+        tokio::task::spawn_blocking(move || authority.decide_deferred(&call))
             .await
             .map_err(|e| crate::AuthorityError(e.to_string()))?
+            .await
     }
 
     /// Holds the call until an operator answers or the timeout denies it; returns the
@@ -862,6 +881,7 @@ impl Session {
         if let Ok(mut f) = self.inflight.lock() {
             f.remove(&inflight_key);
         }
+        self.settle(server, &up).await;
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => return jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
@@ -892,6 +912,35 @@ impl Session {
         with_id(resp, id)
     }
 
+    /// Waits until every message `up` routed before its latest response was delivered to the
+    /// agent, so a response never overtakes the progress notifications that preceded it (they
+    /// travel through the pump, the response does not). Free when nothing is in flight; bounded
+    /// by [`SETTLE_LIMIT`] so a stuck delivery cannot hold a response forever.
+    async fn settle(&self, server: &str, up: &Upstream) {
+        let target = up.routed();
+        let delivered = || {
+            self.delivered
+                .lock()
+                .map(|d| d.get(server).copied().unwrap_or(0))
+                .unwrap_or(u64::MAX)
+        };
+        if delivered() >= target {
+            return;
+        }
+        let wait = async {
+            loop {
+                let tick = self.delivered_tick.notified();
+                tokio::pin!(tick);
+                tick.as_mut().enable();
+                if delivered() >= target {
+                    return;
+                }
+                tick.await;
+            }
+        };
+        let _ = tokio::time::timeout(SETTLE_LIMIT, wait).await;
+    }
+
     /// Any other request: with one upstream, forwarded unchanged; otherwise unknown.
     async fn passthrough(&self, frame: Value) -> Value {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);
@@ -918,7 +967,9 @@ impl Session {
             Err(e) => return jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
         };
         let upstream_id = up.reserve_id();
-        match up.forward(frame, upstream_id).await {
+        let result = up.forward(frame, upstream_id).await;
+        self.settle(&server, &up).await;
+        match result {
             Ok(resp) => with_id(resp, id),
             Err(e) => jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
         }
@@ -1035,7 +1086,16 @@ impl Session {
 async fn pump(session: std::sync::Weak<Session>, mut rx: mpsc::UnboundedReceiver<UpstreamEvent>) {
     while let Some(event) = rx.recv().await {
         let Some(s) = session.upgrade() else { return };
+        let server = match &event {
+            UpstreamEvent::Notification { server, .. } | UpstreamEvent::Request { server, .. } => {
+                server.clone()
+            }
+        };
         s.upstream_event(event).await;
+        if let Ok(mut d) = s.delivered.lock() {
+            *d.entry(server).or_insert(0) += 1;
+        }
+        s.delivered_tick.notify_waiters();
     }
 }
 

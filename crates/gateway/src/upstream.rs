@@ -40,7 +40,25 @@ pub enum UpstreamEvent {
     },
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+/// A connection's response waiters, and how many of its messages it routed as events.
+#[derive(Default)]
+struct PendingMap {
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
+    /// Notifications and server→client requests sent to the session so far. A response read
+    /// after them must not reach the agent before them (see [`Upstream::routed`]).
+    routed: AtomicU64,
+}
+
+impl PendingMap {
+    fn lock(
+        &self,
+    ) -> std::sync::LockResult<std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Value>>>>
+    {
+        self.waiters.lock()
+    }
+}
+
+type Pending = Arc<PendingMap>;
 
 enum Transport {
     Stdio {
@@ -413,6 +431,13 @@ impl Upstream {
         }
     }
 
+    /// How many notifications and server→client requests this connection has routed to the
+    /// session so far. Read after a response arrived, it covers everything the server sent
+    /// before that response: the session delivers those first (progress before the result).
+    pub fn routed(&self) -> u64 {
+        self.pending.routed.load(Ordering::Acquire)
+    }
+
     /// Reserves the upstream id of a request about to be forwarded (for cancellation).
     pub fn reserve_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -651,36 +676,23 @@ impl Upstream {
                 _ => Err(upstream_err(&self.name, format_args!("http {status}"))),
             };
         }
-        let mut buf: Vec<u8> = Vec::new();
-        let mut data = String::new();
+        let mut parser = crate::sse::SseParser::new();
         while let Some(chunk) = resp
             .chunk()
             .await
             .map_err(|e| upstream_err(&self.name, e))?
         {
-            buf.extend_from_slice(&chunk);
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end_matches(['\r', '\n']);
-                if line.is_empty() {
-                    if data.is_empty() {
-                        continue;
+            let events = parser
+                .push(&chunk)
+                .map_err(|e| upstream_err(&self.name, e))?;
+            for event in events {
+                if let Ok(frame) = serde_json::from_str::<Value>(&event) {
+                    if jsonrpc::classify(&frame) == Kind::Response
+                        && frame.get("id") == Some(&json!(id))
+                    {
+                        return Ok(Some(frame));
                     }
-                    let event = std::mem::take(&mut data);
-                    if let Ok(frame) = serde_json::from_str::<Value>(&event) {
-                        if jsonrpc::classify(&frame) == Kind::Response
-                            && frame.get("id") == Some(&json!(id))
-                        {
-                            return Ok(Some(frame));
-                        }
-                        route(&self.name, frame, &self.pending, &self.events);
-                    }
-                } else if let Some(rest) = line.strip_prefix("data:") {
-                    if !data.is_empty() {
-                        data.push('\n');
-                    }
-                    data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+                    route(&self.name, frame, &self.pending, &self.events);
                 }
             }
         }
@@ -728,12 +740,14 @@ fn route(
             }
         }
         Kind::Request => {
+            pending.routed.fetch_add(1, Ordering::AcqRel);
             let _ = events.send(UpstreamEvent::Request {
                 server: server.to_owned(),
                 frame,
             });
         }
         Kind::Notification => {
+            pending.routed.fetch_add(1, Ordering::AcqRel);
             let _ = events.send(UpstreamEvent::Notification {
                 server: server.to_owned(),
                 frame,

@@ -93,7 +93,10 @@ pub(crate) fn run(args: &McpArgs) -> ExitCode {
 
 fn serve(args: &McpArgs) -> anyhow::Result<()> {
     let agent = agent_id(&args.config, &args.agent)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One agent per process: a current-thread runtime keeps every wake-up of a call (agent
+    // pipe, log acknowledgement, upstream pipe) on one thread instead of handing it between
+    // workers.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
@@ -102,10 +105,53 @@ fn serve(args: &McpArgs) -> anyhow::Result<()> {
         serve_stdio(
             running.gateway.clone(),
             &agent,
-            tokio::io::stdin(),
-            tokio::io::stdout(),
+            agent_input(),
+            agent_output(),
         )
         .await?;
         Ok(())
     })
+}
+
+type Input = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type Output = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// Standard input as a non-blocking pipe read by the runtime's reactor when it is a pipe (as
+/// MCP clients launch us), else tokio's stdin (which reads on a blocking thread per read).
+fn agent_input() -> Input {
+    use std::os::fd::AsFd as _;
+    let pipe = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+    match pipe {
+        Some(p) => Box::new(p),
+        None => Box::new(tokio::io::stdin()),
+    }
+}
+
+/// Standard output as a non-blocking pipe when it is a pipe of its own; tokio's stdout when it
+/// is not, or when standard error shares it (non-blocking mode would then reach our stderr).
+fn agent_output() -> Output {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |fd: std::os::fd::BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .ok()
+            .map(std::fs::File::from)
+            .and_then(|f| f.metadata().ok())
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let out = std::io::stdout();
+    let err = std::io::stderr();
+    let shared = id(out.as_fd()).is_none() || id(out.as_fd()) == id(err.as_fd());
+    let pipe = (!shared)
+        .then(|| out.as_fd().try_clone_to_owned().ok())
+        .flatten()
+        .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok());
+    match pipe {
+        Some(p) => Box::new(p),
+        None => Box::new(tokio::io::stdout()),
+    }
 }
