@@ -24,11 +24,7 @@ use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 ///   since it can neither pin it nor check its arguments.
 /// - `server-stateless`: its `subscriptions/listen` checks need a long-lived relayed stream, which
 ///   the gateway does not proxy yet.
-/// - `http-custom-header-server-validation`: its tool's schema carries `x-mcp-header`, which the
-///   kernel's schema compiler refuses (an unknown keyword), so the kernel denies the tool as
-///   unknown. To be fixed in the kernel (treat `x-*` keywords as annotations).
-const KNOWN_GAPS: [&str; 11] = [
-    "http-custom-header-server-validation",
+const KNOWN_GAPS: [&str; 10] = [
     "server-stateless",
     "tasks-capability-negotiation",
     "tasks-dispatch-and-envelope",
