@@ -29,7 +29,9 @@ pub fn peers() -> PathBuf {
         "MCP peers missing: `{}` not found; run `bash scripts/install-peers` (or set WARDEN_PEERS_DIR)",
         probe.display()
     );
-    dir
+    // Canonical, so a path handed to a sandboxed command has no `..` through directories the
+    // sandbox does not mount.
+    dir.canonicalize().unwrap()
 }
 
 /// A path to an npm peer's binary.
