@@ -352,7 +352,7 @@ async fn post_mcp(
         Err(e) => {
             return rpc_error(
                 StatusCode::BAD_REQUEST,
-                Value::Null,
+                jsonrpc::recover_id(&body),
                 jsonrpc::PARSE_ERROR,
                 &e.to_string(),
                 None,

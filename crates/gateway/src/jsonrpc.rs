@@ -114,6 +114,51 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, FrameError> {
     Ok(value)
 }
 
+/// The id to answer a frame that [`parse_strict`] refused with, so a client waiting on its request
+/// id is not left hanging: the top-level `id` when the frame is otherwise well-formed JSON (for
+/// example a duplicate key deeper in `params`) and holds exactly one `id`, a string or an integer;
+/// `null` otherwise, as JSON-RPC asks when the id cannot be told.
+pub fn recover_id(bytes: &[u8]) -> Value {
+    if bytes.len() > MAX_FRAME {
+        return Value::Null;
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match de.deserialize_map(IdVisitor) {
+        Ok(Some(id)) if de.end().is_ok() => id,
+        _ => Value::Null,
+    }
+}
+
+/// Reads only the top-level `id` of a frame; `None` if it is absent, repeated or not a string or
+/// an integer.
+struct IdVisitor;
+
+impl<'de> Visitor<'de> for IdVisitor {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC frame")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        let mut id = None;
+        let mut ids = 0u32;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "id" {
+                ids = ids.saturating_add(1);
+                let v: Value = map.next_value()?;
+                id = match v {
+                    Value::String(_) => Some(v),
+                    Value::Number(ref n) if n.is_i64() || n.is_u64() => Some(v),
+                    _ => None,
+                };
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+            }
+        }
+        Ok(if ids == 1 { id } else { None })
+    }
+}
+
 /// A `Value` whose deserializer refuses duplicate keys.
 struct StrictValue(Value);
 
@@ -218,5 +263,26 @@ mod tests {
             Kind::Invalid
         );
         assert_eq!(classify(&json!([1])), Kind::Invalid);
+    }
+
+    #[test]
+    fn a_refused_frame_is_answered_with_its_id_when_it_can_be_told() {
+        let dup_in_params =
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"x":1,"x":2}}"#;
+        assert!(parse_strict(dup_in_params).is_err());
+        assert_eq!(recover_id(dup_in_params), json!(7));
+        assert_eq!(
+            recover_id(br#"{"id":"a-1","params":{"k":1,"k":1}}"#),
+            json!("a-1")
+        );
+        // The id itself repeated, missing, of the wrong type, or the frame not JSON: null.
+        assert_eq!(recover_id(br#"{"id":1,"id":2}"#), Value::Null);
+        assert_eq!(recover_id(br#"{"method":"x","a":1,"a":1}"#), Value::Null);
+        assert_eq!(recover_id(br#"{"id":{"x":1},"a":1,"a":1}"#), Value::Null);
+        assert_eq!(recover_id(br#"{"id":1.5,"a":1,"a":1}"#), Value::Null);
+        assert_eq!(recover_id(br#"{"id":3,"a":1,"a":1"#), Value::Null);
+        assert_eq!(recover_id(br#"{"id":3} trailing"#), Value::Null);
+        assert_eq!(recover_id(b"[1,2]"), Value::Null);
+        assert_eq!(recover_id(b""), Value::Null);
     }
 }

@@ -62,7 +62,7 @@ where
             Ok(frame) => frame,
             Err(e) => {
                 let _ = tx.send(jsonrpc::error(
-                    Value::Null,
+                    jsonrpc::recover_id(&line),
                     jsonrpc::PARSE_ERROR,
                     &e.to_string(),
                     None,

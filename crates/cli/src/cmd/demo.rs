@@ -220,7 +220,8 @@ impl Agent {
                 .context("the gateway did not answer in time")??
                 .context("the gateway closed the session")?;
             let frame: Value = serde_json::from_str(&line)?;
-            if frame.get("id") == Some(&Value::Null) && frame.get("error").is_some() {
+            // The gateway answers with the frame's id when it can tell it, else with null.
+            if frame.get("error").is_some() && frame.get("method").is_none() {
                 return Ok(frame);
             }
             if frame.get("result").is_some() {
