@@ -3,12 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid,
-    Policy, PolicyId, PolicySet, PrincipalConstraint, Request, RestrictedExpression, Schema,
-    ValidationMode, Validator,
+    Policy, PolicyId, PolicySet, PrincipalConstraint, Request, Schema, ValidationMode, Validator,
 };
+use cedar_policy_core::ast::{Name, RestrictedExpr, Value as CedarValue};
+use cedar_policy_core::evaluator::RestrictedEvaluator;
+use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value, json};
 
 use crate::label::Label;
@@ -80,6 +83,10 @@ pub(crate) struct PolicyBundle {
     /// The annotations evaluation reads, per policy, read once at load: asking a `PolicySet`
     /// for an annotation runs the Cedar parser on the key at every call.
     notes: HashMap<PolicyId, Notes>,
+    /// The `user` label (the usual default) as a Cedar value, built once.
+    user_label: (Label, CedarValue),
+    /// The name of Cedar's `decimal` constructor.
+    decimal: Name,
 }
 
 /// The fixed parts of every request for one tool: its action and resource, and the typed
@@ -365,6 +372,9 @@ impl PolicyBundle {
                 .policies()
                 .map(|p| (p.id().clone(), Notes::of(p)))
                 .collect(),
+            user_label: (Label::user(), label_value(&Label::user())),
+            decimal: Name::parse_unqualified_name("decimal")
+                .map_err(|e| Error::PolicyValidation(e.to_string()))?,
         })
     }
 
@@ -495,6 +505,12 @@ impl PolicyBundle {
 
     /// The Cedar request for a call, built from typed values on the tool's skeleton.
     ///
+    /// The context is built directly as Cedar values (`cedar_policy_core::ast::Value`), not as
+    /// restricted expressions that Cedar would then evaluate into the same values: building and
+    /// evaluating the expression tree cost more than Cedar's evaluation of the policies. The
+    /// values are exactly those the evaluation would give (`context_matches_the_json_form` holds
+    /// the two together against Cedar's own schema-directed JSON parser).
+    ///
     /// It is not checked against the schema here (`Request::new(.., None)`): the schema check
     /// re-derived, per call, what construction already guarantees. The context holds exactly the
     /// attributes the generated schema declares for this action — `args` only the declared
@@ -513,82 +529,73 @@ impl PolicyBundle {
         let mut labels = Vec::with_capacity(skeleton.properties.len());
         let unlabeled = Label::empty();
         // Arguments mostly share a label (the default one): build each distinct label once
-        // (cloning an expression shares its parts).
-        let mut built: Vec<(&Label, RestrictedExpression)> = Vec::new();
+        // (cloning a value shares its parts); the `user` label is built at load.
+        let mut built: Vec<(&Label, CedarValue)> = Vec::new();
         for (name, ty) in &skeleton.properties {
             if let (Some(ty), Some(v)) = (ty, input.args.get(name)) {
-                args.push((name.clone(), to_cedar(v, ty)?));
+                args.push((name.as_str(), self.to_cedar(v, ty)?));
             }
             let label = input.labels.get(name).unwrap_or(&unlabeled);
-            let expr = match built.iter().find(|(l, _)| *l == label) {
-                Some((_, e)) => e.clone(),
-                None => {
-                    let e = label_expr(label)?;
-                    built.push((label, e.clone()));
-                    e
-                }
+            let value = if *label == self.user_label.0 {
+                self.user_label.1.clone()
+            } else if let Some((_, v)) = built.iter().find(|(l, _)| *l == label) {
+                v.clone()
+            } else {
+                let v = label_value(label);
+                built.push((label, v.clone()));
+                v
             };
-            labels.push((name.clone(), expr));
+            labels.push((name.as_str(), value));
         }
         let facts = skeleton
             .facts
             .iter()
-            .map(|(key, f)| {
-                (
-                    key.clone(),
-                    RestrictedExpression::new_bool(f.holds(input.args)),
-                )
-            })
-            .collect::<Vec<_>>();
+            .map(|(key, f)| (key.as_str(), CedarValue::from(f.holds(input.args))));
         let origin = input.delegation.first().map_or(input.agent, String::as_str);
-        let record = |pairs: Vec<(String, RestrictedExpression)>| {
-            RestrictedExpression::new_record(pairs).map_err(|e| e.to_string())
-        };
-        let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
-        let context = Context::from_pairs([
-            ("args".to_owned(), record(args)?),
-            ("labels".to_owned(), record(labels)?),
-            ("facts".to_owned(), record(facts)?),
+        let long = |n: u64| CedarValue::from(i64::try_from(n).unwrap_or(i64::MAX));
+        let record = |pairs: Vec<(&str, CedarValue)>| CedarValue::record(pairs, None);
+        let context: BTreeMap<_, CedarValue> = [
+            ("args", CedarValue::record(args, None)),
+            ("labels", CedarValue::record(labels, None)),
+            ("facts", CedarValue::record(facts, None)),
+            ("taint", CedarValue::from(input.taint)),
             (
-                "taint".to_owned(),
-                RestrictedExpression::new_string(input.taint.to_owned()),
-            ),
-            (
-                "delegation".to_owned(),
+                "delegation",
                 record(vec![
+                    ("origin", CedarValue::from(origin)),
+                    ("depth", long(input.delegation.len() as u64)),
                     (
-                        "origin".to_owned(),
-                        RestrictedExpression::new_string(origin.to_owned()),
-                    ),
-                    ("depth".to_owned(), long(input.delegation.len() as u64)),
-                    (
-                        "hops".to_owned(),
-                        RestrictedExpression::new_set(
+                        "hops",
+                        CedarValue::set(
                             input
                                 .delegation
                                 .iter()
-                                .map(|h| RestrictedExpression::new_string(h.clone())),
+                                .map(|h| CedarValue::from(h.as_str())),
+                            None,
                         ),
                     ),
-                ])?,
+                ]),
             ),
             (
-                "usage".to_owned(),
+                "usage",
                 record(vec![
-                    ("agent_calls".to_owned(), long(input.usage.0)),
-                    ("session_calls".to_owned(), long(input.usage.1)),
-                ])?,
+                    ("agent_calls", long(input.usage.0)),
+                    ("session_calls", long(input.usage.1)),
+                ]),
             ),
             (
-                "now".to_owned(),
+                "now",
                 record(vec![
-                    ("unix".to_owned(), long(input.now.unix_millis() / 1000)),
-                    ("minute_of_day".to_owned(), long(input.now.minute_of_day())),
-                    ("weekday".to_owned(), long(input.now.weekday())),
-                ])?,
+                    ("unix", long(input.now.unix_millis() / 1000)),
+                    ("minute_of_day", long(input.now.minute_of_day())),
+                    ("weekday", long(input.now.weekday())),
+                ]),
             ),
-        ])
-        .map_err(|e| e.to_string())?;
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v))
+        .collect();
+        let context = Context::from(cedar_policy_core::ast::Context::Value(Arc::new(context)));
         Request::new(
             EntityTypes::uid(&self.types.agent, input.agent),
             skeleton.action.clone(),
@@ -598,65 +605,68 @@ impl PolicyBundle {
         )
         .map_err(|e| e.to_string())
     }
-}
 
-fn label_expr(label: &Label) -> Result<RestrictedExpression, String> {
-    let sources = label
-        .sources()
-        .map(|s| RestrictedExpression::new_string(s.as_str().to_owned()));
-    let kinds: BTreeSet<&str> = label.sources().map(|s| s.kind()).collect();
-    RestrictedExpression::new_record([
-        ("sources".to_owned(), RestrictedExpression::new_set(sources)),
-        (
-            "kinds".to_owned(),
-            RestrictedExpression::new_set(
-                kinds
-                    .into_iter()
-                    .map(|k| RestrictedExpression::new_string(k.to_owned())),
-            ),
-        ),
-        (
-            "trusted".to_owned(),
-            RestrictedExpression::new_bool(label.is_trusted()),
-        ),
-    ])
-    .map_err(|e| e.to_string())
-}
-
-fn to_cedar(v: &Value, ty: &PolicyType) -> Result<RestrictedExpression, String> {
-    Ok(match (ty, v) {
-        (PolicyType::String, Value::String(s)) => RestrictedExpression::new_string(s.clone()),
-        (PolicyType::Bool, Value::Bool(b)) => RestrictedExpression::new_bool(*b),
-        (PolicyType::Long, Value::Number(n)) => {
-            let n = n
-                .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64));
-            RestrictedExpression::new_long(n.ok_or("integer out of range")?)
-        }
-        (PolicyType::Decimal, Value::Number(n)) => {
-            let text = n
-                .as_f64()
-                .and_then(decimal_text)
-                .ok_or("number out of the policy's decimal range")?;
-            RestrictedExpression::new_decimal(text)
-        }
-        (PolicyType::Set(inner), Value::Array(items)) => RestrictedExpression::new_set(
-            items
-                .iter()
-                .map(|i| to_cedar(i, inner))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        (PolicyType::Record(attrs), Value::Object(map)) => {
-            let mut pairs = Vec::new();
-            for (name, ty, _) in attrs {
-                if let Some(v) = map.get(name) {
-                    pairs.push((name.clone(), to_cedar(v, ty)?));
-                }
+    /// `v` as the Cedar value of type `ty` (an error when it does not fit).
+    fn to_cedar(&self, v: &Value, ty: &PolicyType) -> Result<CedarValue, String> {
+        Ok(match (ty, v) {
+            (PolicyType::String, Value::String(s)) => CedarValue::from(s.as_str()),
+            (PolicyType::Bool, Value::Bool(b)) => CedarValue::from(*b),
+            (PolicyType::Long, Value::Number(n)) => {
+                let n = n
+                    .as_i64()
+                    .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64));
+                CedarValue::from(n.ok_or("integer out of range")?)
             }
-            RestrictedExpression::new_record(pairs).map_err(|e| e.to_string())?
-        }
-        _ => return Err(format!("value `{v}` does not fit the declared type")),
-    })
+            (PolicyType::Decimal, Value::Number(n)) => {
+                let text = n
+                    .as_f64()
+                    .and_then(decimal_text)
+                    .ok_or("number out of the policy's decimal range")?;
+                // Cedar's own `decimal` constructor makes the extension value.
+                let call = RestrictedExpr::call_extension_fn(
+                    self.decimal.clone(),
+                    [RestrictedExpr::val(text)],
+                );
+                RestrictedEvaluator::new(Extensions::all_available())
+                    .interpret(call.as_borrowed())
+                    .map_err(|e| e.to_string())?
+            }
+            (PolicyType::Set(inner), Value::Array(items)) => CedarValue::set(
+                items
+                    .iter()
+                    .map(|i| self.to_cedar(i, inner))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None,
+            ),
+            (PolicyType::Record(attrs), Value::Object(map)) => {
+                let mut pairs = Vec::with_capacity(attrs.len());
+                for (name, ty, _) in attrs {
+                    if let Some(v) = map.get(name) {
+                        pairs.push((name.as_str(), self.to_cedar(v, ty)?));
+                    }
+                }
+                CedarValue::record(pairs, None)
+            }
+            _ => return Err(format!("value `{v}` does not fit the declared type")),
+        })
+    }
+}
+
+/// A label as the Cedar record the schema declares: `sources`, `kinds` and `trusted`.
+fn label_value(label: &Label) -> CedarValue {
+    let sources = label.sources().map(|s| CedarValue::from(s.as_str()));
+    let kinds: BTreeSet<&str> = label.sources().map(|s| s.kind()).collect();
+    CedarValue::record(
+        [
+            ("sources", CedarValue::set(sources, None)),
+            (
+                "kinds",
+                CedarValue::set(kinds.into_iter().map(CedarValue::from), None),
+            ),
+            ("trusted", CedarValue::from(label.is_trusted())),
+        ],
+        None,
+    )
 }
 
 /// A Cedar `decimal` literal for `f` (four fraction digits), if in range.
@@ -903,6 +913,112 @@ max = 100
                 Some(&b.schema),
             );
             assert!(checked.is_ok(), "{tool} {args}: {:?}", checked.err());
+        }
+    }
+
+    /// The context built directly as Cedar values equals the one Cedar's schema-directed JSON
+    /// parser makes from the same call written as JSON (Cedar's documented context form):
+    /// strings, longs, decimals, booleans, sets, nested records, labels with several sources,
+    /// delegation and facts.
+    #[test]
+    fn context_matches_the_json_form() {
+        let manifest = Manifest::from_toml_str(MANIFEST).unwrap();
+        let b = PolicyBundle::build(&manifest, &[], &[]).unwrap();
+        let web = Label::untrusted(crate::label::Source::new("web:evil.example").unwrap());
+        let mixed = Label::user().join(&web).join(&Label::untrusted(
+            crate::label::Source::new("tool:s/u").unwrap(),
+        ));
+        let label_json = |l: &Label| {
+            let kinds: BTreeSet<&str> = l.sources().map(|s| s.kind()).collect();
+            json!({"sources": l.source_strings(), "kinds": kinds, "trusted": l.is_trusted()})
+        };
+        let calls = [
+            (
+                json!({"name": "abc", "n": 7, "opts": {"k": 1}}),
+                vec![("name", Label::user()), ("n", web.clone())],
+                vec![],
+            ),
+            (
+                json!({"name": "ABCDEFG\u{e9}\"", "n": -700, "x": 1.5, "flag": true,
+                       "tags": ["a", "b", "a"], "opts": {"k": 1, "j": "z"}, "color": "red",
+                       "free": {"q": [1]}}),
+                vec![
+                    ("tags", mixed.clone()),
+                    ("x", web.clone()),
+                    ("opts", mixed.clone()),
+                ],
+                vec![
+                    "spiffe://example.org/agent/o".to_owned(),
+                    "spiffe://example.org/agent/p".to_owned(),
+                ],
+            ),
+        ];
+        let id = ToolId::parse("s/t").unwrap();
+        let skeleton = &b.skeletons[&id];
+        for (args, given, delegation) in calls {
+            let map = args.as_object().unwrap();
+            let labels: BTreeMap<String, Label> = given
+                .iter()
+                .map(|(k, l)| ((*k).to_owned(), l.clone()))
+                .collect();
+            let now = Timestamp::from_unix_millis(1_795_464_229_123);
+            let input = EvalInput {
+                agent: AGENT,
+                tool: &id,
+                args: map,
+                labels: &labels,
+                taint: "untrusted",
+                delegation: &delegation,
+                usage: (3, 4),
+                now,
+            };
+            let built = b.request(skeleton, &input).unwrap();
+            let typed_args: Map<String, Value> = skeleton
+                .properties
+                .iter()
+                .filter(|(_, ty)| ty.is_some())
+                .filter_map(|(n, _)| map.get(n).map(|v| (n.clone(), v.clone())))
+                .map(|(n, v)| {
+                    // Cedar's JSON form writes a decimal as an extension call.
+                    let v = if n == "x" {
+                        json!({"__extn": {"fn": "decimal", "arg": decimal_text(v.as_f64().unwrap()).unwrap()}})
+                    } else {
+                        v
+                    };
+                    (n, v)
+                })
+                .collect();
+            let label_map: Map<String, Value> = skeleton
+                .properties
+                .iter()
+                .map(|(n, _)| {
+                    let l = labels.get(n).cloned().unwrap_or_else(Label::empty);
+                    (n.clone(), label_json(&l))
+                })
+                .collect();
+            let facts: Map<String, Value> = skeleton
+                .facts
+                .iter()
+                .map(|(k, f)| (k.clone(), Value::Bool(f.holds(map))))
+                .collect();
+            assert!(!facts.is_empty());
+            let expected = json!({
+                "args": typed_args,
+                "labels": label_map,
+                "facts": facts,
+                "taint": "untrusted",
+                "delegation": {
+                    "origin": delegation.first().map_or(AGENT, String::as_str),
+                    "depth": delegation.len(),
+                    "hops": delegation,
+                },
+                "usage": {"agent_calls": 3, "session_calls": 4},
+                "now": {"unix": 1_795_464_229, "minute_of_day": now.minute_of_day(),
+                        "weekday": now.weekday()},
+            });
+            let parsed =
+                Context::from_json_value(expected, Some((&b.schema, &skeleton.action))).unwrap();
+            assert_eq!(built.context().unwrap(), &parsed, "{args}");
         }
     }
 
