@@ -5,12 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::hazmat::{ExpandedSecretKey, raw_sign};
+use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 use crate::json::{
     canonical_bytes, hex, jcs_key_order, parse_strict, sha256_tag, unhex, write_jcs_key,
@@ -99,11 +100,18 @@ pub struct CertificateClaims {
     pub approval: Option<Approval>,
 }
 
-/// A signed call certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallCertificate {
+/// A signed call certificate. Cloning it is cheap (the content is shared), so the decision and
+/// its record hold the same certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallCertificate(Arc<Signed>);
+
+#[derive(PartialEq, Eq)]
+struct Signed {
     claims: CertificateClaims,
     signature: [u8; 64],
+    /// What the signature covers: [`CERT_SIGNING_CONTEXT`] followed by the claims' canonical
+    /// bytes, computed once from `claims` (which never change afterwards).
+    message: Vec<u8>,
 }
 
 #[derive(Deserialize)]
@@ -122,27 +130,44 @@ struct EnvelopeRef<'a> {
 
 impl CallCertificate {
     pub(crate) fn sign(claims: CertificateClaims, key: &CertSigningKey) -> Self {
-        let signature = key.0.sign(&signing_message(&claims)).to_bytes();
-        Self { claims, signature }
+        let message = signing_message(&claims);
+        let signature = key.sign(&message);
+        Self(Arc::new(Signed {
+            claims,
+            signature,
+            message,
+        }))
     }
 
     /// The signed claims. Only trust them after [`CertificateVerifier::verify`].
     pub fn claims(&self) -> &CertificateClaims {
-        &self.claims
+        &self.0.claims
     }
 
     /// The certificate as a JSON value (`{"cert": …, "sig": …}`), e.g. for `_meta`.
     pub fn to_json_value(&self) -> Value {
-        let envelope = EnvelopeRef {
-            cert: &self.claims,
-            sig: hex(&self.signature),
-        };
-        serde_json::to_value(envelope).unwrap_or(Value::Null)
+        serde_json::to_value(self.envelope()).unwrap_or(Value::Null)
     }
 
-    /// The JCS bytes of [`to_json_value`](Self::to_json_value).
+    /// The JCS bytes of [`to_json_value`](Self::to_json_value), written around the claims'
+    /// canonical bytes (`cert` sorts before `sig`).
     pub fn to_bytes(&self) -> Vec<u8> {
-        canonical_bytes(&self.to_json_value())
+        let canonical = self.canonical_claims();
+        let mut out = Vec::with_capacity(canonical.len() + 150);
+        out.extend_from_slice(b"{\"cert\":");
+        out.extend_from_slice(canonical);
+        out.extend_from_slice(b",\"sig\":\"");
+        out.extend_from_slice(hex(&self.0.signature).as_bytes());
+        out.extend_from_slice(b"\"}");
+        out
+    }
+
+    /// The JCS bytes of the claims (what follows the signing context in the signed message).
+    fn canonical_claims(&self) -> &[u8] {
+        self.0
+            .message
+            .get(CERT_SIGNING_CONTEXT.len()..)
+            .unwrap_or_default()
     }
 
     /// Decodes a certificate from JSON bytes (strict I-JSON, no unknown fields). Decoding does
@@ -155,15 +180,53 @@ impl CallCertificate {
     pub fn from_json_value(value: Value) -> Result<Self, Error> {
         let envelope: Envelope = serde_json::from_value(value)
             .map_err(|e| Error::CertificateMalformed(e.to_string()))?;
+        Self::from_envelope(envelope)
+    }
+
+    fn from_envelope(envelope: Envelope) -> Result<Self, Error> {
         let signature = unhex(&envelope.sig)
             .and_then(|b| <[u8; 64]>::try_from(b).ok())
             .ok_or_else(|| {
                 Error::CertificateMalformed("`sig` is not 64 hex-encoded bytes".to_owned())
             })?;
-        Ok(Self {
+        let message = signing_message(&envelope.cert);
+        Ok(Self(Arc::new(Signed {
             claims: envelope.cert,
             signature,
-        })
+            message,
+        })))
+    }
+
+    fn envelope(&self) -> EnvelopeRef<'_> {
+        EnvelopeRef {
+            cert: &self.0.claims,
+            sig: hex(&self.0.signature),
+        }
+    }
+}
+
+impl fmt::Debug for CallCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallCertificate")
+            .field("claims", &self.0.claims)
+            .field("sig", &hex(&self.0.signature))
+            .finish()
+    }
+}
+
+/// The wire form, `{"cert": …, "sig": …}` (in decision records).
+impl Serialize for CallCertificate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.envelope().serialize(serializer)
+    }
+}
+
+/// The wire form, with the checks of [`CallCertificate::from_json_value`]. Decoding does not
+/// verify anything.
+impl<'de> Deserialize<'de> for CallCertificate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let envelope = Envelope::deserialize(deserializer)?;
+        Self::from_envelope(envelope).map_err(serde::de::Error::custom)
     }
 }
 
@@ -270,12 +333,24 @@ impl CertificateClaims {
 }
 
 /// The kernel's certificate signing key.
-pub struct CertSigningKey(SigningKey);
+pub struct CertSigningKey {
+    key: SigningKey,
+    /// The secret scalar and nonce prefix derived from the seed (SHA-512, clamped) as Ed25519
+    /// does at every signature, derived once. Zeroed on drop like the seed.
+    expanded: ExpandedSecretKey,
+}
 
 impl CertSigningKey {
     /// A key from its 32-byte seed.
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Self(SigningKey::from_bytes(seed))
+        let key = SigningKey::from_bytes(seed);
+        let expanded = ExpandedSecretKey::from(key.as_bytes());
+        Self { key, expanded }
+    }
+
+    /// The Ed25519 signature of `message` (RFC 8032, the same bytes `SigningKey::sign` gives).
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        raw_sign::<Sha512>(&self.expanded, message, self.key.as_ref()).to_bytes()
     }
 
     /// A fresh key.
@@ -297,12 +372,12 @@ impl CertSigningKey {
 
     /// The key file form (64 hex digits). Secret: write it with mode 0600, never log it.
     pub fn to_secret_hex(&self) -> String {
-        hex(self.0.as_bytes())
+        hex(self.key.as_bytes())
     }
 
     /// The public half.
     pub fn verifying_key(&self) -> CertVerifyingKey {
-        CertVerifyingKey(self.0.verifying_key())
+        CertVerifyingKey(self.key.verifying_key())
     }
 }
 
@@ -378,15 +453,15 @@ impl CertificateVerifier {
         arguments: &[u8],
         now: Timestamp,
     ) -> Result<CertificateClaims, Error> {
-        let claims = &certificate.claims;
+        let claims = certificate.claims();
         let key = self
             .keys
             .iter()
             .find(|k| k.key_id() == claims.kid)
             .ok_or_else(|| Error::CertificateUnknownKey(claims.kid.clone()))?;
-        let signature = Signature::from_bytes(&certificate.signature);
+        let signature = Signature::from_bytes(&certificate.0.signature);
         key.0
-            .verify(&signing_message(claims), &signature)
+            .verify(&certificate.0.message, &signature)
             .map_err(|_| Error::CertificateSignature)?;
         if claims.v != 1 || claims.decision != "allow" {
             return Err(Error::CertificateMalformed(
@@ -481,6 +556,27 @@ mod tests {
                 policy_hash: s(12),
                 approval: approval.map(|(approver, time)| Approval { approver, time }),
             }
+        }
+    }
+
+    proptest! {
+        /// Signing with the expanded key derived once gives exactly the RFC 8032 signature the
+        /// plain signing key gives, over the signing context and the claims' canonical bytes;
+        /// the wire bytes written around the claims are the JCS bytes of the JSON form; the
+        /// record's serde form is the same JSON and decodes to the same certificate.
+        #[test]
+        fn signature_and_wire_bytes(c in claims(), seed in any::<[u8; 32]>()) {
+            use ed25519_dalek::Signer as _;
+            let key = CertSigningKey::from_seed(&seed);
+            let cert = CallCertificate::sign(c.clone(), &key);
+            let message = [CERT_SIGNING_CONTEXT, &c.canonical_bytes()].concat();
+            let reference = SigningKey::from_bytes(&seed).sign(&message).to_bytes();
+            prop_assert_eq!(cert.0.signature, reference);
+            prop_assert_eq!(cert.to_bytes(), canonical_bytes(&cert.to_json_value()));
+            let via_serde = serde_json::to_value(&cert).unwrap();
+            prop_assert_eq!(&via_serde, &cert.to_json_value());
+            let back: CallCertificate = serde_json::from_value(via_serde).unwrap();
+            prop_assert_eq!(back, cert);
         }
     }
 

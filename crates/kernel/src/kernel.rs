@@ -5,8 +5,6 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde_json::Value;
-
 use crate::cert::{
     Approval, CallCertificate, CertSigningKey, CertificateClaims, CertifiedIntent, CertifiedTool,
 };
@@ -79,7 +77,7 @@ impl std::fmt::Display for Denial {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingCall {
     id: String,
-    claims: CertificateClaims,
+    claims: Box<CertificateClaims>,
     reason: String,
     expires: Timestamp,
 }
@@ -106,8 +104,7 @@ impl PendingCall {
     }
 
     fn digest(&self) -> String {
-        let v = serde_json::to_value(&self.claims).unwrap_or(Value::Null);
-        sha256_tag(&crate::json::canonical_bytes(&v))
+        sha256_tag(&self.claims.canonical_bytes())
     }
 }
 
@@ -499,7 +496,7 @@ impl Kernel {
             let reason = format!("rule {} requires human approval", held_by.join(", "));
             let pending = PendingCall {
                 id: id.clone(),
-                claims,
+                claims: Box::new(claims),
                 reason: reason.clone(),
                 expires: now.plus(self.manifest.approval_ttl()),
             };
@@ -528,7 +525,7 @@ impl Kernel {
         }
         let certificate = CallCertificate::sign(claims, &self.signer);
         record.decision = Verdict::Allow;
-        record.certificate = Some(certificate.to_json_value());
+        record.certificate = Some(certificate.clone());
         Enforcement {
             decision: Decision::Allow(certificate),
             record,
@@ -547,7 +544,7 @@ impl Kernel {
         rng: &mut (impl rand_core::CryptoRng + ?Sized),
     ) -> Result<(CallCertificate, DecisionRecord), Error> {
         self.settle(pending, now)?;
-        let mut claims = pending.claims.clone();
+        let mut claims = (*pending.claims).clone();
         claims.id = random_id(rng);
         claims.kid = self.kid.clone();
         claims.issued = now.to_string();
@@ -564,7 +561,7 @@ impl Kernel {
             certificate.claims().id.clone(),
             Verdict::Allow,
         );
-        record.certificate = Some(certificate.to_json_value());
+        record.certificate = Some(certificate.clone());
         Ok((certificate, record))
     }
 

@@ -106,10 +106,12 @@ struct Window {
     used: u64,
 }
 
-/// Mutable state behind the kernel's lock.
+/// Mutable state behind the kernel's lock. Maps are keyed so that a call that finds its entries
+/// looks them up by `&str`, without allocating keys.
 #[derive(Debug, Default)]
 pub(crate) struct LimitState {
-    buckets: HashMap<(String, String), Bucket>,
+    /// Rule id → agent → bucket.
+    buckets: HashMap<String, HashMap<String, Bucket>>,
     windows: HashMap<(String, &'static str, String), Window>,
     agent_calls: HashMap<String, u64>,
     session_calls: HashMap<String, u64>,
@@ -173,8 +175,16 @@ impl LimitState {
             if let Some(rate) = limits.rate {
                 let mut bucket = self.bucket_at(rule, charge.agent, rate, now_ms);
                 bucket.units = bucket.units.saturating_sub(u128::from(rate.period_ms));
-                self.buckets
-                    .insert(((*rule).to_owned(), charge.agent.to_owned()), bucket);
+                let agents = match self.buckets.get_mut(*rule) {
+                    Some(agents) => agents,
+                    None => self.buckets.entry((*rule).to_owned()).or_default(),
+                };
+                match agents.get_mut(charge.agent) {
+                    Some(b) => *b = bucket,
+                    None => {
+                        agents.insert(charge.agent.to_owned(), bucket);
+                    }
+                }
             }
             for (scope, budget, key) in Self::budgets(limits, charge) {
                 let mut window = self.window_at(rule, scope, &key, budget, now_ms);
@@ -183,31 +193,41 @@ impl LimitState {
                     .insert(((*rule).to_owned(), scope, key), window);
             }
         }
-        *self.agent_calls.entry(charge.agent.to_owned()).or_default() += 1;
+        count(&mut self.agent_calls, charge.agent);
         if let Some(session) = charge.session {
-            *self.session_calls.entry(session.to_owned()).or_default() += 1;
+            count(&mut self.session_calls, session);
         }
         Ok(())
     }
 
-    fn budgets(limits: &RuleLimits, charge: &Charge<'_>) -> Vec<(&'static str, Rate, String)> {
-        let session = charge
-            .session
-            .map_or_else(|| format!("(no session) {}", charge.agent), str::to_owned);
+    /// The budgets of `limits` with the key each is counted under (keys are only built for the
+    /// budgets a rule has).
+    fn budgets<'a>(
+        limits: &'a RuleLimits,
+        charge: &'a Charge<'_>,
+    ) -> impl Iterator<Item = (&'static str, Rate, String)> + 'a {
         [
-            ("agent", limits.budget_agent, charge.agent.to_owned()),
-            ("tool", limits.budget_tool, charge.tool.to_owned()),
-            ("session", limits.budget_session, session),
+            ("agent", limits.budget_agent),
+            ("tool", limits.budget_tool),
+            ("session", limits.budget_session),
         ]
         .into_iter()
-        .filter_map(|(scope, budget, key)| Some((scope, budget?, key)))
-        .collect()
+        .filter_map(move |(scope, budget)| {
+            let budget = budget?;
+            let key = match scope {
+                "agent" => charge.agent.to_owned(),
+                "tool" => charge.tool.to_owned(),
+                _ => charge
+                    .session
+                    .map_or_else(|| format!("(no session) {}", charge.agent), str::to_owned),
+            };
+            Some((scope, budget, key))
+        })
     }
 
     fn bucket_at(&self, rule: &str, agent: &str, rate: Rate, now_ms: u64) -> Bucket {
         let full = u128::from(rate.count) * u128::from(rate.period_ms);
-        let key = (rule.to_owned(), agent.to_owned());
-        match self.buckets.get(&key) {
+        match self.buckets.get(rule).and_then(|agents| agents.get(agent)) {
             None => Bucket {
                 units: full,
                 last_ms: now_ms,
@@ -238,6 +258,16 @@ impl LimitState {
         match self.windows.get(&(rule.to_owned(), scope, key.to_owned())) {
             Some(w) if w.start_ms >= start_ms => *w,
             _ => Window { start_ms, used: 0 },
+        }
+    }
+}
+
+/// Adds one to `key`'s counter, allocating the key only the first time.
+fn count(counters: &mut HashMap<String, u64>, key: &str) {
+    match counters.get_mut(key) {
+        Some(n) => *n = n.saturating_add(1),
+        None => {
+            counters.insert(key.to_owned(), 1);
         }
     }
 }

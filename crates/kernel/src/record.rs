@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::Error;
 use crate::json::{canonical_bytes, parse_strict};
+use crate::{CallCertificate, Error};
 
 /// The kind of a record this crate writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,8 +80,8 @@ pub struct DecisionRecord {
     pub reason: Option<String>,
     /// `@risk` of the deciding rule.
     pub risk: Option<String>,
-    /// The full signed certificate on allow.
-    pub certificate: Option<Value>,
+    /// The full signed certificate on allow (in the record, its wire form `{"cert": …, "sig": …}`).
+    pub certificate: Option<CallCertificate>,
     /// Approval records only: the id of the held call's record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,

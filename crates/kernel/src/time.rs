@@ -88,7 +88,28 @@ impl fmt::Display for Timestamp {
         let (y, m, d) = civil_from_days(days);
         let (h, mi) = (ms_of_day / 3_600_000, (ms_of_day / 60_000) % 60);
         let (s, ms) = ((ms_of_day / 1000) % 60, ms_of_day % 1000);
-        write!(f, "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+        if y > 9999 {
+            return write!(f, "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z");
+        }
+        // Every decision writes two or three of these: digits by hand, not the formatter.
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        for (at, width, value) in [
+            (0, 4, y),
+            (5, 2, m),
+            (8, 2, d),
+            (11, 2, h),
+            (14, 2, mi),
+            (17, 2, s),
+            (20, 3, ms),
+        ] {
+            let mut value = value;
+            for digit in out.iter_mut().skip(at).take(width).rev() {
+                // INVARIANT: `value % 10` is a digit, so the sum is an ASCII digit.
+                *digit = b'0' + u8::try_from(value % 10).unwrap_or(0);
+                value /= 10;
+            }
+        }
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -116,22 +137,24 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
     days + d - 1
 }
 
-fn civil_from_days(mut days: u64) -> (u64, u64, u64) {
-    let mut y = 1970;
-    loop {
-        let len = if is_leap(y) { 366 } else { 365 };
-        if days < len {
-            break;
-        }
-        days -= len;
-        y += 1;
-    }
-    let mut m = 1;
-    while days >= days_in_month(y, m) {
-        days -= days_in_month(y, m);
-        m += 1;
-    }
-    (y, m, days + 1)
+/// The proleptic Gregorian date `days` after 1970-01-01, in constant time: count from
+/// 0000-03-01 in 400-year eras (146,097 days each), so that the leap day ends a year.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    // Months counted from March: 0 = March … 11 = February.
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let d = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let (m, year_shift) = if month_from_march < 10 {
+        (month_from_march + 3, 0)
+    } else {
+        (month_from_march - 9, 1)
+    };
+    (era * 400 + year_of_era + year_shift, m, d)
 }
 
 #[cfg(test)]
@@ -149,6 +172,38 @@ mod tests {
             "2000-02-29T00:00:00.123Z"
         );
         assert_eq!(Timestamp::from_unix_millis(0).weekday(), 3);
+    }
+
+    /// Day after day from 1970 to 9999, each date is the one after the previous, and sampled
+    /// dates parse back to their day.
+    #[test]
+    fn calendar_is_exact() {
+        let mut prev = civil_from_days(0);
+        assert_eq!(prev, (1970, 1, 1));
+        let last = days_from_civil(9999, 12, 31);
+        for day in 1..=last {
+            let (y, m, d) = civil_from_days(day);
+            let (py, pm, pd) = prev;
+            let next = if pd < days_in_month(py, pm) {
+                (py, pm, pd + 1)
+            } else if pm < 12 {
+                (py, pm + 1, 1)
+            } else {
+                (py + 1, 1, 1)
+            };
+            assert_eq!((y, m, d), next, "day {day}");
+            prev = (y, m, d);
+        }
+        for day in (0..=last).step_by(997) {
+            let t = Timestamp::from_unix_millis(day * 86_400_000 + 45_296_789);
+            assert_eq!(Timestamp::parse_rfc3339(&t.to_string()).unwrap(), t);
+        }
+        // Beyond year 9999 the year takes more digits; nothing loops for long.
+        assert!(
+            Timestamp::from_unix_millis(u64::MAX)
+                .to_string()
+                .ends_with('Z')
+        );
     }
 
     #[test]

@@ -49,10 +49,10 @@ fn allowed_query_gets_a_verifiable_certificate() {
     };
     assert_eq!(cert.claims().rules, vec!["trading-market-data"]);
     assert_eq!(e.record.id, cert.claims().id);
-    assert_eq!(
-        e.record.certificate.as_ref().unwrap(),
-        &cert.to_json_value()
-    );
+    assert_eq!(e.record.certificate.as_ref().unwrap(), cert);
+    // The record carries the certificate in its wire form.
+    let logged: serde_json::Value = serde_json::from_slice(&e.record.to_jcs_bytes()).unwrap();
+    assert_eq!(logged["certificate"], cert.to_json_value());
     let v = CertificateVerifier::new(
         vec![common::signing_key().verifying_key()],
         "Server::\"market\"",
@@ -391,6 +391,39 @@ fn records_are_canonical_and_round_trip() {
             .unwrap()
             .is_none()
     );
+}
+
+#[test]
+fn allow_records_round_trip_and_malformed_certificates_are_refused() {
+    let k = starter_kernel();
+    let e = k.enforce(
+        &call(
+            TRADER,
+            "market/query_market_data",
+            r#"{"exchange":"NYSE","symbol":"ACME"}"#,
+        ),
+        now(0),
+        &mut TestRng(12),
+    );
+    assert!(matches!(e.decision, Decision::Allow(_)));
+    let bytes = e.record.to_jcs_bytes();
+    let back = warden_kernel::DecisionRecord::from_log_entry(&bytes)
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, e.record);
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(warden_kernel::canonical_bytes(&v), bytes);
+    for (path, bad) in [
+        ("sig", serde_json::json!("00ff")),
+        ("extra", serde_json::json!(1)),
+    ] {
+        let mut tampered = v.clone();
+        tampered["certificate"][path] = bad;
+        let err = warden_kernel::DecisionRecord::from_log_entry(&warden_kernel::canonical_bytes(
+            &tampered,
+        ));
+        assert!(err.is_err(), "{path}: {err:?}");
+    }
 }
 
 #[test]
