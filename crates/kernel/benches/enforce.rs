@@ -1,7 +1,9 @@
 //! `Kernel::enforce` at 10, 100 and 1,000 agents of 5 tools each, allow and deny, beside the
 //! policy part alone (`Kernel::evaluate`) and, as the baseline, raw Cedar `is_authorized` over
 //! the whole unsliced policy set for the same request. `ed25519_sign` (a bare Ed25519 signature
-//! over a certificate-sized message) is the floor the allow path cannot go under.
+//! over a certificate-sized message) is the floor the allow path cannot go under. `record_bytes`
+//! is the allow record's log entry, beside `record_bytes_generic` (serde form, generic RFC 8785
+//! canonicalizer).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -133,13 +135,24 @@ fn bench(c: &mut Criterion) {
         // The agent's permit and argument forbid for this tool, nothing else.
         assert_eq!(kernel.tool_slice_len(&allow.agent, &allow.tool), 2);
         if agents == 1000 {
-            let Decision::Allow(cert) = kernel
-                .enforce(&allow, Timestamp::from_unix_millis(ms), &mut rng)
-                .decision
-            else {
+            let e = kernel.enforce(&allow, Timestamp::from_unix_millis(ms), &mut rng);
+            let Decision::Allow(cert) = &e.decision else {
                 unreachable!()
             };
             message = [CERT_SIGNING_CONTEXT, &cert.claims().canonical_bytes()].concat();
+            // The allow record's log bytes (the gateway writes one per call), beside the
+            // generic way: the serde form through the RFC 8785 canonicalizer.
+            let record = e.record;
+            let generic = |r: &warden_kernel::DecisionRecord| {
+                warden_kernel::canonical_bytes(&serde_json::to_value(r).unwrap())
+            };
+            assert_eq!(record.to_jcs_bytes(), generic(&record));
+            group.bench_function("record_bytes", |b| {
+                b.iter(|| black_box(record.to_jcs_bytes()));
+            });
+            group.bench_function("record_bytes_generic", |b| {
+                b.iter(|| black_box(generic(&record)));
+            });
         }
         group.bench_with_input(BenchmarkId::new("allow", agents), &allow, |b, req| {
             b.iter(|| {
