@@ -553,15 +553,14 @@ impl PolicyBundle {
             .map(|(key, f)| (key.as_str(), CedarValue::from(f.holds(input.args))));
         let origin = input.delegation.first().map_or(input.agent, String::as_str);
         let long = |n: u64| CedarValue::from(i64::try_from(n).unwrap_or(i64::MAX));
-        let record = |pairs: Vec<(&str, CedarValue)>| CedarValue::record(pairs, None);
-        let context: BTreeMap<_, CedarValue> = [
-            ("args", CedarValue::record(args, None)),
-            ("labels", CedarValue::record(labels, None)),
-            ("facts", CedarValue::record(facts, None)),
+        let attributes = [
+            ("args", record(args)),
+            ("labels", record(labels)),
+            ("facts", record(facts)),
             ("taint", CedarValue::from(input.taint)),
             (
                 "delegation",
-                record(vec![
+                record([
                     ("origin", CedarValue::from(origin)),
                     ("depth", long(input.delegation.len() as u64)),
                     (
@@ -578,23 +577,24 @@ impl PolicyBundle {
             ),
             (
                 "usage",
-                record(vec![
+                record([
                     ("agent_calls", long(input.usage.0)),
                     ("session_calls", long(input.usage.1)),
                 ]),
             ),
             (
                 "now",
-                record(vec![
+                record([
                     ("unix", long(input.now.unix_millis() / 1000)),
                     ("minute_of_day", long(input.now.minute_of_day())),
                     ("weekday", long(input.now.weekday())),
                 ]),
             ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.into(), v))
-        .collect();
+        ];
+        let mut context = BTreeMap::new();
+        for (name, value) in attributes {
+            context.insert(name.into(), value);
+        }
         let context = Context::from(cedar_policy_core::ast::Context::Value(Arc::new(context)));
         Request::new(
             EntityTypes::uid(&self.types.agent, input.agent),
@@ -645,7 +645,7 @@ impl PolicyBundle {
                         pairs.push((name.as_str(), self.to_cedar(v, ty)?));
                     }
                 }
-                CedarValue::record(pairs, None)
+                record(pairs)
             }
             _ => return Err(format!("value `{v}` does not fit the declared type")),
         })
@@ -656,17 +656,25 @@ impl PolicyBundle {
 fn label_value(label: &Label) -> CedarValue {
     let sources = label.sources().map(|s| CedarValue::from(s.as_str()));
     let kinds: BTreeSet<&str> = label.sources().map(|s| s.kind()).collect();
-    CedarValue::record(
-        [
-            ("sources", CedarValue::set(sources, None)),
-            (
-                "kinds",
-                CedarValue::set(kinds.into_iter().map(CedarValue::from), None),
-            ),
-            ("trusted", CedarValue::from(label.is_trusted())),
-        ],
-        None,
-    )
+    record([
+        ("sources", CedarValue::set(sources, None)),
+        (
+            "kinds",
+            CedarValue::set(kinds.into_iter().map(CedarValue::from), None),
+        ),
+        ("trusted", CedarValue::from(label.is_trusted())),
+    ])
+}
+
+/// A Cedar record. Inserting a handful of attributes one by one is cheaper than Cedar's own
+/// constructor, which collects, sorts and bulk-builds; a repeated name keeps the last value
+/// either way (names here are distinct: schema properties, fact keys, fixed attributes).
+fn record<'a>(pairs: impl IntoIterator<Item = (&'a str, CedarValue)>) -> CedarValue {
+    let mut map = BTreeMap::new();
+    for (name, value) in pairs {
+        map.insert(name.into(), value);
+    }
+    CedarValue::record_arc(Arc::new(map), None)
 }
 
 /// A Cedar `decimal` literal for `f` (four fraction digits), if in range.
