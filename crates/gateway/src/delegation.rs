@@ -101,7 +101,10 @@ fn verify(
                 now,
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            warden_identity::Error::Delegation(reason) => reason,
+            other => other.to_string(),
+        })?;
     // `hops` ends with the presenter; the kernel's chain is the delegators, origin first, so
     // that `context.delegation.depth` is the number of delegations.
     let mut hops: Vec<String> = chain.hops.iter().map(ToString::to_string).collect();

@@ -18,7 +18,7 @@ use warden_identity::delegation::{ArgConstraint, Attenuation, DelegationIssuer, 
 use warden_identity::workload::{EntryStore, SharedAuthority, WorkloadApi};
 use warden_identity::{
     CaPolicy, CertificateAuthority, IdentityConfig, OsRandom, RegistrationEntry, Selector,
-    SpiffeId, SystemClock, TrustDomain, load_entries_file, save_entries_file,
+    SpiffeId, SystemClock, TrustDomain, X509Svid, load_entries_file, save_entries_file,
 };
 
 /// Arguments of `warden identity`.
@@ -82,6 +82,13 @@ enum IdentityCommand {
         /// Argument constraint `NAME=PREFIX*` (prefix) or `NAME=VALUE` (exact); repeatable.
         #[arg(long = "arg")]
         args: Vec<String>,
+        /// The delegator's X.509-SVID chain (PEM, leaf first: `svid.pem` of `warden identity
+        /// svid --out-dir`); the new block is signed with its key. Required with `--token`.
+        #[arg(long, requires = "svid_key")]
+        svid_cert: Option<PathBuf>,
+        /// The delegator's SVID private key (PKCS#8 PEM: `svid.key`).
+        #[arg(long, requires = "svid_cert")]
+        svid_key: Option<PathBuf>,
     },
     /// Serves the Workload API on a unix socket until interrupted.
     Serve {
@@ -270,9 +277,12 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
             tools,
             ttl,
             args,
+            svid_cert,
+            svid_key,
         } => {
             let holder = SpiffeId::new(&to)?;
-            let expires = SystemTime::now() + parse_ttl(&ttl)?;
+            let now = SystemTime::now();
+            let expires = now + parse_ttl(&ttl)?;
             let key_hex = std::fs::read_to_string(delegation_key_path(&dir))
                 .context("no delegation key; run `warden identity ca init`")?;
             let issuer = DelegationIssuer::from_private_key(&hex::decode(key_hex.trim())?)?;
@@ -281,7 +291,7 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
                     if !args.is_empty() {
                         bail!("argument constraints go on delegated tokens, not root tokens");
                     }
-                    issuer.mint(&holder, &tools, expires)?
+                    issuer.mint(&holder, &tools, now, expires)?
                 }
                 Some(file) => {
                     let text = if file.as_os_str() == "-" {
@@ -291,15 +301,30 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
                             .with_context(|| format!("reading `{}`", file.display()))?
                     };
                     let parent = DelegationToken::from_base64(text.trim(), &issuer.public_key())?;
-                    parent.attenuate(&Attenuation {
-                        holder,
-                        tools: if tools.is_empty() { None } else { Some(tools) },
-                        args: args
-                            .iter()
-                            .map(|a| parse_arg(a))
-                            .collect::<anyhow::Result<_>>()?,
-                        expires,
-                    })?
+                    let (Some(cert), Some(key)) = (svid_cert, svid_key) else {
+                        bail!(
+                            "narrowing a token needs the delegator's SVID: `--svid-cert` and `--svid-key`"
+                        );
+                    };
+                    let delegator = X509Svid::from_pem(
+                        &std::fs::read(&cert)
+                            .with_context(|| format!("reading `{}`", cert.display()))?,
+                        &std::fs::read(&key)
+                            .with_context(|| format!("reading `{}`", key.display()))?,
+                    )?;
+                    parent.attenuate(
+                        &Attenuation {
+                            holder,
+                            tools: if tools.is_empty() { None } else { Some(tools) },
+                            args: args
+                                .iter()
+                                .map(|a| parse_arg(a))
+                                .collect::<anyhow::Result<_>>()?,
+                            expires,
+                        },
+                        &delegator,
+                        now,
+                    )?
                 }
             };
             out(&format!("{}\n", narrowed.to_base64()?))
