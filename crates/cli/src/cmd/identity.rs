@@ -422,6 +422,85 @@ pub(crate) fn load_identity(
     Ok((SharedAuthority::persisted(ca, ca_file), entries))
 }
 
+/// The identity directory of commands without an `--identity-dir` flag (`warden mcp`):
+/// `WARDEN_IDENTITY_DIR`, else `.warden/identity`.
+pub(crate) fn default_dir() -> PathBuf {
+    std::env::var_os("WARDEN_IDENTITY_DIR")
+        .map_or_else(|| PathBuf::from(".warden/identity"), PathBuf::from)
+}
+
+/// How often a gateway that does not run the CA itself re-reads the CA file for its bundle.
+const CA_FILE_POLL: Duration = Duration::from_secs(10);
+
+/// Keeps the delegation verifier of a gateway whose `[gateway.delegation]` has no
+/// `bundle_file` on the embedded CA's bundle (delegators' SVIDs chain to it): from `live`, the
+/// CA this process runs (every rotation at once), else by re-reading the CA file (from
+/// `identity_dir` or the manifest's `[identity] ca_file`) every 10 s. Nothing to do for a
+/// gateway with a bundle file or without delegation. Fails when the CA cannot be read at start.
+/// Runs inside a tokio runtime.
+pub(crate) fn follow_delegation_bundle(
+    gateway: &warden_gateway::GatewayConfig,
+    identity_dir: &Path,
+    config: &Path,
+    live: Option<&SharedAuthority>,
+) -> anyhow::Result<()> {
+    let Some(trust) = gateway.delegation_follows_authority().cloned() else {
+        return Ok(());
+    };
+    if let Some(ca) = live {
+        trust.set(ca.bundle());
+        let ca = ca.clone();
+        let mut changes = ca.subscribe();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                trust.set(ca.bundle());
+            }
+        });
+        return Ok(());
+    }
+    let ca_file = ca_file(identity_dir, Some(config))?;
+    let read = move || -> anyhow::Result<warden_identity::TrustBundle> {
+        let ca =
+            CertificateAuthority::load(&ca_file, Arc::new(SystemClock), Arc::new(OsRandom::new()))
+                .with_context(|| format!("no usable CA at `{}`", ca_file.display()))?;
+        Ok(ca.bundle())
+    };
+    let mut current = read()?;
+    trust.set(current.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CA_FILE_POLL).await;
+            // A CA file being rewritten may not read: keep the bundle in force until it does.
+            if let Ok(bundle) = read()
+                && bundle != current
+            {
+                trust.set(bundle.clone());
+                current = bundle;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The CA file: `ca.json` in `dir`, unless the manifest's `[identity] ca_file` names another.
+fn ca_file(dir: &Path, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let Some(config) = config else {
+        return Ok(ca_path(dir));
+    };
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("reading `{}`", config.display()))?;
+    let manifest: toml::Table = text.parse()?;
+    let Some(table) = manifest.get("identity").and_then(toml::Value::as_table) else {
+        return Ok(ca_path(dir));
+    };
+    let identity = IdentityConfig::from_table(table)?;
+    let base = config.parent().unwrap_or(Path::new("."));
+    Ok(match &identity.ca_file {
+        Some(f) => base.join(f),
+        None => ca_path(dir),
+    })
+}
+
 fn serve(dir: &Path, socket: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let (shared, entries) = load_identity(dir, config)?;
     let api = WorkloadApi::new(shared, EntryStore::new(entries));
@@ -489,4 +568,61 @@ fn pem_cert(der: &[u8]) -> String {
     }
     s.push_str("-----END CERTIFICATE-----\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generate_ca() -> CertificateAuthority {
+        CertificateAuthority::generate(
+            TrustDomain::new("example.org").unwrap(),
+            CaPolicy::default(),
+            Arc::new(SystemClock),
+            Arc::new(OsRandom::new()),
+        )
+        .unwrap()
+    }
+
+    /// A gateway whose `[gateway.delegation]` has no `bundle_file` under `[identity]`.
+    fn follower(dir: &Path) -> (warden_gateway::GatewayConfig, PathBuf) {
+        let text = format!(
+            "trust_domain = \"example.org\"\n[gateway.delegation]\nroot_public_key = \"{}\"\n\
+             [identity]\ntrust_domain = \"example.org\"\n",
+            "58".repeat(32)
+        );
+        let config = dir.join("warden.toml");
+        std::fs::write(&config, &text).unwrap();
+        (warden_gateway::GatewayConfig::parse(&text).unwrap(), config)
+    }
+
+    #[tokio::test]
+    async fn the_delegation_bundle_follows_the_ca_file_or_the_live_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cfg, config) = follower(tmp.path());
+        let trust = cfg.delegation_follows_authority().unwrap().clone();
+        assert!(trust.get().x509_authorities().is_empty());
+        // No CA file yet: a start-up error, not a gateway that silently refuses everything.
+        assert!(follow_delegation_bundle(&cfg, tmp.path(), &config, None).is_err());
+        let ca = generate_ca();
+        ca.save(&ca_path(tmp.path())).unwrap();
+        follow_delegation_bundle(&cfg, tmp.path(), &config, None).unwrap();
+        assert_eq!(*trust.get(), ca.bundle());
+
+        // The CA run by this process: every rotation reaches the verifier.
+        let (cfg, config) = follower(tmp.path());
+        let trust = cfg.delegation_follows_authority().unwrap().clone();
+        let live = SharedAuthority::new(generate_ca());
+        follow_delegation_bundle(&cfg, tmp.path(), &config, Some(&live)).unwrap();
+        assert_eq!(*trust.get(), live.bundle());
+        live.rotate().unwrap();
+        for _ in 0..100 {
+            if *trust.get() == live.bundle() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*trust.get(), live.bundle());
+        assert_eq!(trust.get().x509_authorities().len(), 2);
+    }
 }
