@@ -3,10 +3,12 @@
 //!
 //! The token travels in the call's `_meta` under [`META_DELEGATION`] (every face) or in the HTTP
 //! header [`DELEGATION_HEADER`] (the HTTP face copies it into `_meta`; both present and different
-//! is refused). The gateway verifies the chain with the root public key alone, requires the
-//! authenticated caller to be the last holder named, checks the called tool and its arguments
-//! against every block, and hands the delegators (origin first, the caller excluded) to the
-//! kernel, whose policy sees them as `context.delegation` (`origin`, `depth`, `hops`).
+//! is refused). The gateway verifies the chain with the root public key and, for each hop, the
+//! delegator's X.509-SVID against the trust bundle (`bundle_file`, or the `[identity]` CA's),
+//! requires the authenticated caller to be the last holder named, checks the called tool and
+//! its arguments against every block, and hands the delegators (origin first, the caller
+//! excluded) to the kernel, whose policy sees them as `context.delegation` (`origin`, `depth`,
+//! `hops`).
 //!
 //! Any failure is a logged denial with rule `delegation` and the verifier's reason: the call is
 //! decided by the authority as refused, never forwarded. The token never goes upstream.
