@@ -83,7 +83,8 @@ enum IdentityCommand {
         #[arg(long = "arg")]
         args: Vec<String>,
         /// The delegator's X.509-SVID chain (PEM, leaf first: `svid.pem` of `warden identity
-        /// svid --out-dir`); the new block is signed with its key. Required with `--token`.
+        /// svid --out-dir`); the new block is signed with its key. Without it (with `--token`),
+        /// the SVID is fetched from the Workload API at `SPIFFE_ENDPOINT_SOCKET`.
         #[arg(long, requires = "svid_key")]
         svid_cert: Option<PathBuf>,
         /// The delegator's SVID private key (PKCS#8 PEM: `svid.key`).
@@ -301,17 +302,15 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
                             .with_context(|| format!("reading `{}`", file.display()))?
                     };
                     let parent = DelegationToken::from_base64(text.trim(), &issuer.public_key())?;
-                    let (Some(cert), Some(key)) = (svid_cert, svid_key) else {
-                        bail!(
-                            "narrowing a token needs the delegator's SVID: `--svid-cert` and `--svid-key`"
-                        );
+                    let delegator = match (svid_cert, svid_key) {
+                        (Some(cert), Some(key)) => X509Svid::from_pem(
+                            &std::fs::read(&cert)
+                                .with_context(|| format!("reading `{}`", cert.display()))?,
+                            &std::fs::read(&key)
+                                .with_context(|| format!("reading `{}`", key.display()))?,
+                        )?,
+                        _ => workload_svid()?,
                     };
-                    let delegator = X509Svid::from_pem(
-                        &std::fs::read(&cert)
-                            .with_context(|| format!("reading `{}`", cert.display()))?,
-                        &std::fs::read(&key)
-                            .with_context(|| format!("reading `{}`", key.display()))?,
-                    )?;
                     parent.attenuate(
                         &Attenuation {
                             holder,
@@ -331,6 +330,34 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
         }
         IdentityCommand::Serve { socket, config } => serve(&dir, &socket, config.as_deref()),
     }
+}
+
+/// The caller's own X.509-SVID from the Workload API at `SPIFFE_ENDPOINT_SOCKET`.
+fn workload_svid() -> anyhow::Result<X509Svid> {
+    if std::env::var_os("SPIFFE_ENDPOINT_SOCKET").is_none() {
+        bail!(
+            "narrowing a token needs the delegator's SVID: `--svid-cert` and `--svid-key`, or \
+             `SPIFFE_ENDPOINT_SOCKET` naming a Workload API"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let svid = rt
+        .block_on(async {
+            let client = spiffe::WorkloadApiClient::connect_env().await?;
+            client.fetch_x509_svid().await
+        })
+        .context("fetching the X.509-SVID from `SPIFFE_ENDPOINT_SOCKET`")?;
+    let chain = svid
+        .cert_chain()
+        .iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.as_bytes().to_vec()))
+        .collect();
+    Ok(X509Svid::from_der(
+        chain,
+        svid.private_key().as_bytes().to_vec(),
+    )?)
 }
 
 fn entries(dir: &Path, command: EntriesCommand) -> anyhow::Result<()> {
