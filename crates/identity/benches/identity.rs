@@ -228,15 +228,19 @@ fn delegation(c: &mut Criterion) {
     let first = DelegationVerifier::new(&issuer.public_key(), TrustStore::new(ca.bundle()))
         .with_cache_capacity(0);
     let repeat = DelegationVerifier::new(&issuer.public_key(), TrustStore::new(ca.bundle()));
-    let now = SystemTime::now();
-    let expires = now + Duration::from_secs(3600);
+    let expires = SystemTime::now() + Duration::from_secs(3600);
     let tools = vec!["fs/read".to_owned(), "git/log".to_owned()];
     let args = [("path".to_owned(), ArgValue::Str("/tmp/x".into()))];
     let mut g = c.benchmark_group("delegation_verify");
     // `N_hops`: N holders, so N - 1 delegations, each a block signed by its delegator's SVID.
     for hops in [1usize, 3, 8] {
         let mut token = issuer
-            .mint(&id("spiffe://example.org/h0"), &tools, now, expires)
+            .mint(
+                &id("spiffe://example.org/h0"),
+                &tools,
+                SystemTime::now(),
+                expires,
+            )
             .unwrap();
         for i in 1..hops {
             let delegator = ca
@@ -251,7 +255,8 @@ fn delegation(c: &mut Criterion) {
                         expires,
                     },
                     &delegator,
-                    now,
+                    // Each block is issued when it is made, after its delegator's SVID.
+                    SystemTime::now(),
                 )
                 .unwrap();
         }
@@ -261,7 +266,7 @@ fn delegation(c: &mut Criterion) {
             presenter: &presenter,
             tool: "fs/read",
             args: &args,
-            now,
+            now: SystemTime::now(),
         };
         first.authorize(&b64, &call).unwrap();
         repeat.authorize(&b64, &call).unwrap();
