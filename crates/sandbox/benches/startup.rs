@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use warden_sandbox::{HelperBinary, Options, Profile, Sandbox};
+use warden_sandbox::{HelperBinary, Options, Profile, Sandbox, SandboxStdio};
 
 fn helper() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden-sandbox-helper"))
@@ -71,7 +71,7 @@ fn startup(c: &mut Criterion) {
         let outcome = sandbox
             .run(
                 &argv,
-                Stdio::null(),
+                SandboxStdio::Null,
                 Box::new(std::io::sink()),
                 Box::new(std::io::sink()),
             )

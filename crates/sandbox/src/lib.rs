@@ -29,7 +29,7 @@ mod sys;
 pub use helper::run_helper_if_requested;
 pub use launch::{
     DEFAULT_SANDBOX_ID, Ending, HelperBinary, Options, Outcome, PROXY_PORT_INSIDE, Sandbox,
-    SandboxedChild, Weakening,
+    SandboxStdio, SandboxedChild, Weakening,
 };
 pub use profile::{Limits, Profile};
 

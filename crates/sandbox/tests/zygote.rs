@@ -163,6 +163,70 @@ fn a_dead_zygote_is_started_again() {
     assert_ne!(namespaces(helper), namespaces(std::process::id()));
 }
 
+/// The namespaces process `pid` holds open through descriptors (`user:[…]`, `net:[…]`).
+fn held_namespaces(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("user:[") || l.starts_with("net:["))
+        .collect()
+}
+
+/// The spare user and network namespaces the zygote holds for the next start, once made.
+fn spare_of(zygote: u32) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut held = held_namespaces(zygote);
+        if held.len() == 2 || Instant::now() > deadline {
+            held.sort();
+            return held;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn user_and_net(pid: u32) -> Vec<String> {
+    let mut ns: Vec<String> = namespaces(pid)
+        .into_iter()
+        .filter(|n| n.starts_with("user:") || n.starts_with("net:"))
+        .collect();
+    ns.sort();
+    ns
+}
+
+#[test]
+fn each_pre_made_namespace_serves_exactly_one_start() {
+    let sandbox = Sandbox::new(Profile::default(), options());
+    let null = Stdio::null;
+    let first = sandbox
+        .spawn(&shell("exec sleep 30"), [null(), null(), null()])
+        .unwrap();
+    let a = u32::try_from(first.id()).unwrap();
+    let zygote = parent_of(a);
+    // The zygote holds a pre-made user and network namespace for the next start only.
+    let spare = spare_of(zygote);
+    assert_eq!(spare.len(), 2, "no spare namespaces held: {spare:?}");
+    assert_ne!(spare, user_and_net(a));
+    assert_ne!(spare, user_and_net(std::process::id()));
+    let second = sandbox
+        .spawn(&shell("exec sleep 30"), [null(), null(), null()])
+        .unwrap();
+    let b = u32::try_from(second.id()).unwrap();
+    // The next start entered exactly those, and the zygote let go of them.
+    assert_eq!(user_and_net(b), spare);
+    let next = spare_of(zygote);
+    assert_eq!(next.len(), 2, "no new spare: {next:?}");
+    assert!(
+        next.iter().all(|n| !spare.contains(n)),
+        "a spare was kept after use: {next:?} / {spare:?}"
+    );
+    // That the pre-made network namespace belongs to the sandbox's own user namespace is shown
+    // by the egress tests: the helper can bring its loopback up for the relay only then.
+    drop((first, second));
+}
+
 /// The caller of `the_zygote_and_its_sandboxes_die_with_the_caller`, run as a separate process.
 #[test]
 fn zygote_caller() {
