@@ -233,6 +233,17 @@ pub struct Sandbox {
     kernel: OnceLock<KernelFeatures>,
     /// Where cgroups go, found at the first start.
     cgroup_layout: OnceLock<CgroupLayout>,
+    /// The next start's cgroups, made (empty, with this profile's limits) while the previous
+    /// start's helper was setting up; taken by exactly one start.
+    spare_cgroup: Mutex<Option<Cgroup>>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(cg) = self.spare_cgroup.get_mut().ok().and_then(Option::take) {
+            cg.remove();
+        }
+    }
 }
 
 /// The running zygote (see `helper.rs`): forks one helper per start. Kept alive by its
@@ -339,6 +350,7 @@ impl Sandbox {
             zygote: Mutex::new(None),
             kernel: OnceLock::new(),
             cgroup_layout: OnceLock::new(),
+            spare_cgroup: Mutex::new(None),
         }
     }
 
@@ -407,10 +419,8 @@ impl Sandbox {
             .map_or(0, |d| d.subsec_nanos());
         let name = format!("warden-{}-{n}-{nanos}", std::process::id());
 
-        let cgroup = match self
-            .cgroup_layout()
-            .and_then(|layout| Cgroup::create(layout, &name, limits.memory_bytes, limits.pids))
-        {
+        let spare = self.spare_cgroup.lock().ok().and_then(|mut s| s.take());
+        let cgroup = match spare.map_or_else(|| self.new_cgroup(), Ok) {
             Ok(cg) => Some(cg),
             Err(e) if self.options.weakening.allow_without_cgroups => {
                 weakened.push(format!("no cgroups ({e})"));
@@ -595,6 +605,9 @@ impl Sandbox {
         if let Some(mut w) = config_w.take() {
             send(&mut w)?;
         }
+        if child.cgroup.is_some() {
+            self.refill_spare_cgroup();
+        }
         let mut buf = [0u8; 16];
         let started = sys::recv_with_fds(reply.as_raw_fd(), &mut buf);
         if let Some(mut p) = passer {
@@ -708,6 +721,29 @@ impl Sandbox {
         let features = *self.kernel.get_or_init(KernelFeatures::probe);
         weakened.extend(features.verdict(self.options.weakening)?);
         Ok(())
+    }
+
+    /// New, empty cgroups with this profile's limits.
+    fn new_cgroup(&self) -> Result<Cgroup, Error> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("warden-{}-{n}-{nanos}-cg", std::process::id());
+        let limits = &self.profile.limits;
+        let layout = self.cgroup_layout()?;
+        Cgroup::create(layout, &name, limits.memory_bytes, limits.pids)
+    }
+
+    /// Makes the next start's cgroups if there are none yet (while this start's helper runs on
+    /// another CPU). A failure is left for the next start to meet and report.
+    fn refill_spare_cgroup(&self) {
+        let Ok(mut slot) = self.spare_cgroup.lock() else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = self.new_cgroup().ok();
+        }
     }
 
     /// The cgroup layout, found at the first start and kept (a failure is not kept: the next

@@ -227,6 +227,72 @@ fn each_pre_made_namespace_serves_exactly_one_start() {
     drop((first, second));
 }
 
+/// The directory holding this process's pids cgroup (v1) or its cgroup (v2).
+fn own_cgroup_dir() -> std::path::PathBuf {
+    let own = cgroups(std::process::id());
+    let (base, rel) = own
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if controllers.split(',').any(|c| c == "pids") {
+                Some(("/sys/fs/cgroup/pids", path))
+            } else if controllers.is_empty() {
+                Some(("/sys/fs/cgroup", path))
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    std::path::Path::new(base).join(rel.trim_start_matches('/'))
+}
+
+/// Names of this process's sandbox cgroups that exist now.
+fn our_sandbox_cgroups() -> Vec<String> {
+    let prefix = format!("warden-{}-", std::process::id());
+    let mut names: Vec<String> = std::fs::read_dir(own_cgroup_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The name of the sandbox cgroup process `pid` is in.
+fn sandbox_cgroup_of(pid: u32) -> String {
+    let text = cgroups(pid);
+    let path = text.lines().find(|l| l.contains("/warden-")).unwrap();
+    path.rsplit('/').next().unwrap().to_owned()
+}
+
+#[test]
+fn spare_cgroups_serve_one_start_and_go_with_the_sandbox() {
+    let sandbox = Sandbox::new(Profile::default(), options());
+    let null = Stdio::null;
+    let first = sandbox
+        .spawn(&shell("exec sleep 30"), [null(), null(), null()])
+        .unwrap();
+    let a = sandbox_cgroup_of(u32::try_from(first.id()).unwrap());
+    // Beside the first start's cgroup, one empty spare waits for the next start.
+    let made = our_sandbox_cgroups();
+    assert_eq!(made.len(), 2, "{made:?}");
+    let spare = made.iter().find(|n| **n != a).unwrap().clone();
+    let spare_procs = own_cgroup_dir().join(&spare).join("cgroup.procs");
+    assert_eq!(std::fs::read_to_string(&spare_procs).unwrap(), "");
+    let second = sandbox
+        .spawn(&shell("exec sleep 30"), [null(), null(), null()])
+        .unwrap();
+    let b = sandbox_cgroup_of(u32::try_from(second.id()).unwrap());
+    assert_eq!(b, spare, "the second start did not take the spare");
+    assert_ne!(a, b);
+    drop((first, second));
+    // The children's cgroups went with them; the new spare goes with the sandbox.
+    assert_eq!(our_sandbox_cgroups().len(), 1);
+    drop(sandbox);
+    assert_eq!(our_sandbox_cgroups(), Vec::<String>::new());
+}
+
 /// The caller of `the_zygote_and_its_sandboxes_die_with_the_caller`, run as a separate process.
 #[test]
 fn zygote_caller() {
@@ -274,6 +340,7 @@ fn the_zygote_and_its_sandboxes_die_with_the_caller() {
     let sandbox_cgroups = cgroups(helper);
     // Control: everything is running before the caller dies.
     assert!(all.iter().all(|&p| !gone(p)));
+    let caller_id = caller.id();
     caller.kill().unwrap();
     caller.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -293,6 +360,14 @@ fn the_zygote_and_its_sandboxes_die_with_the_caller() {
             };
             if p.contains("/warden-") {
                 let _ = std::fs::remove_dir(format!("{base}{p}"));
+                // And the spare cgroups the caller had made for its next start.
+                let parent = std::path::Path::new(&format!("{base}{p}")).with_file_name("");
+                let prefix = format!("warden-{caller_id}-");
+                for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                    if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
+                }
             }
         }
     }
