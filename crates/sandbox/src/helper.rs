@@ -2,9 +2,10 @@
 //! and the command's last steps before `exec`.
 //!
 //! Process tree: caller → zygote (started once per `Sandbox`, single-threaded, cleared
-//! environment, never enters anything) → helper (one fork per start; joins the sandbox's
-//! cgroups before anything else, so it forks nothing outside them; sets rlimits, prepares the
-//! bind mounts, drops to the sandbox uid, unshares the namespaces) → PID 1 of the new pid
+//! environment, never enters anything; forks a short-lived maker that makes the next start's
+//! user and network namespaces) → helper (one fork per start; joins the sandbox's cgroups
+//! before anything else, so it forks nothing outside them; sets rlimits, prepares the bind
+//! mounts, drops to the sandbox uid, enters the pre-made namespaces, unshares the others) → PID 1 of the new pid
 //! namespace (builds the root, pivots, runs the egress relay, reaps, and exits with the
 //! command's status, which kills the namespace) → the command (no-new-privs, Landlock,
 //! capability drop, descriptors closed, seccomp, exec).
