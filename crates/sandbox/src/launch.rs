@@ -608,6 +608,11 @@ impl Sandbox {
         if child.cgroup.is_some() {
             self.refill_spare_cgroup();
         }
+        // The report pipe reaches end of file once the command is executed or set-up failed
+        // (or the zygote or helper is gone). Waiting on it first means one wake-up: the helper's
+        // pidfd message is already queued on the reply socket by then.
+        let mut report = String::new();
+        let _ = std::fs::File::from(report_r).read_to_string(&mut report);
         let mut buf = [0u8; 16];
         let started = sys::recv_with_fds(reply.as_raw_fd(), &mut buf);
         if let Some(mut p) = passer {
@@ -625,8 +630,6 @@ impl Sandbox {
             other => {
                 // No helper: the zygote refused or died, or the helper failed before it could
                 // answer. Fail closed with whatever it reported.
-                let mut report = String::new();
-                let _ = std::fs::File::from(report_r).read_to_string(&mut report);
                 if !report.is_empty() {
                     return Err(Error::Setup(report));
                 }
@@ -636,8 +639,6 @@ impl Sandbox {
                 }));
             }
         }
-        let mut report = String::new();
-        let _ = std::fs::File::from(report_r).read_to_string(&mut report);
         if !report.is_empty() {
             child.kill();
             return Err(Error::Setup(report));
