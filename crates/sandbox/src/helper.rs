@@ -3,7 +3,8 @@
 //!
 //! Process tree: caller → zygote (started once per `Sandbox`, single-threaded, cleared
 //! environment, never enters anything; forks a short-lived maker that makes the next start's
-//! user and network namespaces) → helper (one fork per start; joins the sandbox's cgroups
+//! user and network namespaces, and the next start's helper, which waits for its one job) →
+//! helper (one fork per start; joins the sandbox's cgroups
 //! before anything else, so it forks nothing outside them; sets rlimits, prepares the bind
 //! mounts, drops to the sandbox uid, enters the pre-made namespaces, unshares the others) → PID 1 of the new pid
 //! namespace (builds the root, pivots, runs the egress relay, reaps, and exits with the
@@ -150,7 +151,23 @@ fn zygote_main() -> i32 {
     let mut buf = vec![0u8; 64 * 1024];
     let mut spare: Option<Spare> = None;
     let mut maker = start_spare(drop_to);
+    let mut idle: Option<OwnedFd> = None;
     loop {
+        // The next start's helper, forked ahead of time: it only waits for its job (below).
+        if idle.is_none()
+            && let Ok((ours, theirs)) = sys::seqpacket_pair()
+        {
+            match sys::fork() {
+                Ok(Fork::Child) => {
+                    // Nothing of the zygote's but its clean memory: not the control socket,
+                    // not a spare made for another start.
+                    drop((control, ours, maker, spare));
+                    sys::exit_now(idle_helper(zygote, &theirs, seccomp.as_deref()));
+                }
+                Ok(Fork::Parent(_)) => idle = Some(ours),
+                Err(_) => {}
+            }
+        }
         let mut watched = vec![control.as_raw_fd()];
         watched.extend(maker.as_ref().map(AsRawFd::as_raw_fd));
         let Ok(ready) = sys::poll_readable(&watched, None) else {
@@ -180,6 +197,20 @@ fn zygote_main() -> i32 {
         let ready_spare = spare
             .take()
             .or_else(|| maker.take().and_then(|m| collect_spare(&m, SPARE_WAIT_MS)));
+        // Hand the job to the idle helper; fork one now only if it cannot take it.
+        let handed = idle.take().is_some_and(|helper| {
+            let mut all: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            if let Some(s) = &ready_spare {
+                all.extend([s.user.as_raw_fd(), s.net.as_raw_fd()]);
+            }
+            let job = buf.get(..n).unwrap_or_default();
+            sys::send_with_fds(helper.as_raw_fd(), job, &all).is_ok()
+        });
+        if handed {
+            drop((fds, ready_spare));
+            maker = start_spare(drop_to);
+            continue;
+        }
         if let Ok(Fork::Child) = sys::fork() {
             drop(control);
             sys::exit_now(warm_helper(
@@ -195,6 +226,37 @@ fn zygote_main() -> i32 {
         drop(ready_spare);
         maker = start_spare(drop_to);
     }
+}
+
+/// A helper forked before its job: waits for exactly one job from the zygote (the request, its
+/// six descriptors and possibly the spare namespaces), then runs it as [`warm_helper`]. Exits
+/// without doing anything if the zygote goes away first.
+fn idle_helper(
+    zygote: libc::pid_t,
+    socket: &OwnedFd,
+    seccomp: Option<&[libc::sock_filter]>,
+) -> i32 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (n, mut fds) = match sys::recv_with_fds(socket.as_raw_fd(), &mut buf) {
+        Ok((n, fds)) if n > 0 => (n, fds),
+        _ => return 0,
+    };
+    let spare = match fds.len() {
+        REQUEST_FDS => None,
+        n if n == REQUEST_FDS + 2 => {
+            let net = fds.pop();
+            let user = fds.pop();
+            user.zip(net).map(|(user, net)| Spare { user, net })
+        }
+        _ => return 125,
+    };
+    let Ok(fds) = <[OwnedFd; REQUEST_FDS]>::try_from(fds) else {
+        return 125;
+    };
+    let Some(Ok(request)) = buf.get(..n).map(serde_json::from_slice::<StartRequest>) else {
+        return 125;
+    };
+    warm_helper(zygote, &request, fds, spare, seccomp)
 }
 
 /// Forks a maker for the next start's spare namespaces; returns the socket it answers on.

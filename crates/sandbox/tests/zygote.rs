@@ -227,6 +227,53 @@ fn each_pre_made_namespace_serves_exactly_one_start() {
     drop((first, second));
 }
 
+/// The zygote's child waiting for the next start (not `busy`, and still there a moment later,
+/// unlike a namespace maker).
+fn idle_helper_of(zygote: u32, busy: &[u32]) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting = |kids: Vec<u32>| -> Vec<u32> {
+            kids.into_iter().filter(|k| !busy.contains(k)).collect()
+        };
+        let now = waiting(children_of(zygote));
+        std::thread::sleep(Duration::from_millis(20));
+        let later = waiting(children_of(zygote));
+        if let ([a], [b]) = (now.as_slice(), later.as_slice())
+            && a == b
+        {
+            return *a;
+        }
+        assert!(Instant::now() < deadline, "no idle helper: {later:?}");
+    }
+}
+
+#[test]
+fn a_pre_forked_helper_waits_clean_and_serves_one_start() {
+    let sandbox = Sandbox::new(Profile::default(), options());
+    let null = Stdio::null;
+    let first = sandbox
+        .spawn(&shell("exec sleep 30"), [null(), null(), null()])
+        .unwrap();
+    let a = u32::try_from(first.id()).unwrap();
+    let zygote = parent_of(a);
+    let idle = idle_helper_of(zygote, &[a]);
+    // Waiting, it is the zygote's clean fork: same namespaces and cgroups, nothing held.
+    assert_eq!(namespaces(idle), namespaces(zygote));
+    assert_eq!(cgroups(idle), cgroups(zygote));
+    assert_eq!(held_namespaces(idle), Vec::<String>::new());
+    let second = sandbox
+        .spawn(&shell("exec sleep 30"), [null(), null(), null()])
+        .unwrap();
+    let b = u32::try_from(second.id()).unwrap();
+    assert_eq!(b, idle, "the second start did not use the waiting helper");
+    // Control: now it is a sandbox helper, in its own namespaces and cgroups.
+    assert_ne!(namespaces(b), namespaces(zygote));
+    assert_ne!(cgroups(b), cgroups(zygote));
+    let next = idle_helper_of(zygote, &[a, b]);
+    assert_ne!(next, b);
+    drop((first, second));
+}
+
 /// The directory holding this process's pids cgroup (v1) or its cgroup (v2).
 fn own_cgroup_dir() -> std::path::PathBuf {
     let own = cgroups(std::process::id());
@@ -336,7 +383,8 @@ fn the_zygote_and_its_sandboxes_die_with_the_caller() {
     assert_eq!(pid1.len(), 1);
     let command = children_of(pid1[0]);
     assert_eq!(command.len(), 1);
-    let all = [zygote, helper, pid1[0], command[0]];
+    let idle = idle_helper_of(zygote, &[helper]);
+    let all = [zygote, helper, pid1[0], command[0], idle];
     let sandbox_cgroups = cgroups(helper);
     // Control: everything is running before the caller dies.
     assert!(all.iter().all(|&p| !gone(p)));
