@@ -4,12 +4,12 @@
 //! Process tree: caller → zygote (started once per `Sandbox`, single-threaded, cleared
 //! environment, never enters anything; forks a short-lived maker that makes the next start's
 //! user and network namespaces, and the next start's helper, which waits for its one job) →
-//! helper (one fork per start; joins the sandbox's cgroups
-//! before anything else, so it forks nothing outside them; sets rlimits, prepares the bind
-//! mounts, drops to the sandbox uid, enters the pre-made namespaces, unshares the others) → PID 1 of the new pid
-//! namespace (builds the root, pivots, runs the egress relay, reaps, and exits with the
-//! command's status, which kills the namespace) → the command (no-new-privs, Landlock,
-//! capability drop, descriptors closed, seccomp, exec).
+//! helper (one per start; joins the sandbox's cgroups before anything else, so it forks nothing
+//! outside them; sets rlimits, prepares the bind mounts, drops to the sandbox uid, enters the
+//! pre-made namespaces, unshares the others) → PID 1 of the new pid namespace (builds the root,
+//! pivots, runs the egress relay, reaps, and exits with the command's status, which kills the
+//! namespace) → the command (no-new-privs, Landlock, capability drop, descriptors closed,
+//! seccomp, exec).
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -96,7 +96,7 @@ struct RootPlan {
 
 /// A user namespace and a network namespace owned by it, made ahead of time by a maker process
 /// the zygote forked, for exactly one start: the zygote holds at most one, hands it to the next
-/// helper it forks and closes its own copies, so no other start can ever receive it.
+/// start's helper and closes its own copies, so no other start can ever receive it.
 struct Spare {
     user: OwnedFd,
     net: OwnedFd,
@@ -260,7 +260,8 @@ fn idle_helper(
 }
 
 /// Forks a maker for the next start's spare namespaces; returns the socket it answers on.
-/// (The maker also inherits the control socket; it never reads it and exits at once.)
+/// (The maker also inherits the control socket; it never reads it and exits at once. It holds
+/// no spare and no waiting helper's socket: both are always taken before a maker is forked.)
 fn start_spare(drop_to: Option<(u32, u32)>) -> Option<OwnedFd> {
     let (ours, theirs) = sys::seqpacket_pair().ok()?;
     match sys::fork().ok()? {
