@@ -164,6 +164,9 @@ pub struct Session {
     delivered: Mutex<HashMap<String, u64>>,
     /// Woken each time the pump delivered an event.
     delivered_tick: tokio::sync::Notify,
+    /// Change notifications (list changed, resource updated) of connections that have no listen
+    /// stream of their own (legacy servers), for `subscriptions/listen` relays (see `listen.rs`).
+    changes: tokio::sync::broadcast::Sender<(String, Value)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -208,6 +211,7 @@ impl Session {
             next_sink: AtomicU64::new(1),
             delivered: Mutex::default(),
             delivered_tick: tokio::sync::Notify::new(),
+            changes: tokio::sync::broadcast::channel(crate::upstream::LISTEN_BUFFER).0,
         });
         tokio::spawn(pump(Arc::downgrade(&session), rx));
         session
@@ -418,8 +422,10 @@ impl Session {
         if self.gw.cfg.servers.len() == 1 {
             // One upstream: resources, prompts and completions pass through unchanged.
             if let Some(obj) = caps.as_object_mut() {
-                obj.insert("resources".into(), json!({}));
-                obj.insert("prompts".into(), json!({}));
+                // Their list-changed notifications are relayed (`subscriptions/listen`, or the
+                // session stream of a legacy agent).
+                obj.insert("resources".into(), json!({"listChanged": true}));
+                obj.insert("prompts".into(), json!({"listChanged": true}));
                 obj.insert("completions".into(), json!({}));
                 obj.insert("logging".into(), json!({}));
             }
@@ -428,16 +434,19 @@ impl Session {
     }
 
     fn discover(&self) -> Value {
+        let info = json!({"name": "warden", "version": env!("CARGO_PKG_VERSION")});
         json!({
             "supportedVersions": SUPPORTED_VERSIONS,
             "capabilities": self.capabilities(),
-            "serverInfo": {"name": "warden", "version": env!("CARGO_PKG_VERSION")},
+            "serverInfo": info,
+            "_meta": {"io.modelcontextprotocol/serverInfo": info},
             "ttlMs": 0,
             "cacheScope": "private",
         })
     }
 
-    async fn upstream(&self, server: &str) -> Result<Arc<Upstream>, Error> {
+    /// The session's connection to `server`, opened on first use.
+    pub(crate) async fn upstream(&self, server: &str) -> Result<Arc<Upstream>, Error> {
         let mut ups = self.upstreams.lock().await;
         if let Some(up) = ups.get(server) {
             return Ok(up.clone());
@@ -549,6 +558,20 @@ impl Session {
             }
         }
         Ok(visible)
+    }
+
+    /// `server` announced that its tools changed: re-lists them at once, so that changed
+    /// definitions are flagged (and refused) before the agent re-fetches the list.
+    pub(crate) async fn tools_changed(&self, server: &str) {
+        if let Ok(mut t) = self.tools.lock() {
+            t.retain(|k, _| !k.starts_with(&format!("{server}/")));
+        }
+        let _ = self.list_server(server).await;
+    }
+
+    /// Change notifications of servers whose connection has no listen stream (legacy era).
+    pub(crate) fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<(String, Value)> {
+        self.changes.subscribe()
     }
 
     fn event(&self, event: Value) {
@@ -1034,6 +1057,9 @@ impl Session {
                     if let Ok(mut t) = self.tools.lock() {
                         t.retain(|k, _| !k.starts_with(&format!("{server}/")));
                     }
+                }
+                if crate::listen::is_change(method) {
+                    let _ = self.changes.send((server.clone(), frame.clone()));
                 }
                 if method == "notifications/cancelled" {
                     // The server withdrew one of its own requests: translate the id back.

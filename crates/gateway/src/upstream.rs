@@ -47,6 +47,9 @@ struct PendingMap {
     /// Notifications and server→client requests sent to the session so far. A response read
     /// after them must not reach the agent before them (see [`Upstream::routed`]).
     routed: AtomicU64,
+    /// Open `subscriptions/listen` streams of a stdio server, by the upstream id of their
+    /// request: their notifications (tagged with that id) and final response go there.
+    subscriptions: Mutex<HashMap<u64, mpsc::Sender<Value>>>,
 }
 
 impl PendingMap {
@@ -513,6 +516,84 @@ impl Upstream {
         }
     }
 
+    /// Opens a `subscriptions/listen` stream (2026-07-28) on this server with `params`. Its
+    /// frames arrive on the returned receiver, in order: the acknowledgement, notifications, and
+    /// the response that ends the stream (or an error response when the server refuses). At most
+    /// [`LISTEN_BUFFER`] frames wait; dropping the receiver closes the stream upstream (HTTP: the
+    /// connection; stdio: `notifications/cancelled`).
+    pub async fn listen(self: &Arc<Self>, params: Value) -> Result<mpsc::Receiver<Value>, Error> {
+        let id = self.reserve_id();
+        let mut frame =
+            json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen", "params": params});
+        add_modern_meta(&mut frame, &self.client_caps);
+        let (tx, rx) = mpsc::channel(LISTEN_BUFFER);
+        match &self.transport {
+            Transport::Http {
+                client,
+                url,
+                session_id,
+            } => {
+                let body = serde_json::to_vec(&frame).map_err(|e| upstream_err(&self.name, e))?;
+                let req = self
+                    .http_builder(client, url, session_id, &frame)
+                    .body(body);
+                let resp = tokio::time::timeout(self.timeout, req.send())
+                    .await
+                    .map_err(|_| upstream_err(&self.name, "timed out"))?
+                    .map_err(|e| upstream_err(&self.name, e))?;
+                if !is_sse(&resp) {
+                    let status = resp.status();
+                    let bytes = tokio::time::timeout(self.timeout, resp.bytes())
+                        .await
+                        .map_err(|_| upstream_err(&self.name, "timed out"))?
+                        .map_err(|e| upstream_err(&self.name, e))?;
+                    let answer = serde_json::from_slice::<Value>(&bytes)
+                        .ok()
+                        .filter(|v| jsonrpc::classify(v) == Kind::Response)
+                        .ok_or_else(|| upstream_err(&self.name, format_args!("http {status}")))?;
+                    let _ = tx.try_send(answer);
+                    return Ok(rx);
+                }
+                tokio::spawn(read_listen_stream(resp, tx));
+            }
+            Transport::Stdio { .. } => {
+                self.pending
+                    .subscriptions
+                    .lock()
+                    .map_err(|_| upstream_err(&self.name, "poisoned"))?
+                    .insert(id, tx.clone());
+                let up = Arc::downgrade(self);
+                if let Err(e) = self.notify(frame).await {
+                    if let Ok(mut subs) = self.pending.subscriptions.lock() {
+                        subs.remove(&id);
+                    }
+                    return Err(e);
+                }
+                // When the listener goes away before the server ended the stream, cancel it.
+                tokio::spawn(async move {
+                    tx.closed().await;
+                    let Some(up) = up.upgrade() else { return };
+                    let open = up
+                        .pending
+                        .subscriptions
+                        .lock()
+                        .ok()
+                        .and_then(|mut subs| subs.remove(&id))
+                        .is_some();
+                    if open {
+                        let _ = up
+                            .notify(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "listener closed"}}))
+                            .await;
+                    }
+                });
+            }
+            Transport::Replay(_) => {
+                return Err(upstream_err(&self.name, "a recording has no listen stream"));
+            }
+        }
+        Ok(rx)
+    }
+
     /// Sends a notification or a response (to a server→client request).
     pub async fn notify(&self, frame: Value) -> Result<(), Error> {
         match &self.transport {
@@ -588,6 +669,68 @@ impl Upstream {
         else {
             return Err(upstream_err(&self.name, "not an http upstream"));
         };
+        let req = self.http_builder(client, url, session_id, frame);
+        let body = serde_json::to_vec(frame).map_err(|e| upstream_err(&self.name, e))?;
+        let mut resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| upstream_err(&self.name, e))?;
+        if let Some(sid) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            && let Ok(mut s) = session_id.lock()
+        {
+            *s = Some(sid.to_owned());
+        }
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        if !is_sse(&resp) {
+            let status = resp.status();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| upstream_err(&self.name, e))?;
+            return match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) if jsonrpc::classify(&v) == Kind::Response || v.get("error").is_some() => {
+                    Ok(Some(v))
+                }
+                _ => Err(upstream_err(&self.name, format_args!("http {status}"))),
+            };
+        }
+        let mut parser = crate::sse::SseParser::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| upstream_err(&self.name, e))?
+        {
+            let events = parser
+                .push(&chunk)
+                .map_err(|e| upstream_err(&self.name, e))?;
+            for event in events {
+                if let Ok(frame) = serde_json::from_str::<Value>(&event) {
+                    if jsonrpc::classify(&frame) == Kind::Response
+                        && frame.get("id") == Some(&json!(id))
+                    {
+                        return Ok(Some(frame));
+                    }
+                    route(&self.name, frame, &self.pending, &self.events);
+                }
+            }
+        }
+        Err(upstream_err(&self.name, "stream ended without a response"))
+    }
+
+    /// The POST of `frame` with the headers its era and method call for (no body yet).
+    fn http_builder(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        session_id: &Mutex<Option<String>>,
+        frame: &Value,
+    ) -> reqwest::RequestBuilder {
         let era = self.era();
         let mut req = client
             .post(url)
@@ -641,62 +784,36 @@ impl Upstream {
                 }
             }
         }
-        let body = serde_json::to_vec(frame).map_err(|e| upstream_err(&self.name, e))?;
-        let mut resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| upstream_err(&self.name, e))?;
-        if let Some(sid) = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            && let Ok(mut s) = session_id.lock()
-        {
-            *s = Some(sid.to_owned());
-        }
-        let Some(id) = id else {
-            return Ok(None);
+        req
+    }
+}
+
+/// How many frames of one relayed listen stream may wait for their reader.
+pub const LISTEN_BUFFER: usize = 64;
+
+/// The `_meta` key naming the listen stream a notification belongs to.
+pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// Moves an HTTP listen stream's frames to `tx` until the server or the reader ends it. Waits
+/// for the reader when `tx` is full: the server's socket fills, memory does not.
+async fn read_listen_stream(mut resp: reqwest::Response, tx: mpsc::Sender<Value>) {
+    let mut parser = crate::sse::SseParser::new();
+    loop {
+        let chunk = tokio::select! {
+            chunk = resp.chunk() => chunk,
+            () = tx.closed() => return,
         };
-        let is_sse = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if !is_sse {
-            let status = resp.status();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| upstream_err(&self.name, e))?;
-            return match serde_json::from_slice::<Value>(&bytes) {
-                Ok(v) if jsonrpc::classify(&v) == Kind::Response || v.get("error").is_some() => {
-                    Ok(Some(v))
-                }
-                _ => Err(upstream_err(&self.name, format_args!("http {status}"))),
-            };
-        }
-        let mut parser = crate::sse::SseParser::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| upstream_err(&self.name, e))?
-        {
-            let events = parser
-                .push(&chunk)
-                .map_err(|e| upstream_err(&self.name, e))?;
-            for event in events {
-                if let Ok(frame) = serde_json::from_str::<Value>(&event) {
-                    if jsonrpc::classify(&frame) == Kind::Response
-                        && frame.get("id") == Some(&json!(id))
-                    {
-                        return Ok(Some(frame));
-                    }
-                    route(&self.name, frame, &self.pending, &self.events);
-                }
+        let Ok(Some(chunk)) = chunk else { return };
+        let Ok(events) = parser.push(&chunk) else {
+            return;
+        };
+        for event in events {
+            if let Ok(frame) = serde_json::from_str::<Value>(&event)
+                && tx.send(frame).await.is_err()
+            {
+                return;
             }
         }
-        Err(upstream_err(&self.name, "stream ended without a response"))
     }
 }
 
@@ -729,6 +846,18 @@ fn route(
     pending: &Pending,
     events: &mpsc::UnboundedSender<UpstreamEvent>,
 ) {
+    if let Some(sub) = subscription_of(&frame)
+        && let Ok(mut subs) = pending.subscriptions.lock()
+        && let Some(tx) = subs.get(&sub)
+    {
+        let last = jsonrpc::classify(&frame) == Kind::Response;
+        // A listener that fell `LISTEN_BUFFER` frames behind loses its stream: list-changed
+        // events are level triggers, it re-listens and re-fetches.
+        if tx.try_send(frame).is_err() || last {
+            subs.remove(&sub);
+        }
+        return;
+    }
     match jsonrpc::classify(&frame) {
         Kind::Response => {
             let waiter = frame
@@ -755,4 +884,25 @@ fn route(
         }
         Kind::Invalid => {}
     }
+}
+
+/// The upstream id of the listen stream `frame` belongs to: a notification's
+/// `_meta.io.modelcontextprotocol/subscriptionId`, or a response's id (which the caller looks up
+/// among open subscriptions only).
+fn subscription_of(frame: &Value) -> Option<u64> {
+    match jsonrpc::classify(frame) {
+        Kind::Notification => frame
+            .pointer("/params/_meta")
+            .and_then(|m| m.get(META_SUBSCRIPTION_ID))
+            .and_then(Value::as_u64),
+        Kind::Response => frame.get("id").and_then(Value::as_u64),
+        Kind::Request | Kind::Invalid => None,
+    }
+}
+
+fn is_sse(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
 }
