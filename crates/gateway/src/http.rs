@@ -453,6 +453,11 @@ async fn post_mcp(
             return r;
         }
         let session = face.modern_session(&agent);
+        if kind == Kind::Request {
+            // Before anything may open an upstream connection (the `Mcp-Param-*` check lists
+            // tools): the session's connections follow the modern era.
+            session.adopt_modern(&frame);
+        }
         if method == "subscriptions/listen" && kind == Kind::Request {
             // The answer to a listen request is an event stream, never JSON.
             if !header_str(&headers, "accept").is_some_and(|a| a.contains("text/event-stream")) {

@@ -366,16 +366,7 @@ impl Session {
             None => false,
         };
         if modern {
-            if let Ok(mut m) = self.modern.lock() {
-                *m = true;
-            }
-            if let Some(caps) = frame
-                .pointer("/params/_meta")
-                .and_then(|m| m.get(META_CLIENT_CAPS))
-                && let Ok(mut c) = self.client_caps.lock()
-            {
-                *c = caps.clone();
-            }
+            self.adopt_modern(&frame);
         }
         let mut resp = match method.as_str() {
             "initialize" => self.initialize(id, &frame),
@@ -389,6 +380,21 @@ impl Session {
             mark_complete(&mut resp, &method);
         }
         resp
+    }
+
+    /// A modern request arrived: the session is modern (its upstream connections are opened
+    /// in the modern era where servers speak it) with the capabilities the request declares.
+    pub(crate) fn adopt_modern(&self, frame: &Value) {
+        if let Ok(mut m) = self.modern.lock() {
+            *m = true;
+        }
+        if let Some(caps) = frame
+            .pointer("/params/_meta")
+            .and_then(|m| m.get(META_CLIENT_CAPS))
+            && let Ok(mut c) = self.client_caps.lock()
+        {
+            *c = caps.clone();
+        }
     }
 
     fn initialize(&self, id: Value, frame: &Value) -> Value {
