@@ -167,7 +167,14 @@ pub struct Session {
     /// Change notifications (list changed, resource updated) of connections that have no listen
     /// stream of their own (legacy servers), for `subscriptions/listen` relays (see `listen.rs`).
     changes: tokio::sync::broadcast::Sender<(String, Value)>,
+    /// Tasks (MCP tasks extension) that allowed `tools/call`s created: task id → (server, the
+    /// label its result gets, as the call's own result would).
+    tasks: Mutex<HashMap<String, (String, Label)>>,
 }
+
+/// How many tasks a session remembers; past that the oldest are forgotten, and their results
+/// are labelled as those of unknown tasks (untrusted).
+const MAX_TASKS: usize = 4096;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -212,6 +219,7 @@ impl Session {
             delivered: Mutex::default(),
             delivered_tick: tokio::sync::Notify::new(),
             changes: tokio::sync::broadcast::channel(crate::upstream::LISTEN_BUFFER).0,
+            tasks: Mutex::default(),
         });
         tokio::spawn(pump(Arc::downgrade(&session), rx));
         session
@@ -937,6 +945,11 @@ impl Session {
             if let Some(meta) = meta.as_object_mut() {
                 meta.insert(META_LABELS.into(), label.to_meta());
             }
+            if result.get("resultType") == Some(&json!("task"))
+                && let Some(task) = result.get("taskId").and_then(Value::as_str)
+            {
+                self.remember_task(task, server, label);
+            }
         }
         with_id(resp, id)
     }
@@ -970,13 +983,78 @@ impl Session {
         let _ = tokio::time::timeout(SETTLE_LIMIT, wait).await;
     }
 
-    /// Any other request: with one upstream, forwarded unchanged; otherwise unknown.
+    fn remember_task(&self, task: &str, server: &str, label: Label) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            if tasks.len() >= MAX_TASKS
+                && let Some(old) = tasks.keys().next().cloned()
+            {
+                tasks.remove(&old);
+            }
+            tasks.insert(task.to_owned(), (server.to_owned(), label));
+        }
+    }
+
+    /// The server and result label of the task `task_id` names, if a `tools/call` of this
+    /// session created it.
+    fn task(&self, task_id: Option<&Value>) -> Option<(String, Label)> {
+        let task = task_id.and_then(Value::as_str)?;
+        self.tasks.lock().ok()?.get(task).cloned()
+    }
+
+    /// A task's tool result in a tasks message (at `pointer`: `tasks/get` inlines it in
+    /// `result.result`, the 2025-11-25 `tasks/result` answers with it, a status notification
+    /// may carry it) is labelled and indexed for taint like the result of the call that created
+    /// the task; a task this session did not create (or forgot) counts as untrusted.
+    fn label_task_result(
+        &self,
+        frame: &mut Value,
+        pointer: &str,
+        server: &str,
+        task_id: Option<&Value>,
+    ) {
+        let known = self.task(task_id).map(|(_, label)| label);
+        let Some(result) = frame.pointer_mut(pointer).and_then(Value::as_object_mut) else {
+            return;
+        };
+        let label = known.unwrap_or_else(|| {
+            Label::new(
+                [format!("task:{server}")],
+                crate::labels::Integrity::Untrusted,
+            )
+        });
+        if label.is_untrusted() {
+            let mut text = Vec::new();
+            for (k, v) in result.iter() {
+                if k != "_meta" {
+                    strings(v, &mut text);
+                }
+            }
+            if let Ok(mut ix) = self.taint.lock() {
+                for t in &text {
+                    ix.insert(t, &label);
+                }
+            }
+        }
+        let meta = result.entry("_meta").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert(META_LABELS.into(), label.to_meta());
+        }
+    }
+
+    /// Any other request: with one upstream, forwarded unchanged; otherwise unknown. A `tasks/*`
+    /// request about a task this session created goes to the task's server.
     async fn passthrough(&self, frame: Value) -> Value {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);
         let method = jsonrpc::method(&frame).unwrap_or_default().to_owned();
+        let task_id = frame.pointer("/params/taskId").cloned();
+        let task = method
+            .starts_with("tasks/")
+            .then(|| self.task(task_id.as_ref()))
+            .flatten();
         let only = (self.gw.cfg.servers.len() == 1)
             .then(|| self.gw.cfg.servers.keys().next().cloned())
-            .flatten();
+            .flatten()
+            .or_else(|| task.as_ref().map(|(server, _)| server.clone()));
         let forwardable = method.starts_with("resources/")
             || method.starts_with("prompts/")
             || method == "completion/complete"
@@ -999,7 +1077,17 @@ impl Session {
         let result = up.forward(frame, upstream_id).await;
         self.settle(&server, &up).await;
         match result {
-            Ok(resp) => with_id(resp, id),
+            Ok(mut resp) => {
+                if method.starts_with("tasks/") {
+                    let at = if method == "tasks/result" {
+                        "/result"
+                    } else {
+                        "/result/result"
+                    };
+                    self.label_task_result(&mut resp, at, &server, task_id.as_ref());
+                }
+                with_id(resp, id)
+            }
             Err(e) => jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
         }
     }
@@ -1063,6 +1151,13 @@ impl Session {
                     if let Ok(mut t) = self.tools.lock() {
                         t.retain(|k, _| !k.starts_with(&format!("{server}/")));
                     }
+                }
+                if method == "notifications/tasks/status" {
+                    let mut frame = frame;
+                    let task_id = frame.pointer("/params/taskId").cloned();
+                    self.label_task_result(&mut frame, "/params/result", &server, task_id.as_ref());
+                    self.deliver(frame);
+                    return;
                 }
                 if crate::listen::is_change(method) {
                     let _ = self.changes.send((server.clone(), frame.clone()));
