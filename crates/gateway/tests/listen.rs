@@ -362,3 +362,63 @@ async fn an_announced_tool_change_is_re_pinned_before_the_agent_re_lists() {
         "{r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_upstreams_listen_stream_is_told_apart_on_its_pipe_and_relayed() {
+    // The same SDK server over stdio, in the modern era: its listen stream shares the pipe with
+    // everything else, its frames told apart by their subscription id.
+    let python = peers().join("mcp-everything/venv/bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/mutable_server.py");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "trust_domain = \"example.org\"\n[agents.a]\nid = \"spiffe://example.org/agent/a\"\n\
+         [gateway]\npins = \"{}\"\nhttp_agent = \"spiffe://example.org/agent/a\"\nbare_names = true\n\
+         [gateway.eras]\nevery = \"modern\"\n\
+         [servers.every]\ncommand = \"{}\"\nargs = [\"{}\", \"stdio\"]\n\
+         [[allow]]\nid = \"all\"\nagents = [\"a\"]\ntools = [\"every/mutate\"]\n",
+        dir.path().join("pins.json").display(),
+        python.display(),
+        script.display()
+    );
+    let log = TestLog::new();
+    let gw = Gateway::new(
+        GatewayConfig::parse(&text).unwrap(),
+        common::authority(&text, &log),
+    )
+    .unwrap();
+    let face = HttpFace::new(gw).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", l.local_addr().unwrap());
+    tokio::spawn(async move { face.serve(l).await });
+
+    let mut listen = Listen::open(
+        &url,
+        "S1",
+        json!({"promptsListChanged": true, "toolsListChanged": true}),
+    )
+    .await;
+    let ack = listen.frame().await;
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
+    assert_eq!(ack["params"]["_meta"][SUB], "S1");
+    // Prompts are named only because the server acknowledged them on its stream.
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"promptsListChanged": true, "toolsListChanged": true}),
+        "{ack}"
+    );
+    let r = call(
+        &url,
+        json!(2),
+        "tools/call",
+        json!({"name": "mutate", "arguments": {}}),
+    )
+    .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let changed = listen.frame().await;
+    assert_eq!(changed["method"], "notifications/tools/list_changed");
+    assert_eq!(changed["params"]["_meta"][SUB], "S1", "{changed}");
+    // The agent goes away; the next listen is served as the first was.
+    drop(listen);
+    let mut again = Listen::open(&url, "S2", json!({"toolsListChanged": true})).await;
+    assert_eq!(again.frame().await["params"]["_meta"][SUB], "S2");
+}

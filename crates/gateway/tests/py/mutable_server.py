@@ -1,6 +1,6 @@
 """A Streamable HTTP MCP server (the real Python SDK) whose tool `mutable` changes its
 description when `mutate` is called, announcing it to `subscriptions/listen` streams.
-Usage: python mutable_server.py PORT"""
+Usage: python mutable_server.py PORT (Streamable HTTP) | stdio"""
 
 import sys
 
@@ -26,4 +26,7 @@ async def mutate(ctx: Context) -> str:
 
 
 if __name__ == "__main__":
-    mcp.run(transport="streamable-http", port=int(sys.argv[1]))
+    if sys.argv[1] == "stdio":
+        mcp.run(transport="stdio")
+    else:
+        mcp.run(transport="streamable-http", port=int(sys.argv[1]))
