@@ -192,9 +192,15 @@ pub(crate) async fn relay(
     };
     let mut sources: Vec<Source> = Vec::new();
     let mut legacy = BTreeSet::new();
+    let mut unreachable = Vec::new();
+    let total = servers.len();
     for server in servers {
-        let Ok(up) = session.upstream(&server).await else {
-            continue;
+        let up = match session.upstream(&server).await {
+            Ok(up) => up,
+            Err(e) => {
+                unreachable.push(e.to_string());
+                continue;
+            }
         };
         if up.era() != Era::Modern {
             // Its change notifications come unsolicited on the session (no URI subscriptions).
@@ -225,6 +231,17 @@ pub(crate) async fn relay(
     }
     if !legacy.is_empty() {
         sources.push(legacy_source(legacy, session.subscribe_changes()));
+    }
+    if total > 0 && unreachable.len() == total {
+        // Nothing to listen to: say so rather than acknowledge a stream that stays silent.
+        let error = jsonrpc::error(
+            id,
+            jsonrpc::UPSTREAM_ERROR,
+            "no upstream server answered",
+            Some(json!({"errors": unreachable})),
+        );
+        let _ = sink.try_send(error);
+        return;
     }
     let mut ack_meta = Map::new();
     ack_meta.insert(META_SUBSCRIPTION_ID.into(), id.clone());

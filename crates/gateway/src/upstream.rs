@@ -323,13 +323,15 @@ impl Upstream {
     async fn open(&self, era: Era, prefer_modern: bool) -> Result<(), Error> {
         match era {
             Era::Legacy => self.initialize().await,
-            Era::Modern if self.probe_modern().await => Ok(()),
+            // Configured modern: the probe may take as long as any request (a stdio server
+            // still starting under load answers late, not never).
+            Era::Modern if self.probe_modern(self.timeout).await => Ok(()),
             Era::Modern => Err(upstream_err(
                 &self.name,
                 "configured as modern but does not answer `server/discover`",
             )),
             Era::Auto if prefer_modern => {
-                if self.probe_modern().await {
+                if self.probe_modern(PROBE_TIMEOUT).await {
                     Ok(())
                 } else {
                     self.initialize().await
@@ -337,21 +339,16 @@ impl Upstream {
             }
             Era::Auto => match self.initialize().await {
                 Ok(()) => Ok(()),
-                Err(_) if self.probe_modern().await => Ok(()),
+                Err(_) if self.probe_modern(PROBE_TIMEOUT).await => Ok(()),
                 Err(e) => Err(e),
             },
         }
     }
 
     /// Probes with `server/discover`; true (and modern) if the server speaks 2026-07-28.
-    async fn probe_modern(&self) -> bool {
+    async fn probe_modern(&self, timeout: Duration) -> bool {
         let probe = self
-            .request_with_timeout(
-                "server/discover",
-                json!({}),
-                Duration::from_secs(3),
-                Some(Era::Modern),
-            )
+            .request_with_timeout("server/discover", json!({}), timeout, Some(Era::Modern))
             .await;
         let Ok(resp) = probe else { return false };
         let modern = resp
@@ -787,6 +784,10 @@ impl Upstream {
         req
     }
 }
+
+/// How long an `era = "auto"` connection waits for `server/discover` before it tries the other
+/// era.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How many frames of one relayed listen stream may wait for their reader.
 pub const LISTEN_BUFFER: usize = 64;
