@@ -200,10 +200,22 @@ impl HttpFace {
             frame.get("id").cloned().unwrap_or(Value::Null).to_string(),
         );
         let stop = Arc::new(tokio::sync::Notify::new());
-        self.listens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key.clone(), stop.clone());
+        {
+            let mut listens = self
+                .listens
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if listens.keys().filter(|(a, _)| a == agent).count() >= MAX_LISTENS_PER_AGENT {
+                return rpc_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    frame.get("id").cloned().unwrap_or(Value::Null),
+                    jsonrpc::INTERNAL_ERROR,
+                    &format!("at most {MAX_LISTENS_PER_AGENT} open listen streams per agent"),
+                    None,
+                );
+            }
+            listens.insert(key.clone(), stop.clone());
+        }
         let (tx, rx) = mpsc::channel(crate::upstream::LISTEN_BUFFER);
         let servers = self.gw.config().servers.keys().cloned().collect();
         let face = self.clone();
@@ -595,6 +607,10 @@ async fn respond(
     }
     sse(rx, Some(first))
 }
+
+/// How many `subscriptions/listen` streams one agent may hold open at once (each holds upstream
+/// streams and bounded buffers).
+const MAX_LISTENS_PER_AGENT: usize = 16;
 
 /// MCP 2026-07-28: the request needs a client capability it did not declare.
 const MISSING_CAPABILITY: i64 = -32021;

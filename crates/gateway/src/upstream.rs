@@ -792,6 +792,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many frames of one relayed listen stream may wait for their reader.
 pub const LISTEN_BUFFER: usize = 64;
 
+/// The largest frame a relayed listen stream carries (bytes of JSON).
+const LISTEN_MAX_FRAME: usize = 64 * 1024;
+
 /// The `_meta` key naming the listen stream a notification belongs to.
 pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 
@@ -809,6 +812,11 @@ async fn read_listen_stream(mut resp: reqwest::Response, tx: mpsc::Sender<Value>
             return;
         };
         for event in events {
+            // Change notifications are small: a huge frame ends the stream rather than waiting
+            // in the buffer.
+            if event.len() > LISTEN_MAX_FRAME {
+                return;
+            }
             if let Ok(frame) = serde_json::from_str::<Value>(&event)
                 && tx.send(frame).await.is_err()
             {

@@ -422,3 +422,55 @@ async fn a_stdio_upstreams_listen_stream_is_told_apart_on_its_pipe_and_relayed()
     let mut again = Listen::open(&url, "S2", json!({"toolsListChanged": true})).await;
     assert_eq!(again.frame().await["params"]["_meta"][SUB], "S2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_holds_a_bounded_number_of_listen_streams() {
+    let (_srv, upstream) = everything_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let gw = gateway(&upstream, dir.path(), &log).await;
+    let mut open = Vec::new();
+    for n in 0..16 {
+        let mut l = Listen::open(&gw, &format!("M{n}"), json!({"toolsListChanged": true})).await;
+        assert_eq!(
+            l.frame().await["method"],
+            "notifications/subscriptions/acknowledged"
+        );
+        open.push(l);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": "M16", "method": "subscriptions/listen", "params": {"_meta": meta(), "notifications": {"toolsListChanged": true}}});
+    let over = reqwest::Client::new()
+        .post(&gw)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 429);
+    let v: Value = serde_json::from_str(&over.text().await.unwrap()).unwrap();
+    assert_eq!(v["id"], "M16");
+    // One closes; its place is free again once the relay noticed.
+    drop(open.pop());
+    let mut freed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let resp = reqwest::Client::new()
+            .post(&gw)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "subscriptions/listen")
+            .body(serde_json::to_vec(&body).unwrap())
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "a closed listen stream kept its place");
+}
