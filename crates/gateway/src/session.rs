@@ -1161,6 +1161,10 @@ impl Session {
                 }
                 if crate::listen::is_change(method) {
                     let _ = self.changes.send((server.clone(), frame.clone()));
+                    if self.modern.lock().map(|m| *m).unwrap_or(false) {
+                        // A modern agent gets change notifications on its listen streams only.
+                        return;
+                    }
                 }
                 if method == "notifications/cancelled" {
                     // The server withdrew one of its own requests: translate the id back.

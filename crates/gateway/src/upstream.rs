@@ -331,7 +331,7 @@ impl Upstream {
                 "configured as modern but does not answer `server/discover`",
             )),
             Era::Auto if prefer_modern => {
-                if self.probe_modern(PROBE_TIMEOUT).await {
+                if self.probe_modern(self.probe_timeout()).await {
                     Ok(())
                 } else {
                     self.initialize().await
@@ -339,9 +339,19 @@ impl Upstream {
             }
             Era::Auto => match self.initialize().await {
                 Ok(()) => Ok(()),
-                Err(_) if self.probe_modern(PROBE_TIMEOUT).await => Ok(()),
+                Err(_) if self.probe_modern(self.probe_timeout()).await => Ok(()),
                 Err(e) => Err(e),
             },
+        }
+    }
+
+    /// How long an `era = "auto"` connection waits for `server/discover`. A stdio server's first
+    /// answer includes its start-up (seconds for a Python server on a loaded machine), and a
+    /// server that takes the probe for its era cannot be asked again in the other one.
+    fn probe_timeout(&self) -> Duration {
+        match self.transport {
+            Transport::Stdio { .. } => self.timeout.min(STDIO_PROBE_TIMEOUT),
+            Transport::Http { .. } | Transport::Replay(_) => PROBE_TIMEOUT,
         }
     }
 
@@ -474,6 +484,9 @@ impl Upstream {
         }
         if era.unwrap_or_else(|| self.era()) == Era::Modern {
             add_modern_meta(&mut frame, &self.client_caps);
+        } else {
+            // A modern agent's envelope means nothing to (and is refused by) a legacy session.
+            strip_modern_meta(&mut frame);
         }
         match &self.transport {
             Transport::Stdio { stdin, .. } => {
@@ -789,6 +802,9 @@ impl Upstream {
 /// era.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// As [`PROBE_TIMEOUT`], for a stdio server that is starting.
+const STDIO_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How many frames of one relayed listen stream may wait for their reader.
 pub const LISTEN_BUFFER: usize = 64;
 
@@ -822,6 +838,26 @@ async fn read_listen_stream(mut resp: reqwest::Response, tx: mpsc::Sender<Value>
             {
                 return;
             }
+        }
+    }
+}
+
+/// The per-request `_meta` fields of the 2026-07-28 envelope.
+const MODERN_ENVELOPE: [&str; 4] = [
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientCapabilities",
+    "io.modelcontextprotocol/clientInfo",
+    "io.modelcontextprotocol/logLevel",
+];
+
+/// Removes the modern envelope from a frame going to a legacy connection (other `_meta` stays).
+fn strip_modern_meta(frame: &mut Value) {
+    if let Some(meta) = frame
+        .pointer_mut("/params/_meta")
+        .and_then(Value::as_object_mut)
+    {
+        for key in MODERN_ENVELOPE {
+            meta.remove(key);
         }
     }
 }

@@ -363,33 +363,39 @@ async fn an_announced_tool_change_is_re_pinned_before_the_agent_re_lists() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stdio_upstreams_listen_stream_is_told_apart_on_its_pipe_and_relayed() {
-    // The same SDK server over stdio, in the modern era: its listen stream shares the pipe with
-    // everything else, its frames told apart by their subscription id.
+/// A face over the SDK's mutable server on stdio, in `era`; returns its URL.
+async fn stdio_face(era: &str, dir: &std::path::Path, log: &TestLog) -> String {
     let python = peers().join("mcp-everything/venv/bin/python");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/mutable_server.py");
-    let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "trust_domain = \"example.org\"\n[agents.a]\nid = \"spiffe://example.org/agent/a\"\n\
          [gateway]\npins = \"{}\"\nhttp_agent = \"spiffe://example.org/agent/a\"\nbare_names = true\n\
-         [gateway.eras]\nevery = \"modern\"\n\
+         [gateway.eras]\nevery = \"{era}\"\n\
          [servers.every]\ncommand = \"{}\"\nargs = [\"{}\", \"stdio\"]\n\
          [[allow]]\nid = \"all\"\nagents = [\"a\"]\ntools = [\"every/mutate\"]\n",
-        dir.path().join("pins.json").display(),
+        dir.join("pins.json").display(),
         python.display(),
         script.display()
     );
-    let log = TestLog::new();
     let gw = Gateway::new(
         GatewayConfig::parse(&text).unwrap(),
-        common::authority(&text, &log),
+        common::authority(&text, log),
     )
     .unwrap();
     let face = HttpFace::new(gw).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", l.local_addr().unwrap());
     tokio::spawn(async move { face.serve(l).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_upstreams_listen_stream_is_told_apart_on_its_pipe_and_relayed() {
+    // The SDK server over stdio, in the modern era: its listen stream shares the pipe with
+    // everything else, its frames told apart by their subscription id.
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let url = stdio_face("modern", dir.path(), &log).await;
 
     let mut listen = Listen::open(
         &url,
@@ -473,4 +479,41 @@ async fn an_agent_holds_a_bounded_number_of_listen_streams() {
         }
     }
     assert!(freed, "a closed listen stream kept its place");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_upstreams_session_notifications_reach_a_modern_listener() {
+    // The same server in the 2025-11-25 era: it announces the change on its session (no listen
+    // stream there); the modern agent gets it on its listen stream, and only there.
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let url = stdio_face("legacy", dir.path(), &log).await;
+    let mut listen = Listen::open(&url, "G1", json!({"toolsListChanged": true})).await;
+    let ack = listen.frame().await;
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true})
+    );
+    // The server announces the change before it answers; the announcement must not ride the
+    // call's own response stream.
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "mutate", "arguments": {}, "_meta": meta()}});
+    let answer = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "mutate")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(answer.contains("mutated"), "{answer}");
+    assert!(!answer.contains("list_changed"), "{answer}");
+    let changed = listen.frame().await;
+    assert_eq!(changed["method"], "notifications/tools/list_changed");
+    assert_eq!(changed["params"]["_meta"][SUB], "G1", "{changed}");
 }
