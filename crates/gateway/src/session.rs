@@ -1161,8 +1161,9 @@ impl Session {
                 }
                 if crate::listen::is_change(method) {
                     let _ = self.changes.send((server.clone(), frame.clone()));
-                    if self.modern.lock().map(|m| *m).unwrap_or(false) {
-                        // A modern agent gets change notifications on its listen streams only.
+                    if self.out.is_closed() {
+                        // No session stream (a modern agent over HTTP): change notifications
+                        // travel on its listen streams only, never on a request's stream.
                         return;
                     }
                 }

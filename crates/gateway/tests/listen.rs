@@ -517,3 +517,63 @@ async fn a_legacy_upstreams_session_notifications_reach_a_modern_listener() {
     assert_eq!(changed["method"], "notifications/tools/list_changed");
     assert_eq!(changed["params"]["_meta"][SUB], "G1", "{changed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_listen_stream_relays_every_server_behind_the_face() {
+    // Two servers: the everything-server over HTTP and the mutable server over stdio.
+    let (_srv, every) = everything_server().await;
+    let python = peers().join("mcp-everything/venv/bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/mutable_server.py");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "trust_domain = \"example.org\"\n[agents.a]\nid = \"spiffe://example.org/agent/a\"\n\
+         [gateway]\npins = \"{}\"\nhttp_agent = \"spiffe://example.org/agent/a\"\n\
+         [gateway.eras]\nmut = \"modern\"\n\
+         [servers.every]\nurl = \"{every}\"\n\
+         [servers.mut]\ncommand = \"{}\"\nargs = [\"{}\", \"stdio\"]\n\
+         [[allow]]\nid = \"triggers\"\nagents = [\"a\"]\ntools = [\"every/test_trigger_tool_change\", \"mut/mutate\"]\n",
+        dir.path().join("pins.json").display(),
+        python.display(),
+        script.display()
+    );
+    let log = TestLog::new();
+    let gw = Gateway::new(
+        GatewayConfig::parse(&text).unwrap(),
+        common::authority(&text, &log),
+    )
+    .unwrap();
+    let face = HttpFace::new(gw).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", l.local_addr().unwrap());
+    tokio::spawn(async move { face.serve(l).await });
+
+    let mut listen = Listen::open(
+        &url,
+        "M1",
+        json!({"toolsListChanged": true, "promptsListChanged": true}),
+    )
+    .await;
+    // Prompts are not served by a face of several servers: not acknowledged.
+    let ack = listen.frame().await;
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true}),
+        "{ack}"
+    );
+    for (id, tool) in [(2, "mut/mutate"), (3, "every/test_trigger_tool_change")] {
+        let r = call(
+            &url,
+            json!(id),
+            "tools/call",
+            json!({"name": tool, "arguments": {}}),
+        )
+        .await;
+        assert!(r.get("result").is_some(), "{tool}: {r}");
+        let changed = listen.frame().await;
+        assert_eq!(
+            changed["method"], "notifications/tools/list_changed",
+            "{tool}"
+        );
+        assert_eq!(changed["params"]["_meta"][SUB], "M1", "{changed}");
+    }
+}
