@@ -214,6 +214,16 @@ impl HttpFace {
                     None,
                 );
             }
+            if listens.contains_key(&key) {
+                // Ids of requests in flight are unique; a reused one would also slip past the cap.
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    frame.get("id").cloned().unwrap_or(Value::Null),
+                    jsonrpc::INVALID_REQUEST,
+                    &format!("request id `{}` names an open listen stream", key.1),
+                    None,
+                );
+            }
             listens.insert(key.clone(), stop.clone());
         }
         let (tx, rx) = mpsc::channel(crate::upstream::LISTEN_BUFFER);

@@ -445,6 +445,30 @@ async fn an_agent_holds_a_bounded_number_of_listen_streams() {
         open.push(l);
     }
     let body = json!({"jsonrpc": "2.0", "id": "M16", "method": "subscriptions/listen", "params": {"_meta": meta(), "notifications": {"toolsListChanged": true}}});
+    // The id of an open stream cannot be reused (it would also slip past the cap).
+    drop(open.pop());
+    let mut reused = body.clone();
+    reused["id"] = json!("M3");
+    let mut status = 0;
+    for _ in 0..40 {
+        let again = reqwest::Client::new()
+            .post(&gw)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "subscriptions/listen")
+            .body(serde_json::to_vec(&reused).unwrap())
+            .send()
+            .await
+            .unwrap();
+        status = again.status().as_u16();
+        if status != 429 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 400);
+    open.push(Listen::open(&gw, "M15", json!({"toolsListChanged": true})).await);
     let over = reqwest::Client::new()
         .post(&gw)
         .header("content-type", "application/json")
