@@ -316,6 +316,81 @@ fn finished(id: &Value, error: Option<Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authority::{Approval, Authority, AuthorityError, CallRequest, Verdict};
+    use crate::upstream::{LISTEN_BUFFER, Recorded, Upstream, UpstreamEvent};
+
+    /// The relay never asks for a decision; anything that does is refused.
+    struct NoCalls;
+
+    impl Authority for NoCalls {
+        fn decide(&self, _: &CallRequest) -> Result<Verdict, AuthorityError> {
+            Err(AuthorityError("no calls in this test".into()))
+        }
+        fn resolve(
+            &self,
+            _: &CallRequest,
+            _: &str,
+            _: &Approval,
+        ) -> Result<Verdict, AuthorityError> {
+            Err(AuthorityError("no calls in this test".into()))
+        }
+        fn record_event(&self, _: &Value) -> Result<(), AuthorityError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_that_stops_reading_loses_its_stream_not_our_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::GatewayConfig::parse(&format!(
+            "trust_domain = \"example.org\"\n[agents.a]\nid = \"spiffe://example.org/agent/a\"\n\
+             [gateway]\npins = \"{}\"\n[servers.s]\ncommand = \"/bin/false\"\n",
+            dir.path().join("pins.json").display()
+        ))
+        .unwrap();
+        let gw = crate::Gateway::new(cfg, Arc::new(NoCalls)).unwrap();
+        let (out, _out_rx) = mpsc::unbounded_channel();
+        let session = Session::new(&gw, "spiffe://example.org/agent/a", Vec::new(), out);
+        // A legacy connection (a recorded one: no process), whose notifications come through
+        // the session.
+        let up = Upstream::replay("s", Recorded::default(), session.events());
+        session.attach("s", up).await;
+        let (tx, mut rx) = mpsc::channel(LISTEN_BUFFER);
+        let frame = json!({"jsonrpc": "2.0", "id": "L", "method": "subscriptions/listen", "params": {"notifications": {"promptsListChanged": true}}});
+        let relay = tokio::spawn(relay(
+            session.clone(),
+            vec!["s".into()],
+            frame,
+            tx,
+            Arc::new(Notify::new()),
+        ));
+        let ack = rx.recv().await.unwrap();
+        assert_eq!(ack["method"], ACKNOWLEDGED);
+        // The agent reads no more; the server keeps announcing changes.
+        let mut sent = 0;
+        while !relay.is_finished() && sent < 50 * LISTEN_BUFFER {
+            session
+                .events()
+                .send(UpstreamEvent::Notification {
+                    server: "s".into(),
+                    frame: json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}),
+                })
+                .unwrap();
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay gave up the stream")
+            .unwrap();
+        // What waited for the agent is one buffer's worth; then its stream ends.
+        let mut waiting = 0;
+        while let Some(f) = rx.recv().await {
+            assert_eq!(f["method"], "notifications/prompts/list_changed");
+            waiting += 1;
+        }
+        assert_eq!(waiting, LISTEN_BUFFER);
+    }
 
     #[test]
     fn filter_round_trips_and_admits_only_its_kinds() {
