@@ -945,7 +945,7 @@ impl Session {
             if let Some(meta) = meta.as_object_mut() {
                 meta.insert(META_LABELS.into(), label.to_meta());
             }
-            if result.get("resultType") == Some(&json!("task"))
+            if result.get("resultType").and_then(Value::as_str) == Some("task")
                 && let Some(task) = result.get("taskId").and_then(Value::as_str)
             {
                 self.remember_task(task, server, label);
