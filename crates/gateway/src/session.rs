@@ -1223,7 +1223,15 @@ async fn pump(session: std::sync::Weak<Session>, mut rx: mpsc::UnboundedReceiver
                 server.clone()
             }
         };
+        // A server announced new tools: re-list and re-pin them now, not at the next call, so
+        // a changed definition is flagged when it appears.
+        let relist = matches!(&event, UpstreamEvent::Notification { frame, .. }
+            if jsonrpc::method(frame) == Some("notifications/tools/list_changed"));
         s.upstream_event(event).await;
+        if relist {
+            let (s2, server) = (s.clone(), server.clone());
+            tokio::spawn(async move { s2.tools_changed(&server).await });
+        }
         if let Ok(mut d) = s.delivered.lock() {
             *d.entry(server).or_insert(0) += 1;
         }

@@ -601,3 +601,54 @@ async fn one_listen_stream_relays_every_server_behind_the_face() {
         assert_eq!(changed["params"]["_meta"][SUB], "M1", "{changed}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_agent_gets_the_announcement_and_the_change_is_re_pinned_at_once() {
+    // No listen stream in 2025-11-25: the server announces on its session, the agent (stdio face)
+    // gets the notification, and the gateway re-lists without waiting for the next call.
+    let python = peers().join("mcp-everything/venv/bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/mutable_server.py");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "trust_domain = \"example.org\"\n[agents.a]\nid = \"spiffe://example.org/agent/a\"\n\
+         [gateway]\npins = \"{}\"\n[gateway.eras]\nmut = \"legacy\"\n\
+         [servers.mut]\ncommand = \"{}\"\nargs = [\"{}\", \"stdio\"]\n\
+         [[allow]]\nid = \"all\"\nagents = [\"a\"]\ntools = [\"mut/mutate\", \"mut/mutable\"]\n",
+        dir.path().join("pins.json").display(),
+        python.display(),
+        script.display()
+    );
+    let log = TestLog::new();
+    let (mut a, _gw) = common::Agent::start(
+        GatewayConfig::parse(&text).unwrap(),
+        common::authority(&text, &log),
+        "spiffe://example.org/agent/a",
+    )
+    .await;
+    a.initialize().await;
+    let r = a.call("mut/mutable", json!({"text": "hi"})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let r = a.call("mut/mutate", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    assert!(
+        a.other
+            .iter()
+            .any(|f| f["method"] == "notifications/tools/list_changed"),
+        "{:?}",
+        a.other
+    );
+    let flagged = |log: &TestLog| {
+        log.records().iter().any(|r| {
+            r["type"] == "warden.tool_pinned"
+                && r["tool"] == "mut/mutable"
+                && r["status"] == "changed"
+        })
+    };
+    for _ in 0..100 {
+        if flagged(&log) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(flagged(&log), "the announced change was not re-pinned");
+}
