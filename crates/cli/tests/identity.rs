@@ -112,21 +112,89 @@ fn identity_commands_work_together() {
         ],
     );
     std::fs::write(dir.join("a.tok"), &root).unwrap();
-    let to_b = ok(
-        dir,
-        &[
-            "delegate",
-            "--token",
-            dir.join("a.tok").to_str().unwrap(),
-            "--to",
-            "spiffe://example.org/b",
-            "--tools",
-            "fs/read",
-            "--arg",
-            "path=/tmp/*",
-            "--ttl",
-            "10m",
-        ],
+    let tok = dir.join("a.tok");
+    let narrow = |svid_dir: Option<&std::path::Path>| {
+        let mut args = vec![
+            "delegate".to_owned(),
+            "--token".to_owned(),
+            tok.to_str().unwrap().to_owned(),
+            "--to".to_owned(),
+            "spiffe://example.org/b".to_owned(),
+            "--tools".to_owned(),
+            "fs/read".to_owned(),
+            "--arg".to_owned(),
+            "path=/tmp/*".to_owned(),
+            "--ttl".to_owned(),
+            "10m".to_owned(),
+        ];
+        if let Some(d) = svid_dir {
+            for (flag, file) in [("--svid-cert", "svid.pem"), ("--svid-key", "svid.key")] {
+                args.push(flag.to_owned());
+                args.push(d.join(file).to_str().unwrap().to_owned());
+            }
+        }
+        warden(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Narrowing needs the delegator's SVID: the holder's own (a), not anyone else's (b).
+    assert!(!narrow(None).status.success());
+    let svid = |who: &str| {
+        let d = dir.join(who);
+        ok(
+            dir,
+            &[
+                "svid",
+                "--spiffe-id",
+                &format!("spiffe://example.org/{who}"),
+                "--out-dir",
+                d.to_str().unwrap(),
+            ],
+        );
+        d
+    };
+    let (a_dir, b_dir) = (svid("a"), svid("b"));
+    let refused = narrow(Some(&b_dir));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not by the delegator"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
+    let out = narrow(Some(&a_dir));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let to_b = String::from_utf8(out.stdout).unwrap();
     assert!(to_b.trim().len() > root.trim().len());
+
+    // The token verifies against the CA's bundle, held by b, signed by a's SVID.
+    use warden_identity::delegation::{
+        ArgValue, DelegationIssuer, DelegationVerifier, Presentation,
+    };
+    let key = std::fs::read_to_string(dir.join("delegation.key")).unwrap();
+    let issuer = DelegationIssuer::from_private_key(&hex::decode(key.trim()).unwrap()).unwrap();
+    let bundle = warden_identity::TrustBundle::from_jwks(
+        warden_identity::TrustDomain::new("example.org").unwrap(),
+        ok(dir, &["bundle"]).as_bytes(),
+    )
+    .unwrap();
+    let verifier = DelegationVerifier::new(
+        &issuer.public_key(),
+        warden_identity::tls::TrustStore::new(bundle),
+    );
+    let b = warden_identity::SpiffeId::new("spiffe://example.org/b").unwrap();
+    let args = [("path".to_owned(), ArgValue::Str("/tmp/x".into()))];
+    let chain = verifier
+        .authorize(
+            &to_b,
+            &Presentation {
+                presenter: &b,
+                tool: "fs/read",
+                args: &args,
+                now: std::time::SystemTime::now(),
+            },
+        )
+        .unwrap();
+    assert_eq!(chain.depth, 1);
 }

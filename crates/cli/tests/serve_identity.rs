@@ -253,3 +253,77 @@ async fn serve_with_gateway_tls_requires_a_configured_client_svid() {
     let r = mtls_initialize(port, &ca, &stranger).await;
     assert!(r.is_err(), "unconfigured agent got {r:?}");
 }
+
+/// `warden identity delegate` without `--svid-cert`: the delegator's SVID comes from the
+/// Workload API at `SPIFFE_ENDPOINT_SOCKET`, and the block it signs verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegate_signs_with_the_svid_from_the_workload_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), uid());
+    let socket = tmp.path().join("workload.sock");
+    let _server = serve(tmp.path(), &config, &socket, &["--no-http"]);
+    let identity = |args: &[&str], socket: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+        cmd.arg("identity")
+            .args(args)
+            .env("WARDEN_IDENTITY_DIR", tmp.path().join("id"))
+            .env_remove("SPIFFE_ENDPOINT_SOCKET");
+        if let Some(s) = socket {
+            cmd.env("SPIFFE_ENDPOINT_SOCKET", format!("unix:{}", s.display()));
+        }
+        cmd.output().unwrap()
+    };
+    let me = "spiffe://example.org/agent/me";
+    let root = identity(&["delegate", "--to", me, "--tools", "fs/read"], None);
+    assert!(
+        root.status.success(),
+        "{}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+    let tok = tmp.path().join("me.tok");
+    std::fs::write(&tok, &root.stdout).unwrap();
+    let narrow = [
+        "delegate",
+        "--token",
+        tok.to_str().unwrap(),
+        "--to",
+        "spiffe://example.org/b",
+    ];
+    // Without an SVID and without a Workload API: refused.
+    let refused = identity(&narrow, None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("SPIFFE_ENDPOINT_SOCKET"));
+    let out = identity(&narrow, Some(&socket));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    use warden_identity::delegation::{DelegationIssuer, DelegationVerifier, Presentation};
+    let key = std::fs::read_to_string(tmp.path().join("id/delegation.key")).unwrap();
+    let issuer = DelegationIssuer::from_private_key(&hex::decode(key.trim()).unwrap()).unwrap();
+    let bundle = identity(&["bundle"], None);
+    let bundle = warden_identity::TrustBundle::from_jwks(
+        warden_identity::TrustDomain::new("example.org").unwrap(),
+        &bundle.stdout,
+    )
+    .unwrap();
+    let verifier = DelegationVerifier::new(
+        &issuer.public_key(),
+        warden_identity::tls::TrustStore::new(bundle),
+    );
+    let b = warden_identity::SpiffeId::new("spiffe://example.org/b").unwrap();
+    let chain = verifier
+        .authorize(
+            std::str::from_utf8(&out.stdout).unwrap(),
+            &Presentation {
+                presenter: &b,
+                tool: "fs/read",
+                args: &[],
+                now: std::time::SystemTime::now(),
+            },
+        )
+        .unwrap();
+    assert_eq!(chain.hops.first().unwrap().to_string(), me);
+}

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use warden_identity::SpiffeId;
 use warden_identity::delegation::{DelegationIssuer, DelegationVerifier};
+use warden_identity::tls::TrustStore;
+use warden_identity::{SpiffeId, TrustBundle, TrustDomain};
 use warden_kernel::{Manifest, ToolId};
 
 use crate::error::Error;
@@ -86,6 +87,11 @@ pub struct DelegationSettings {
     pub root_key_file: Option<PathBuf>,
     /// Maximum number of delegations after the root (default 8).
     pub max_depth: Option<usize>,
+    /// The SPIFFE bundle (JWKS, as `warden identity bundle` prints it) that delegators'
+    /// X.509-SVIDs must chain to, relative to the config file. Without it the manifest must
+    /// have `[identity]`: the embedded CA's bundle is used, kept current by the process that
+    /// runs the CA ([`GatewayConfig::delegation_follows_authority`]).
+    pub bundle_file: Option<PathBuf>,
 }
 
 /// `[gateway.tls]`: the HTTP face serves TLS 1.3 with a server SVID minted by Warden's CA and
@@ -234,7 +240,7 @@ impl GatewayConfig {
         let delegation = gateway
             .delegation
             .as_ref()
-            .map(|d| delegation_verifier(d, base_dir))
+            .map(|d| delegation_verifier(d, manifest, base_dir))
             .transpose()?;
         if let Some(tls) = &gateway.tls {
             let id = SpiffeId::new(&tls.spiffe_id)
@@ -253,6 +259,17 @@ impl GatewayConfig {
             delegation,
             manifest: Arc::new(manifest.clone()),
         })
+    }
+
+    /// The delegation verifier's trust store when it follows the embedded CA (`[identity]`,
+    /// no `bundle_file`). It starts empty, so every delegated token is refused until the
+    /// process that runs the CA sets the CA's bundle in it (and again on every rotation).
+    pub fn delegation_follows_authority(&self) -> Option<&TrustStore> {
+        let settings = self.gateway.delegation.as_ref()?;
+        if settings.bundle_file.is_some() {
+            return None;
+        }
+        self.delegation.as_ref().map(DelegationVerifier::trust)
     }
 
     /// The manifest this view was made from.
@@ -297,8 +314,12 @@ impl GatewayConfig {
     }
 }
 
+/// Refresh hint of the placeholder bundle a CA-following delegation verifier starts with.
+const DEFAULT_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn delegation_verifier(
     settings: &DelegationSettings,
+    manifest: &Manifest,
     base_dir: &Path,
 ) -> Result<DelegationVerifier, Error> {
     let bad = |what: &str, e: &dyn std::fmt::Display| {
@@ -333,7 +354,30 @@ fn delegation_verifier(
             "[gateway.delegation] the root public key is not 32 bytes".into(),
         ));
     }
-    let verifier = DelegationVerifier::new(&public);
+    let td = TrustDomain::new(manifest.trust_domain())
+        .map_err(|e| bad("the manifest's trust domain", &e))?;
+    let bundle = match (&settings.bundle_file, manifest.identity()) {
+        (Some(file), _) => {
+            let path = if file.is_absolute() {
+                file.clone()
+            } else {
+                base_dir.join(file)
+            };
+            let bytes =
+                std::fs::read(&path).map_err(|e| bad(&format!("`{}`", path.display()), &e))?;
+            TrustBundle::from_jwks(td, &bytes).map_err(|e| bad("bundle_file", &e))?
+        }
+        // Filled in by whoever runs the embedded CA; empty (refusing every delegation) until then.
+        (None, Some(_)) => TrustBundle::new(td, Vec::new(), Vec::new(), 0, DEFAULT_REFRESH),
+        (None, None) => {
+            return Err(Error::Config(
+                "[gateway.delegation] needs `bundle_file` (a SPIFFE bundle) or the manifest's \
+                 `[identity]` CA: delegators' SVIDs cannot be checked without a trust bundle"
+                    .into(),
+            ));
+        }
+    };
+    let verifier = DelegationVerifier::new(&public, TrustStore::new(bundle));
     Ok(match settings.max_depth {
         Some(d) => verifier.with_max_depth(d),
         None => verifier,

@@ -3,10 +3,12 @@
 //!
 //! The token travels in the call's `_meta` under [`META_DELEGATION`] (every face) or in the HTTP
 //! header [`DELEGATION_HEADER`] (the HTTP face copies it into `_meta`; both present and different
-//! is refused). The gateway verifies the chain with the root public key alone, requires the
-//! authenticated caller to be the last holder named, checks the called tool and its arguments
-//! against every block, and hands the delegators (origin first, the caller excluded) to the
-//! kernel, whose policy sees them as `context.delegation` (`origin`, `depth`, `hops`).
+//! is refused). The gateway verifies the chain with the root public key and, for each hop, the
+//! delegator's X.509-SVID against the trust bundle (`bundle_file`, or the `[identity]` CA's),
+//! requires the authenticated caller to be the last holder named, checks the called tool and
+//! its arguments against every block, and hands the delegators (origin first, the caller
+//! excluded) to the kernel, whose policy sees them as `context.delegation` (`origin`, `depth`,
+//! `hops`).
 //!
 //! Any failure is a logged denial with rule `delegation` and the verifier's reason: the call is
 //! decided by the authority as refused, never forwarded. The token never goes upstream.
@@ -101,7 +103,10 @@ fn verify(
                 now,
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            warden_identity::Error::Delegation(reason) => reason,
+            other => other.to_string(),
+        })?;
     // `hops` ends with the presenter; the kernel's chain is the delegators, origin first, so
     // that `context.delegation.depth` is the number of delegations.
     let mut hops: Vec<String> = chain.hops.iter().map(ToString::to_string).collect();

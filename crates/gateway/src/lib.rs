@@ -29,6 +29,7 @@ mod http;
 pub mod jsonrpc;
 mod kernel_authority;
 mod labels;
+mod listen;
 mod pins;
 pub mod replay;
 mod session;

@@ -57,7 +57,17 @@ pub struct PinStore {
     /// `None`: in memory only (replay).
     path: Option<PathBuf>,
     pins: BTreeMap<String, Pin>,
-    loaded_at: Option<SystemTime>,
+    loaded_at: Option<FileStamp>,
+}
+
+/// What tells one version of the pin file from another: its modification time alone is too
+/// coarse (two saves within one clock tick share it); every save renames a new file into place,
+/// so the inode changes too.
+type FileStamp = (Option<SystemTime>, u64, u64);
+
+fn stamp(m: &std::fs::Metadata) -> FileStamp {
+    use std::os::unix::fs::MetadataExt as _;
+    (m.modified().ok(), m.ino(), m.len())
 }
 
 /// `sha256:<hex>` of the JCS bytes of a definition.
@@ -96,7 +106,7 @@ impl PinStore {
             return Ok(());
         };
         let modified = match std::fs::metadata(&path) {
-            Ok(m) => m.modified().ok(),
+            Ok(m) => Some(stamp(&m)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::Pins(format!("`{}`: {e}", path.display()))),
         };
@@ -120,9 +130,7 @@ impl PinStore {
         std::fs::write(&tmp, text).map_err(|e| Error::Pins(format!("`{}`: {e}", tmp.display())))?;
         std::fs::rename(&tmp, &path)
             .map_err(|e| Error::Pins(format!("`{}`: {e}", path.display())))?;
-        self.loaded_at = std::fs::metadata(&path)
-            .ok()
-            .and_then(|m| m.modified().ok());
+        self.loaded_at = std::fs::metadata(&path).ok().map(|m| stamp(&m));
         Ok(())
     }
 

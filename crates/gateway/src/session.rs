@@ -164,7 +164,17 @@ pub struct Session {
     delivered: Mutex<HashMap<String, u64>>,
     /// Woken each time the pump delivered an event.
     delivered_tick: tokio::sync::Notify,
+    /// Change notifications (list changed, resource updated) of connections that have no listen
+    /// stream of their own (legacy servers), for `subscriptions/listen` relays (see `listen.rs`).
+    changes: tokio::sync::broadcast::Sender<(String, Value)>,
+    /// Tasks (MCP tasks extension) that allowed `tools/call`s created: task id → (server, the
+    /// label its result gets, as the call's own result would).
+    tasks: Mutex<HashMap<String, (String, Label)>>,
 }
+
+/// How many tasks a session remembers; past that the oldest are forgotten, and their results
+/// are labelled as those of unknown tasks (untrusted).
+const MAX_TASKS: usize = 4096;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -208,6 +218,8 @@ impl Session {
             next_sink: AtomicU64::new(1),
             delivered: Mutex::default(),
             delivered_tick: tokio::sync::Notify::new(),
+            changes: tokio::sync::broadcast::channel(crate::upstream::LISTEN_BUFFER).0,
+            tasks: Mutex::default(),
         });
         tokio::spawn(pump(Arc::downgrade(&session), rx));
         session
@@ -362,16 +374,7 @@ impl Session {
             None => false,
         };
         if modern {
-            if let Ok(mut m) = self.modern.lock() {
-                *m = true;
-            }
-            if let Some(caps) = frame
-                .pointer("/params/_meta")
-                .and_then(|m| m.get(META_CLIENT_CAPS))
-                && let Ok(mut c) = self.client_caps.lock()
-            {
-                *c = caps.clone();
-            }
+            self.adopt_modern(&frame);
         }
         let mut resp = match method.as_str() {
             "initialize" => self.initialize(id, &frame),
@@ -385,6 +388,21 @@ impl Session {
             mark_complete(&mut resp, &method);
         }
         resp
+    }
+
+    /// A modern request arrived: the session is modern (its upstream connections are opened
+    /// in the modern era where servers speak it) with the capabilities the request declares.
+    pub(crate) fn adopt_modern(&self, frame: &Value) {
+        if let Ok(mut m) = self.modern.lock() {
+            *m = true;
+        }
+        if let Some(caps) = frame
+            .pointer("/params/_meta")
+            .and_then(|m| m.get(META_CLIENT_CAPS))
+            && let Ok(mut c) = self.client_caps.lock()
+        {
+            *c = caps.clone();
+        }
     }
 
     fn initialize(&self, id: Value, frame: &Value) -> Value {
@@ -418,8 +436,10 @@ impl Session {
         if self.gw.cfg.servers.len() == 1 {
             // One upstream: resources, prompts and completions pass through unchanged.
             if let Some(obj) = caps.as_object_mut() {
-                obj.insert("resources".into(), json!({}));
-                obj.insert("prompts".into(), json!({}));
+                // Their list-changed notifications are relayed (`subscriptions/listen`, or the
+                // session stream of a legacy agent).
+                obj.insert("resources".into(), json!({"listChanged": true}));
+                obj.insert("prompts".into(), json!({"listChanged": true}));
                 obj.insert("completions".into(), json!({}));
                 obj.insert("logging".into(), json!({}));
             }
@@ -428,16 +448,19 @@ impl Session {
     }
 
     fn discover(&self) -> Value {
+        let info = json!({"name": "warden", "version": env!("CARGO_PKG_VERSION")});
         json!({
             "supportedVersions": SUPPORTED_VERSIONS,
             "capabilities": self.capabilities(),
-            "serverInfo": {"name": "warden", "version": env!("CARGO_PKG_VERSION")},
+            "serverInfo": info,
+            "_meta": {"io.modelcontextprotocol/serverInfo": info},
             "ttlMs": 0,
             "cacheScope": "private",
         })
     }
 
-    async fn upstream(&self, server: &str) -> Result<Arc<Upstream>, Error> {
+    /// The session's connection to `server`, opened on first use.
+    pub(crate) async fn upstream(&self, server: &str) -> Result<Arc<Upstream>, Error> {
         let mut ups = self.upstreams.lock().await;
         if let Some(up) = ups.get(server) {
             return Ok(up.clone());
@@ -549,6 +572,20 @@ impl Session {
             }
         }
         Ok(visible)
+    }
+
+    /// `server` announced that its tools changed: re-lists them at once, so that changed
+    /// definitions are flagged (and refused) before the agent re-fetches the list.
+    pub(crate) async fn tools_changed(&self, server: &str) {
+        if let Ok(mut t) = self.tools.lock() {
+            t.retain(|k, _| !k.starts_with(&format!("{server}/")));
+        }
+        let _ = self.list_server(server).await;
+    }
+
+    /// Change notifications of servers whose connection has no listen stream (legacy era).
+    pub(crate) fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<(String, Value)> {
+        self.changes.subscribe()
     }
 
     fn event(&self, event: Value) {
@@ -908,6 +945,11 @@ impl Session {
             if let Some(meta) = meta.as_object_mut() {
                 meta.insert(META_LABELS.into(), label.to_meta());
             }
+            if result.get("resultType").and_then(Value::as_str) == Some("task")
+                && let Some(task) = result.get("taskId").and_then(Value::as_str)
+            {
+                self.remember_task(task, server, label);
+            }
         }
         with_id(resp, id)
     }
@@ -941,13 +983,78 @@ impl Session {
         let _ = tokio::time::timeout(SETTLE_LIMIT, wait).await;
     }
 
-    /// Any other request: with one upstream, forwarded unchanged; otherwise unknown.
+    fn remember_task(&self, task: &str, server: &str, label: Label) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            if tasks.len() >= MAX_TASKS
+                && let Some(old) = tasks.keys().next().cloned()
+            {
+                tasks.remove(&old);
+            }
+            tasks.insert(task.to_owned(), (server.to_owned(), label));
+        }
+    }
+
+    /// The server and result label of the task `task_id` names, if a `tools/call` of this
+    /// session created it.
+    fn task(&self, task_id: Option<&Value>) -> Option<(String, Label)> {
+        let task = task_id.and_then(Value::as_str)?;
+        self.tasks.lock().ok()?.get(task).cloned()
+    }
+
+    /// A task's tool result in a tasks message (at `pointer`: `tasks/get` inlines it in
+    /// `result.result`, the 2025-11-25 `tasks/result` answers with it, a status notification
+    /// may carry it) is labelled and indexed for taint like the result of the call that created
+    /// the task; a task this session did not create (or forgot) counts as untrusted.
+    fn label_task_result(
+        &self,
+        frame: &mut Value,
+        pointer: &str,
+        server: &str,
+        task_id: Option<&Value>,
+    ) {
+        let known = self.task(task_id).map(|(_, label)| label);
+        let Some(result) = frame.pointer_mut(pointer).and_then(Value::as_object_mut) else {
+            return;
+        };
+        let label = known.unwrap_or_else(|| {
+            Label::new(
+                [format!("task:{server}")],
+                crate::labels::Integrity::Untrusted,
+            )
+        });
+        if label.is_untrusted() {
+            let mut text = Vec::new();
+            for (k, v) in result.iter() {
+                if k != "_meta" {
+                    strings(v, &mut text);
+                }
+            }
+            if let Ok(mut ix) = self.taint.lock() {
+                for t in &text {
+                    ix.insert(t, &label);
+                }
+            }
+        }
+        let meta = result.entry("_meta").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert(META_LABELS.into(), label.to_meta());
+        }
+    }
+
+    /// Any other request: with one upstream, forwarded unchanged; otherwise unknown. A `tasks/*`
+    /// request about a task this session created goes to the task's server.
     async fn passthrough(&self, frame: Value) -> Value {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);
         let method = jsonrpc::method(&frame).unwrap_or_default().to_owned();
+        let task_id = frame.pointer("/params/taskId").cloned();
+        let task = method
+            .starts_with("tasks/")
+            .then(|| self.task(task_id.as_ref()))
+            .flatten();
         let only = (self.gw.cfg.servers.len() == 1)
             .then(|| self.gw.cfg.servers.keys().next().cloned())
-            .flatten();
+            .flatten()
+            .or_else(|| task.as_ref().map(|(server, _)| server.clone()));
         let forwardable = method.starts_with("resources/")
             || method.starts_with("prompts/")
             || method == "completion/complete"
@@ -970,7 +1077,17 @@ impl Session {
         let result = up.forward(frame, upstream_id).await;
         self.settle(&server, &up).await;
         match result {
-            Ok(resp) => with_id(resp, id),
+            Ok(mut resp) => {
+                if method.starts_with("tasks/") {
+                    let at = if method == "tasks/result" {
+                        "/result"
+                    } else {
+                        "/result/result"
+                    };
+                    self.label_task_result(&mut resp, at, &server, task_id.as_ref());
+                }
+                with_id(resp, id)
+            }
             Err(e) => jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
         }
     }
@@ -1035,6 +1152,21 @@ impl Session {
                         t.retain(|k, _| !k.starts_with(&format!("{server}/")));
                     }
                 }
+                if method == "notifications/tasks/status" {
+                    let mut frame = frame;
+                    let task_id = frame.pointer("/params/taskId").cloned();
+                    self.label_task_result(&mut frame, "/params/result", &server, task_id.as_ref());
+                    self.deliver(frame);
+                    return;
+                }
+                if crate::listen::is_change(method) {
+                    let _ = self.changes.send((server.clone(), frame.clone()));
+                    if self.out.is_closed() {
+                        // No session stream (a modern agent over HTTP): change notifications
+                        // travel on its listen streams only, never on a request's stream.
+                        return;
+                    }
+                }
                 if method == "notifications/cancelled" {
                     // The server withdrew one of its own requests: translate the id back.
                     let mut frame = frame;
@@ -1091,7 +1223,15 @@ async fn pump(session: std::sync::Weak<Session>, mut rx: mpsc::UnboundedReceiver
                 server.clone()
             }
         };
+        // A server announced new tools: re-list and re-pin them now, not at the next call, so
+        // a changed definition is flagged when it appears.
+        let relist = matches!(&event, UpstreamEvent::Notification { frame, .. }
+            if jsonrpc::method(frame) == Some("notifications/tools/list_changed"));
         s.upstream_event(event).await;
+        if relist {
+            let (s2, server) = (s.clone(), server.clone());
+            tokio::spawn(async move { s2.tools_changed(&server).await });
+        }
         if let Ok(mut d) = s.delivered.lock() {
             *d.entry(server).or_insert(0) += 1;
         }

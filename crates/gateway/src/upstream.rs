@@ -47,6 +47,9 @@ struct PendingMap {
     /// Notifications and server→client requests sent to the session so far. A response read
     /// after them must not reach the agent before them (see [`Upstream::routed`]).
     routed: AtomicU64,
+    /// Open `subscriptions/listen` streams of a stdio server, by the upstream id of their
+    /// request: their notifications (tagged with that id) and final response go there.
+    subscriptions: Mutex<HashMap<u64, mpsc::Sender<Value>>>,
 }
 
 impl PendingMap {
@@ -320,13 +323,15 @@ impl Upstream {
     async fn open(&self, era: Era, prefer_modern: bool) -> Result<(), Error> {
         match era {
             Era::Legacy => self.initialize().await,
-            Era::Modern if self.probe_modern().await => Ok(()),
+            // Configured modern: the probe may take as long as any request (a stdio server
+            // still starting under load answers late, not never).
+            Era::Modern if self.probe_modern(self.timeout).await => Ok(()),
             Era::Modern => Err(upstream_err(
                 &self.name,
                 "configured as modern but does not answer `server/discover`",
             )),
             Era::Auto if prefer_modern => {
-                if self.probe_modern().await {
+                if self.probe_modern(self.probe_timeout()).await {
                     Ok(())
                 } else {
                     self.initialize().await
@@ -334,21 +339,26 @@ impl Upstream {
             }
             Era::Auto => match self.initialize().await {
                 Ok(()) => Ok(()),
-                Err(_) if self.probe_modern().await => Ok(()),
+                Err(_) if self.probe_modern(self.probe_timeout()).await => Ok(()),
                 Err(e) => Err(e),
             },
         }
     }
 
+    /// How long an `era = "auto"` connection waits for `server/discover`. A stdio server's first
+    /// answer includes its start-up (seconds for a Python server on a loaded machine), and a
+    /// server that takes the probe for its era cannot be asked again in the other one.
+    fn probe_timeout(&self) -> Duration {
+        match self.transport {
+            Transport::Stdio { .. } => self.timeout.min(STDIO_PROBE_TIMEOUT),
+            Transport::Http { .. } | Transport::Replay(_) => PROBE_TIMEOUT,
+        }
+    }
+
     /// Probes with `server/discover`; true (and modern) if the server speaks 2026-07-28.
-    async fn probe_modern(&self) -> bool {
+    async fn probe_modern(&self, timeout: Duration) -> bool {
         let probe = self
-            .request_with_timeout(
-                "server/discover",
-                json!({}),
-                Duration::from_secs(3),
-                Some(Era::Modern),
-            )
+            .request_with_timeout("server/discover", json!({}), timeout, Some(Era::Modern))
             .await;
         let Ok(resp) = probe else { return false };
         let modern = resp
@@ -474,6 +484,9 @@ impl Upstream {
         }
         if era.unwrap_or_else(|| self.era()) == Era::Modern {
             add_modern_meta(&mut frame, &self.client_caps);
+        } else {
+            // A modern agent's envelope means nothing to (and is refused by) a legacy session.
+            strip_modern_meta(&mut frame);
         }
         match &self.transport {
             Transport::Stdio { stdin, .. } => {
@@ -511,6 +524,84 @@ impl Upstream {
             }
             Transport::Replay(recorded) => self.replayed(recorded, &frame, id),
         }
+    }
+
+    /// Opens a `subscriptions/listen` stream (2026-07-28) on this server with `params`. Its
+    /// frames arrive on the returned receiver, in order: the acknowledgement, notifications, and
+    /// the response that ends the stream (or an error response when the server refuses). At most
+    /// [`LISTEN_BUFFER`] frames wait; dropping the receiver closes the stream upstream (HTTP: the
+    /// connection; stdio: `notifications/cancelled`).
+    pub async fn listen(self: &Arc<Self>, params: Value) -> Result<mpsc::Receiver<Value>, Error> {
+        let id = self.reserve_id();
+        let mut frame =
+            json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen", "params": params});
+        add_modern_meta(&mut frame, &self.client_caps);
+        let (tx, rx) = mpsc::channel(LISTEN_BUFFER);
+        match &self.transport {
+            Transport::Http {
+                client,
+                url,
+                session_id,
+            } => {
+                let body = serde_json::to_vec(&frame).map_err(|e| upstream_err(&self.name, e))?;
+                let req = self
+                    .http_builder(client, url, session_id, &frame)
+                    .body(body);
+                let resp = tokio::time::timeout(self.timeout, req.send())
+                    .await
+                    .map_err(|_| upstream_err(&self.name, "timed out"))?
+                    .map_err(|e| upstream_err(&self.name, e))?;
+                if !is_sse(&resp) {
+                    let status = resp.status();
+                    let bytes = tokio::time::timeout(self.timeout, resp.bytes())
+                        .await
+                        .map_err(|_| upstream_err(&self.name, "timed out"))?
+                        .map_err(|e| upstream_err(&self.name, e))?;
+                    let answer = serde_json::from_slice::<Value>(&bytes)
+                        .ok()
+                        .filter(|v| jsonrpc::classify(v) == Kind::Response)
+                        .ok_or_else(|| upstream_err(&self.name, format_args!("http {status}")))?;
+                    let _ = tx.try_send(answer);
+                    return Ok(rx);
+                }
+                tokio::spawn(read_listen_stream(resp, tx));
+            }
+            Transport::Stdio { .. } => {
+                self.pending
+                    .subscriptions
+                    .lock()
+                    .map_err(|_| upstream_err(&self.name, "poisoned"))?
+                    .insert(id, tx.clone());
+                let up = Arc::downgrade(self);
+                if let Err(e) = self.notify(frame).await {
+                    if let Ok(mut subs) = self.pending.subscriptions.lock() {
+                        subs.remove(&id);
+                    }
+                    return Err(e);
+                }
+                // When the listener goes away before the server ended the stream, cancel it.
+                tokio::spawn(async move {
+                    tx.closed().await;
+                    let Some(up) = up.upgrade() else { return };
+                    let open = up
+                        .pending
+                        .subscriptions
+                        .lock()
+                        .ok()
+                        .and_then(|mut subs| subs.remove(&id))
+                        .is_some();
+                    if open {
+                        let _ = up
+                            .notify(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "listener closed"}}))
+                            .await;
+                    }
+                });
+            }
+            Transport::Replay(_) => {
+                return Err(upstream_err(&self.name, "a recording has no listen stream"));
+            }
+        }
+        Ok(rx)
     }
 
     /// Sends a notification or a response (to a server→client request).
@@ -588,6 +679,68 @@ impl Upstream {
         else {
             return Err(upstream_err(&self.name, "not an http upstream"));
         };
+        let req = self.http_builder(client, url, session_id, frame);
+        let body = serde_json::to_vec(frame).map_err(|e| upstream_err(&self.name, e))?;
+        let mut resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| upstream_err(&self.name, e))?;
+        if let Some(sid) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            && let Ok(mut s) = session_id.lock()
+        {
+            *s = Some(sid.to_owned());
+        }
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        if !is_sse(&resp) {
+            let status = resp.status();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| upstream_err(&self.name, e))?;
+            return match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) if jsonrpc::classify(&v) == Kind::Response || v.get("error").is_some() => {
+                    Ok(Some(v))
+                }
+                _ => Err(upstream_err(&self.name, format_args!("http {status}"))),
+            };
+        }
+        let mut parser = crate::sse::SseParser::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| upstream_err(&self.name, e))?
+        {
+            let events = parser
+                .push(&chunk)
+                .map_err(|e| upstream_err(&self.name, e))?;
+            for event in events {
+                if let Ok(frame) = serde_json::from_str::<Value>(&event) {
+                    if jsonrpc::classify(&frame) == Kind::Response
+                        && frame.get("id") == Some(&json!(id))
+                    {
+                        return Ok(Some(frame));
+                    }
+                    route(&self.name, frame, &self.pending, &self.events);
+                }
+            }
+        }
+        Err(upstream_err(&self.name, "stream ended without a response"))
+    }
+
+    /// The POST of `frame` with the headers its era and method call for (no body yet).
+    fn http_builder(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        session_id: &Mutex<Option<String>>,
+        frame: &Value,
+    ) -> reqwest::RequestBuilder {
         let era = self.era();
         let mut req = client
             .post(url)
@@ -641,62 +794,71 @@ impl Upstream {
                 }
             }
         }
-        let body = serde_json::to_vec(frame).map_err(|e| upstream_err(&self.name, e))?;
-        let mut resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| upstream_err(&self.name, e))?;
-        if let Some(sid) = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            && let Ok(mut s) = session_id.lock()
-        {
-            *s = Some(sid.to_owned());
-        }
-        let Some(id) = id else {
-            return Ok(None);
+        req
+    }
+}
+
+/// How long an `era = "auto"` connection waits for `server/discover` before it tries the other
+/// era.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// As [`PROBE_TIMEOUT`], for a stdio server that is starting.
+const STDIO_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How many frames of one relayed listen stream may wait for their reader.
+pub const LISTEN_BUFFER: usize = 64;
+
+/// The largest frame a relayed listen stream carries (bytes of JSON).
+const LISTEN_MAX_FRAME: usize = 64 * 1024;
+
+/// The `_meta` key naming the listen stream a notification belongs to.
+pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// Moves an HTTP listen stream's frames to `tx` until the server or the reader ends it. Waits
+/// for the reader when `tx` is full: the server's socket fills, memory does not.
+async fn read_listen_stream(mut resp: reqwest::Response, tx: mpsc::Sender<Value>) {
+    let mut parser = crate::sse::SseParser::new();
+    loop {
+        let chunk = tokio::select! {
+            chunk = resp.chunk() => chunk,
+            () = tx.closed() => return,
         };
-        let is_sse = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if !is_sse {
-            let status = resp.status();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| upstream_err(&self.name, e))?;
-            return match serde_json::from_slice::<Value>(&bytes) {
-                Ok(v) if jsonrpc::classify(&v) == Kind::Response || v.get("error").is_some() => {
-                    Ok(Some(v))
-                }
-                _ => Err(upstream_err(&self.name, format_args!("http {status}"))),
-            };
-        }
-        let mut parser = crate::sse::SseParser::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| upstream_err(&self.name, e))?
-        {
-            let events = parser
-                .push(&chunk)
-                .map_err(|e| upstream_err(&self.name, e))?;
-            for event in events {
-                if let Ok(frame) = serde_json::from_str::<Value>(&event) {
-                    if jsonrpc::classify(&frame) == Kind::Response
-                        && frame.get("id") == Some(&json!(id))
-                    {
-                        return Ok(Some(frame));
-                    }
-                    route(&self.name, frame, &self.pending, &self.events);
-                }
+        let Ok(Some(chunk)) = chunk else { return };
+        let Ok(events) = parser.push(&chunk) else {
+            return;
+        };
+        for event in events {
+            // Change notifications are small: a huge frame ends the stream rather than waiting
+            // in the buffer.
+            if event.len() > LISTEN_MAX_FRAME {
+                return;
+            }
+            if let Ok(frame) = serde_json::from_str::<Value>(&event)
+                && tx.send(frame).await.is_err()
+            {
+                return;
             }
         }
-        Err(upstream_err(&self.name, "stream ended without a response"))
+    }
+}
+
+/// The per-request `_meta` fields of the 2026-07-28 envelope.
+const MODERN_ENVELOPE: [&str; 4] = [
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientCapabilities",
+    "io.modelcontextprotocol/clientInfo",
+    "io.modelcontextprotocol/logLevel",
+];
+
+/// Removes the modern envelope from a frame going to a legacy connection (other `_meta` stays).
+fn strip_modern_meta(frame: &mut Value) {
+    if let Some(meta) = frame
+        .pointer_mut("/params/_meta")
+        .and_then(Value::as_object_mut)
+    {
+        for key in MODERN_ENVELOPE {
+            meta.remove(key);
+        }
     }
 }
 
@@ -729,6 +891,18 @@ fn route(
     pending: &Pending,
     events: &mpsc::UnboundedSender<UpstreamEvent>,
 ) {
+    if let Some(sub) = subscription_of(&frame)
+        && let Ok(mut subs) = pending.subscriptions.lock()
+        && let Some(tx) = subs.get(&sub)
+    {
+        let last = jsonrpc::classify(&frame) == Kind::Response;
+        // A listener that fell `LISTEN_BUFFER` frames behind loses its stream: list-changed
+        // events are level triggers, it re-listens and re-fetches.
+        if tx.try_send(frame).is_err() || last {
+            subs.remove(&sub);
+        }
+        return;
+    }
     match jsonrpc::classify(&frame) {
         Kind::Response => {
             let waiter = frame
@@ -755,4 +929,25 @@ fn route(
         }
         Kind::Invalid => {}
     }
+}
+
+/// The upstream id of the listen stream `frame` belongs to: a notification's
+/// `_meta.io.modelcontextprotocol/subscriptionId`, or a response's id (which the caller looks up
+/// among open subscriptions only).
+fn subscription_of(frame: &Value) -> Option<u64> {
+    match jsonrpc::classify(frame) {
+        Kind::Notification => frame
+            .pointer("/params/_meta")
+            .and_then(|m| m.get(META_SUBSCRIPTION_ID))
+            .and_then(Value::as_u64),
+        Kind::Response => frame.get("id").and_then(Value::as_u64),
+        Kind::Request | Kind::Invalid => None,
+    }
+}
+
+fn is_sse(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
 }

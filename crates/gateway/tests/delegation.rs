@@ -16,8 +16,10 @@ use std::time::{Duration, SystemTime};
 use common::{Agent, TestLog, error_code};
 use serde_json::{Value, json};
 use warden_gateway::{Authority, Gateway, GatewayConfig, HttpFace, META_DELEGATION, jsonrpc};
-use warden_identity::SpiffeId;
 use warden_identity::delegation::{ArgConstraint, Attenuation, DelegationIssuer, DelegationToken};
+use warden_identity::{
+    CaPolicy, CertificateAuthority, OsRandom, SpiffeId, SystemClock, TrustDomain, X509Svid,
+};
 
 const ALICE: &str = "spiffe://example.org/agent/alice";
 const BOB: &str = "spiffe://example.org/agent/bob";
@@ -64,6 +66,8 @@ async fn upstream() -> (String, Seen) {
 struct Fixture {
     dir: tempfile::TempDir,
     issuer: DelegationIssuer,
+    /// The CA whose bundle (`bundle.jwks`) the gateway checks delegators' SVIDs against.
+    ca: CertificateAuthority,
     url: String,
     seen: Seen,
     log: Arc<TestLog>,
@@ -96,6 +100,7 @@ fn manifest(f_dir: &std::path::Path, url: &str, issuer: &DelegationIssuer, who: 
         http_agent = "{BOB}"
         [gateway.delegation]
         root_public_key = "{key}"
+        bundle_file = "{bundle}"
         max_depth = 2
         [servers.rec]
         url = "{url}"
@@ -105,6 +110,7 @@ fn manifest(f_dir: &std::path::Path, url: &str, issuer: &DelegationIssuer, who: 
         tools = ["rec/echo", "rec/admin"]
         "#,
         pins = f_dir.join(format!("pins-{who}.json")).display(),
+        bundle = f_dir.join("bundle.jwks").display(),
         key = hex::encode(issuer.public_key()),
     )
 }
@@ -112,6 +118,12 @@ fn manifest(f_dir: &std::path::Path, url: &str, issuer: &DelegationIssuer, who: 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let issuer = DelegationIssuer::generate();
+    let ca = test_ca();
+    std::fs::write(
+        dir.path().join("bundle.jwks"),
+        ca.bundle().to_jwks().unwrap(),
+    )
+    .unwrap();
     let (url, seen) = upstream().await;
     let log = TestLog::new();
     let text = manifest(dir.path(), &url, &issuer, "k");
@@ -146,6 +158,7 @@ async fn fixture() -> Fixture {
     Fixture {
         dir,
         issuer,
+        ca,
         url,
         seen,
         log,
@@ -170,26 +183,58 @@ fn in_an_hour() -> SystemTime {
     SystemTime::now() + Duration::from_secs(3600)
 }
 
+fn test_ca() -> CertificateAuthority {
+    CertificateAuthority::generate(
+        TrustDomain::new("example.org").unwrap(),
+        CaPolicy::default(),
+        Arc::new(SystemClock),
+        Arc::new(OsRandom::new()),
+    )
+    .unwrap()
+}
+
 /// alice's root token for `rec/echo`.
 fn root(f: &Fixture) -> DelegationToken {
     f.issuer
-        .mint(&id(ALICE), &["rec/echo".to_owned()], in_an_hour())
+        .mint(
+            &id(ALICE),
+            &["rec/echo".to_owned()],
+            SystemTime::now(),
+            in_an_hour(),
+        )
         .unwrap()
 }
 
+fn hop(to: &str, tools: &[&str], args: Vec<ArgConstraint>) -> Attenuation {
+    Attenuation {
+        holder: id(to),
+        tools: Some(tools.iter().map(|s| (*s).to_owned()).collect()),
+        args,
+        expires: in_an_hour(),
+    }
+}
+
+/// `t` narrowed for `to` by its current holder, signed with the holder's fresh SVID.
 fn narrow(
+    f: &Fixture,
     t: &DelegationToken,
     to: &str,
     tools: &[&str],
     args: Vec<ArgConstraint>,
 ) -> DelegationToken {
-    t.attenuate(&Attenuation {
-        holder: id(to),
-        tools: Some(tools.iter().map(|s| (*s).to_owned()).collect()),
-        args,
-        expires: in_an_hour(),
-    })
-    .unwrap()
+    let holder = t.holders().unwrap().pop().unwrap();
+    narrow_as(&f.ca.mint_x509_svid(&holder).unwrap(), t, to, tools, args)
+}
+
+fn narrow_as(
+    delegator: &X509Svid,
+    t: &DelegationToken,
+    to: &str,
+    tools: &[&str],
+    args: Vec<ArgConstraint>,
+) -> DelegationToken {
+    t.attenuate(&hop(to, tools, args), delegator, SystemTime::now())
+        .unwrap()
 }
 
 async fn call_with(a: &mut Agent, tool: &str, m: &str, token: &DelegationToken) -> Value {
@@ -232,6 +277,7 @@ fn assert_refused(f: &Fixture, resp: &Value, rule: &str, why: &str) {
 async fn two_hop_chain_is_allowed_and_reaches_the_policy() {
     let f = fixture().await;
     let to_bob = narrow(
+        &f,
         &root(&f),
         BOB,
         &["rec/echo"],
@@ -260,7 +306,7 @@ async fn two_hop_chain_is_allowed_and_reaches_the_policy() {
 
     // A deeper chain (alice → bob → carol) verifies, but the Cedar policy on
     // `context.delegation.depth` denies it: the context really reaches Cedar.
-    let to_carol = narrow(&to_bob, CAROL, &["rec/echo"], Vec::new());
+    let to_carol = narrow(&f, &to_bob, CAROL, &["rec/echo"], Vec::new());
     let mut carol = agent(&f, CAROL).await;
     let r = call_with(&mut carol, "rec/echo", "hi again", &to_carol).await;
     assert_refused(&f, &r, "no-deep-delegation", "at most one delegation");
@@ -276,7 +322,7 @@ async fn widening_wrong_presenter_and_over_deep_chains_are_refused() {
     let mut bob = agent(&f, BOB).await;
 
     // bob's block names a tool alice's root never allowed: widening fails.
-    let wide = narrow(&root(&f), BOB, &["rec/echo", "rec/admin"], Vec::new());
+    let wide = narrow(&f, &root(&f), BOB, &["rec/echo", "rec/admin"], Vec::new());
     let r = call_with(&mut bob, "rec/admin", "hi", &wide).await;
     assert_refused(&f, &r, "delegation", "delegation refused");
     // A block without a tool restriction does not widen either.
@@ -284,21 +330,26 @@ async fn widening_wrong_presenter_and_over_deep_chains_are_refused() {
     assert_refused(&f, &r, "delegation", "");
 
     // carol replays bob's token: refused (held by bob).
-    let to_bob = narrow(&root(&f), BOB, &["rec/echo"], Vec::new());
+    let to_bob = narrow(&f, &root(&f), BOB, &["rec/echo"], Vec::new());
     let mut carol = agent(&f, CAROL).await;
     let r = call_with(&mut carol, "rec/echo", "hi", &to_bob).await;
     assert_refused(&f, &r, "delegation", "presented by");
 
     // Three delegations exceed `max_depth = 2`.
-    let to_carol = narrow(&to_bob, CAROL, &["rec/echo"], Vec::new());
-    let to_dave = narrow(&to_carol, DAVE, &["rec/echo"], Vec::new());
+    let to_carol = narrow(&f, &to_bob, CAROL, &["rec/echo"], Vec::new());
+    let to_dave = narrow(&f, &to_carol, DAVE, &["rec/echo"], Vec::new());
     let mut dave = agent(&f, DAVE).await;
     let r = call_with(&mut dave, "rec/echo", "hi", &to_dave).await;
     assert_refused(&f, &r, "delegation", "exceeds the maximum");
 
     // A token from another root.
     let other = DelegationIssuer::generate()
-        .mint(&id(BOB), &["rec/echo".to_owned()], in_an_hour())
+        .mint(
+            &id(BOB),
+            &["rec/echo".to_owned()],
+            SystemTime::now(),
+            in_an_hour(),
+        )
         .unwrap();
     let r = call_with(&mut bob, "rec/echo", "hi", &other).await;
     assert_refused(&f, &r, "delegation", "");
@@ -349,7 +400,7 @@ async fn http_header_carries_the_token() {
     .await;
     assert_eq!(code, 200);
     let sid = sid.unwrap();
-    let to_bob = narrow(&root(&f), BOB, &["rec/echo"], Vec::new())
+    let to_bob = narrow(&f, &root(&f), BOB, &["rec/echo"], Vec::new())
         .to_base64()
         .unwrap();
     let call = |m: &str| json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "rec/echo", "arguments": {"m": m}}});
@@ -379,7 +430,7 @@ async fn http_header_carries_the_token() {
     assert_eq!(code, 400);
 
     // A token held by carol, presented by bob over HTTP: a logged refusal.
-    let to_carol = narrow(&root(&f), CAROL, &["rec/echo"], Vec::new())
+    let to_carol = narrow(&f, &root(&f), CAROL, &["rec/echo"], Vec::new())
         .to_base64()
         .unwrap();
     let (_, _, v) = post(
@@ -398,13 +449,135 @@ async fn a_gateway_without_a_delegation_root_refuses_tokens() {
         .replace("max_depth = 2", "");
     let text = text
         .lines()
-        .filter(|l| !l.contains("root_public_key") && !l.contains("[unused]"))
+        .filter(|l| {
+            !l.contains("root_public_key") && !l.contains("[unused]") && !l.contains("bundle_file")
+        })
         .collect::<Vec<_>>()
         .join("\n");
     let cfg = GatewayConfig::parse(&text).unwrap();
     let (mut bob, _gw) = Agent::start(cfg, f.authority.clone(), BOB).await;
     bob.initialize().await;
-    let to_bob = narrow(&root(&f), BOB, &["rec/echo"], Vec::new());
+    let to_bob = narrow(&f, &root(&f), BOB, &["rec/echo"], Vec::new());
     let r = call_with(&mut bob, "rec/echo", "hi", &to_bob).await;
     assert_refused(&f, &r, "delegation", "accepts no delegation tokens");
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// What a thief holding `token`'s bytes and its own valid SVID can build: a third-party block
+/// naming itself as the next holder, signed with its own key and carrying its own chain.
+fn forged_hop(token: &DelegationToken, thief: &X509Svid) -> DelegationToken {
+    use base64::Engine as _;
+    use warden_identity::delegation::biscuit_auth::{Algorithm, BlockBuilder, PrivateKey};
+    let key = PrivateKey::from_der_with_algorithm(thief.private_key_pkcs8(), Algorithm::Secp256r1)
+        .unwrap();
+    let issued = now_secs();
+    let chain: Vec<String> = thief
+        .cert_chain()
+        .iter()
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(c.as_ref()))
+        .collect();
+    let context = json!({"holder": thief.spiffe_id().to_string(), "issued": issued, "svid": chain});
+    let block = BlockBuilder::new().context(context.to_string());
+    let signed = token
+        .biscuit()
+        .third_party_request()
+        .unwrap()
+        .create_block(&key, block)
+        .unwrap();
+    DelegationToken::from_biscuit(
+        token
+            .biscuit()
+            .append_third_party(key.public(), signed)
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_token_extended_by_the_thief_is_refused() {
+    let f = fixture().await;
+    let to_bob = narrow(&f, &root(&f), BOB, &["rec/echo"], Vec::new());
+    // carol steals bob's token and appends a block naming herself, signed with her own SVID.
+    let carol_svid = f.ca.mint_x509_svid(&id(CAROL)).unwrap();
+    let stolen = forged_hop(&to_bob, &carol_svid);
+    let mut carol = agent(&f, CAROL).await;
+    let r = call_with(&mut carol, "rec/echo", "hi", &stolen).await;
+    assert_refused(
+        &f,
+        &r,
+        "delegation",
+        &format!("is signed by `{CAROL}`, but the token it narrows is held by `{BOB}`"),
+    );
+    // bob, the real holder, delegating to carol with his own SVID: allowed.
+    let honest = narrow(&f, &to_bob, CAROL, &["rec/echo"], Vec::new());
+    let r = call_with(&mut carol, "rec/echo", "hi", &honest).await;
+    // Two delegations: verified, then denied by the Cedar depth rule (not by the verifier).
+    assert_refused(&f, &r, "no-deep-delegation", "at most one delegation");
+
+    // A block appended without any delegator signature (plain Biscuit attenuation).
+    let plain = DelegationToken::from_biscuit(
+        to_bob
+            .biscuit()
+            .append(
+                warden_identity::delegation::biscuit_auth::BlockBuilder::new()
+                    .context(json!({"holder": CAROL, "issued": now_secs()}).to_string()),
+            )
+            .unwrap(),
+    );
+    let r = call_with(&mut carol, "rec/echo", "hi", &plain).await;
+    assert_refused(&f, &r, "delegation", "not signed by its delegator");
+
+    // bob's SVID from a CA the gateway does not trust.
+    let foreign = test_ca().mint_x509_svid(&id(BOB)).unwrap();
+    let r = call_with(
+        &mut carol,
+        "rec/echo",
+        "hi",
+        &narrow_as(&foreign, &to_bob, CAROL, &["rec/echo"], Vec::new()),
+    )
+    .await;
+    assert_refused(&f, &r, "delegation", "delegator SVID refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delegation_bundle_comes_from_a_file_or_the_embedded_ca() {
+    let f = fixture().await;
+    let base = manifest(f.dir.path(), &f.url, &f.issuer, "bundle");
+    let without_file: String = base
+        .lines()
+        .filter(|l| !l.contains("bundle_file"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    // Neither a bundle file nor `[identity]`: a configuration error (fail closed).
+    let err = GatewayConfig::parse(&without_file).unwrap_err().to_string();
+    assert!(err.contains("bundle_file"), "{err}");
+    // A bundle file that is not a SPIFFE bundle.
+    std::fs::write(f.dir.path().join("bad.jwks"), "{}").unwrap();
+    let bad = base.replace("bundle.jwks", "bad.jwks");
+    assert!(GatewayConfig::parse(&bad).is_err());
+    assert!(
+        GatewayConfig::parse(&base)
+            .unwrap()
+            .delegation_follows_authority()
+            .is_none()
+    );
+
+    // With `[identity]` and no file, the verifier follows the embedded CA's bundle, which
+    // the process running the CA sets; until then every delegated token is refused.
+    let with_identity = format!("{without_file}\n[identity]\ntrust_domain = \"example.org\"\n");
+    let cfg = GatewayConfig::parse(&with_identity).unwrap();
+    let trust = cfg.delegation_follows_authority().unwrap().clone();
+    let (mut bob, _gw) = Agent::start(cfg, f.authority.clone(), BOB).await;
+    bob.initialize().await;
+    let to_bob = narrow(&f, &root(&f), BOB, &["rec/echo"], Vec::new());
+    let r = call_with(&mut bob, "rec/echo", "hi", &to_bob).await;
+    assert_refused(&f, &r, "delegation", "no X.509 authorities");
+    trust.set(f.ca.bundle());
+    let r = call_with(&mut bob, "rec/echo", "hi", &to_bob).await;
+    assert_eq!(common::text(&r), "hi", "{r}");
 }

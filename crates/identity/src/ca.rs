@@ -103,6 +103,43 @@ impl X509Svid {
         }
     }
 
+    /// An SVID from the PEM files `warden identity svid --out-dir` writes (`svid.pem`: the
+    /// chain, leaf first; `svid.key`: the PKCS#8 key). See [`X509Svid::from_der`].
+    pub fn from_pem(cert_chain_pem: &[u8], private_key_pem: &[u8]) -> Result<Self, Error> {
+        use rustls::pki_types::PrivatePkcs8KeyDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let cert_chain = CertificateDer::pem_slice_iter(cert_chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidX509Svid(format!("certificate PEM: {e}")))?;
+        let key = PrivatePkcs8KeyDer::from_pem_slice(private_key_pem).map_err(|e| {
+            Error::InvalidX509Svid(format!("private key PEM (PKCS#8 expected): {e}"))
+        })?;
+        Self::from_der(cert_chain, key.secret_pkcs8_der().to_vec())
+    }
+
+    /// An SVID from its chain (leaf first) and PKCS#8 key, e.g. as the Workload API hands them
+    /// out. The leaf must follow the SPIFFE leaf rules; the chain is not verified here
+    /// (verifiers check it against their bundle).
+    pub fn from_der(
+        cert_chain: Vec<CertificateDer<'static>>,
+        private_key_pkcs8: Vec<u8>,
+    ) -> Result<Self, Error> {
+        let leaf = cert_chain
+            .first()
+            .ok_or_else(|| Error::InvalidX509Svid("no certificate".into()))?;
+        let spiffe_id = crate::x509::leaf_spiffe_id(leaf)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map_err(|e| Error::InvalidX509Svid(format!("unparsable leaf: {e}")))?;
+        let secs = u64::try_from(parsed.validity().not_after.timestamp())
+            .map_err(|_| Error::InvalidX509Svid("the leaf expires before 1970".into()))?;
+        Ok(Self {
+            spiffe_id,
+            cert_chain,
+            private_key_pkcs8,
+            expiry: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+        })
+    }
+
     /// The SPIFFE ID in the URI SAN.
     pub fn spiffe_id(&self) -> &SpiffeId {
         &self.spiffe_id

@@ -10,8 +10,9 @@
 //!   credentials into SPIRE's unix selectors and mapped to SPIFFE IDs by [`RegistrationEntry`]s.
 //! - [`tls`]: rustls configurations that verify the peer's chain against the bundle and then
 //!   authorize its SPIFFE ID.
-//! - [`delegation`]: Biscuit tokens that an agent narrows for a sub-agent, verified with the root
-//!   key alone, bound to the last hop's holder, depth-limited.
+//! - [`delegation`]: Biscuit tokens that an agent narrows for a sub-agent, each hop a block signed
+//!   with the delegator's X.509-SVID key, verified with the root key and the trust bundle, bound
+//!   to the last hop's holder, depth-limited.
 //!
 //! What it does not: federation with other trust domains, revocation lists, and attestation
 //! stronger than the kernel's view of the calling process (see `docs/SECURITY.md`).

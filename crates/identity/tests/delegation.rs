@@ -17,6 +17,7 @@ use warden_identity::delegation::{
     ArgConstraint, ArgValue, Attenuation, DelegationIssuer, DelegationToken, DelegationVerifier,
     Presentation,
 };
+use warden_identity::tls::TrustStore;
 
 fn tools(t: &[&str]) -> Vec<String> {
     t.iter().map(|s| (*s).to_owned()).collect()
@@ -29,12 +30,26 @@ fn in_an_hour() -> SystemTime {
 struct Setup {
     issuer: DelegationIssuer,
     verifier: DelegationVerifier,
+    ca: warden_identity::CertificateAuthority,
+}
+
+impl Setup {
+    /// A fresh X.509-SVID of `who`, the key its delegation blocks are signed with.
+    fn svid(&self, who: &warden_identity::SpiffeId) -> warden_identity::X509Svid {
+        self.ca.mint_x509_svid(who).unwrap()
+    }
 }
 
 fn setup() -> Setup {
     let issuer = DelegationIssuer::generate();
-    let verifier = DelegationVerifier::new(&issuer.public_key()).with_max_depth(3);
-    Setup { issuer, verifier }
+    let ca = common::ca("td");
+    let verifier = DelegationVerifier::new(&issuer.public_key(), TrustStore::new(ca.bundle()))
+        .with_max_depth(3);
+    Setup {
+        issuer,
+        verifier,
+        ca,
+    }
 }
 
 fn call<'a>(
@@ -61,24 +76,33 @@ fn a_to_b_to_c_chain_is_verified_and_returned() {
         .mint(
             &a,
             &tools(&["fs/read", "fs/write", "git/log"]),
+            SystemTime::now(),
             in_an_hour(),
         )
         .unwrap();
     let to_b = root
-        .attenuate(&Attenuation {
-            holder: b.clone(),
-            tools: Some(tools(&["fs/read", "git/log"])),
-            args: vec![],
-            expires: in_an_hour(),
-        })
+        .attenuate(
+            &Attenuation {
+                holder: b.clone(),
+                tools: Some(tools(&["fs/read", "git/log"])),
+                args: vec![],
+                expires: in_an_hour(),
+            },
+            &s.svid(&a),
+            SystemTime::now(),
+        )
         .unwrap();
     let to_c = to_b
-        .attenuate(&Attenuation {
-            holder: c.clone(),
-            tools: Some(tools(&["fs/read"])),
-            args: vec![ArgConstraint::Prefix("path".into(), "/tmp/".into())],
-            expires: in_an_hour(),
-        })
+        .attenuate(
+            &Attenuation {
+                holder: c.clone(),
+                tools: Some(tools(&["fs/read"])),
+                args: vec![ArgConstraint::Prefix("path".into(), "/tmp/".into())],
+                expires: in_an_hour(),
+            },
+            &s.svid(&b),
+            SystemTime::now(),
+        )
         .unwrap();
     let token = to_c.to_base64().unwrap();
     let ok_args = [("path".to_owned(), ArgValue::Str("/tmp/x".into()))];
@@ -133,16 +157,20 @@ fn widening_is_impossible() {
     let b = id("spiffe://td/agent/b");
     let root = s
         .issuer
-        .mint(&a, &tools(&["fs/read"]), in_an_hour())
+        .mint(&a, &tools(&["fs/read"]), SystemTime::now(), in_an_hour())
         .unwrap();
     // Asking for a tool the parent lacks yields nothing.
     let asks_more = root
-        .attenuate(&Attenuation {
-            holder: b.clone(),
-            tools: Some(tools(&["fs/read", "shell/exec"])),
-            args: vec![],
-            expires: in_an_hour(),
-        })
+        .attenuate(
+            &Attenuation {
+                holder: b.clone(),
+                tools: Some(tools(&["fs/read", "shell/exec"])),
+                args: vec![],
+                expires: in_an_hour(),
+            },
+            &s.svid(&a),
+            SystemTime::now(),
+        )
         .unwrap()
         .to_base64()
         .unwrap();
@@ -177,15 +205,20 @@ fn widening_is_impossible() {
         .mint(
             &a,
             &tools(&["fs/read"]),
+            SystemTime::now(),
             SystemTime::now() + Duration::from_secs(60),
         )
         .unwrap()
-        .attenuate(&Attenuation {
-            holder: b.clone(),
-            tools: None,
-            args: vec![],
-            expires: clock_later + Duration::from_secs(3600),
-        })
+        .attenuate(
+            &Attenuation {
+                holder: b.clone(),
+                tools: None,
+                args: vec![],
+                expires: clock_later + Duration::from_secs(3600),
+            },
+            &s.svid(&a),
+            SystemTime::now(),
+        )
         .unwrap()
         .to_base64()
         .unwrap();
@@ -206,15 +239,19 @@ fn token_presented_by_another_agent_fails() {
     let mallory = id("spiffe://td/agent/mallory");
     let root = s
         .issuer
-        .mint(&a, &tools(&["fs/read"]), in_an_hour())
+        .mint(&a, &tools(&["fs/read"]), SystemTime::now(), in_an_hour())
         .unwrap();
     let to_b = root
-        .attenuate(&Attenuation {
-            holder: b.clone(),
-            tools: None,
-            args: vec![],
-            expires: in_an_hour(),
-        })
+        .attenuate(
+            &Attenuation {
+                holder: b.clone(),
+                tools: None,
+                args: vec![],
+                expires: in_an_hour(),
+            },
+            &s.svid(&a),
+            SystemTime::now(),
+        )
         .unwrap()
         .to_base64()
         .unwrap();
@@ -242,16 +279,25 @@ fn over_deep_chain_fails_and_other_roots_fail() {
     let s = setup();
     let mut token = s
         .issuer
-        .mint(&id("spiffe://td/h0"), &tools(&["t/x"]), in_an_hour())
+        .mint(
+            &id("spiffe://td/h0"),
+            &tools(&["t/x"]),
+            SystemTime::now(),
+            in_an_hour(),
+        )
         .unwrap();
     for i in 1..=4 {
         token = token
-            .attenuate(&Attenuation {
-                holder: id(&format!("spiffe://td/h{i}")),
-                tools: None,
-                args: vec![],
-                expires: in_an_hour(),
-            })
+            .attenuate(
+                &Attenuation {
+                    holder: id(&format!("spiffe://td/h{i}")),
+                    tools: None,
+                    args: vec![],
+                    expires: in_an_hour(),
+                },
+                &s.svid(&id(&format!("spiffe://td/h{}", i - 1))),
+                SystemTime::now(),
+            )
             .unwrap();
         let b64 = token.to_base64().unwrap();
         let holder = id(&format!("spiffe://td/h{i}"));
@@ -266,7 +312,7 @@ fn over_deep_chain_fails_and_other_roots_fail() {
     let other = DelegationIssuer::generate();
     let a = id("spiffe://td/a");
     let foreign = other
-        .mint(&a, &tools(&["t/x"]), in_an_hour())
+        .mint(&a, &tools(&["t/x"]), SystemTime::now(), in_an_hour())
         .unwrap()
         .to_base64()
         .unwrap();

@@ -2,7 +2,9 @@
 //! with a minimal root, measured in the same run.
 //!
 //! `warden_full_sandbox` measures warm starts (the zygote already running, as in a gateway that
-//! keeps its `Sandbox`); `warden_full_sandbox_cold` includes starting the zygote each time.
+//! keeps its `Sandbox`; stdio given as `SandboxStdio`); `warden_full_sandbox_std_stdio` is the
+//! same with a `std::process::Stdio`; `warden_full_sandbox_cold` includes starting the zygote
+//! each time.
 //!
 //! `cargo bench -p warden-sandbox --bench startup`; under `cargo bench -- --test` each runs once.
 #![allow(
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use warden_sandbox::{HelperBinary, Options, Profile, Sandbox};
+use warden_sandbox::{HelperBinary, Options, Profile, Sandbox, SandboxStdio};
 
 fn helper() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden-sandbox-helper"))
@@ -71,7 +73,7 @@ fn startup(c: &mut Criterion) {
         let outcome = sandbox
             .run(
                 &argv,
-                Stdio::null(),
+                SandboxStdio::Null,
                 Box::new(std::io::sink()),
                 Box::new(std::io::sink()),
             )
@@ -84,6 +86,22 @@ fn startup(c: &mut Criterion) {
     sandbox.prewarm().unwrap();
     group.bench_function("warden_full_sandbox", |b| {
         b.iter(|| black_box(run(&sandbox)));
+    });
+    // The same warm start given a `std::process::Stdio` (as the gateway passes today): std keeps
+    // it opaque, so the caller forks once more per start to let std set it up.
+    group.bench_function("warden_full_sandbox_std_stdio", |b| {
+        b.iter(|| {
+            let outcome = sandbox
+                .run(
+                    &argv,
+                    Stdio::null(),
+                    Box::new(std::io::sink()),
+                    Box::new(std::io::sink()),
+                )
+                .unwrap();
+            assert_eq!(outcome.ending, warden_sandbox::Ending::Exited { code: 0 });
+            black_box(outcome)
+        });
     });
     // Cold: a new `Sandbox` per start, so each start includes executing the zygote.
     group.bench_function("warden_full_sandbox_cold", |b| {

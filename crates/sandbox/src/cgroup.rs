@@ -54,9 +54,24 @@ fn join(base: &Path, rel: &str) -> PathBuf {
     base.join(rel.trim_start_matches('/'))
 }
 
-impl Cgroup {
-    /// Creates the cgroups named `name` with the given limits.
-    pub(crate) fn create(name: &str, memory_bytes: u64, pids: u64) -> Result<Self, Error> {
+/// Where a `Sandbox`'s cgroups go: beside the caller's own, in the hierarchies found once (from
+/// `/proc/self/mountinfo` and `/proc/self/cgroup`) when its first sandbox starts.
+#[derive(Debug, Clone)]
+pub(crate) enum CgroupLayout {
+    /// v1: the caller's directories in the memory and pids hierarchies.
+    V1 {
+        memory_parent: PathBuf,
+        pids_parent: PathBuf,
+        /// Whether `memory.memsw.limit_in_bytes` exists (swap accounting).
+        memsw: bool,
+    },
+    /// v2 mounted at `/sys/fs/cgroup`: the caller's directory.
+    V2 { parent: PathBuf },
+}
+
+impl CgroupLayout {
+    /// Reads the mount table and this process's cgroups.
+    pub(crate) fn find() -> Result<Self, Error> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| Error::Cgroup(format!("cannot read mountinfo: {e}")))?;
         let proc_cgroup = fs::read_to_string("/proc/self/cgroup")
@@ -65,22 +80,51 @@ impl Cgroup {
             .lines()
             .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 "));
         if unified_root {
-            return Self::create_v2(&proc_cgroup, name, memory_bytes, pids);
+            let root = Path::new("/sys/fs/cgroup");
+            let parent = join(root, &own_path(&proc_cgroup, "").unwrap_or_default());
+            return Ok(Self::V2 { parent });
         }
         let memory_mount = v1_mount(&mountinfo, "memory")
             .ok_or_else(|| Error::Cgroup("no memory cgroup controller mounted".to_owned()))?;
         let pids_mount = v1_mount(&mountinfo, "pids")
             .ok_or_else(|| Error::Cgroup("no pids cgroup controller mounted".to_owned()))?;
-        let memory_dir = join(
+        let memory_parent = join(
             &memory_mount,
             &own_path(&proc_cgroup, "memory").unwrap_or_default(),
-        )
-        .join(name);
-        let pids_dir = join(
+        );
+        let pids_parent = join(
             &pids_mount,
             &own_path(&proc_cgroup, "pids").unwrap_or_default(),
-        )
-        .join(name);
+        );
+        let memsw = memory_parent.join("memory.memsw.limit_in_bytes").exists();
+        Ok(Self::V1 {
+            memory_parent,
+            pids_parent,
+            memsw,
+        })
+    }
+}
+
+impl Cgroup {
+    /// Creates the cgroups named `name` with the given limits.
+    pub(crate) fn create(
+        layout: &CgroupLayout,
+        name: &str,
+        memory_bytes: u64,
+        pids: u64,
+    ) -> Result<Self, Error> {
+        let (memory_parent, pids_parent, memsw) = match layout {
+            CgroupLayout::V2 { parent } => {
+                return Self::create_v2(parent, name, memory_bytes, pids);
+            }
+            CgroupLayout::V1 {
+                memory_parent,
+                pids_parent,
+                memsw,
+            } => (memory_parent, pids_parent, *memsw),
+        };
+        let memory_dir = memory_parent.join(name);
+        let pids_dir = pids_parent.join(name);
         let mut cg = Cgroup {
             dirs: Vec::new(),
             pids_dir: pids_dir.clone(),
@@ -96,22 +140,17 @@ impl Cgroup {
             &memory_bytes.to_string(),
         )?;
         // Without this, swap would extend the limit.
-        let memsw = memory_dir.join("memory.memsw.limit_in_bytes");
-        if memsw.exists() {
-            write(&memsw, &memory_bytes.to_string())?;
+        if memsw {
+            write(
+                &memory_dir.join("memory.memsw.limit_in_bytes"),
+                &memory_bytes.to_string(),
+            )?;
         }
         write(&pids_dir.join("pids.max"), &pids.to_string())?;
         Ok(cg)
     }
 
-    fn create_v2(
-        proc_cgroup: &str,
-        name: &str,
-        memory_bytes: u64,
-        pids: u64,
-    ) -> Result<Self, Error> {
-        let root = Path::new("/sys/fs/cgroup");
-        let parent = join(root, &own_path(proc_cgroup, "").unwrap_or_default());
+    fn create_v2(parent: &Path, name: &str, memory_bytes: u64, pids: u64) -> Result<Self, Error> {
         let dir = parent.join(name);
         fs::create_dir(&dir).map_err(|e| io_err("cannot create cgroup", &dir, &e))?;
         let cg = Cgroup {
@@ -121,6 +160,7 @@ impl Cgroup {
             v2: true,
         };
         write(&dir.join("memory.max"), &memory_bytes.to_string())?;
+        // Present only where the parent delegates the memory controller with swap accounting.
         let swap = dir.join("memory.swap.max");
         if swap.exists() {
             write(&swap, "0")?;

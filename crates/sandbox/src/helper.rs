@@ -2,12 +2,14 @@
 //! and the command's last steps before `exec`.
 //!
 //! Process tree: caller → zygote (started once per `Sandbox`, single-threaded, cleared
-//! environment, never enters anything) → helper (one fork per start; joins the sandbox's
-//! cgroups before anything else, so it forks nothing outside them; sets rlimits, prepares the
-//! bind mounts, drops to the sandbox uid, unshares the namespaces) → PID 1 of the new pid
-//! namespace (builds the root, pivots, runs the egress relay, reaps, and exits with the
-//! command's status, which kills the namespace) → the command (no-new-privs, Landlock,
-//! capability drop, descriptors closed, seccomp, exec).
+//! environment, never enters anything; forks a short-lived maker that makes the next start's
+//! user and network namespaces, and the next start's helper, which waits for its one job) →
+//! helper (one per start; joins the sandbox's cgroups before anything else, so it forks nothing
+//! outside them; sets rlimits, prepares the bind mounts, drops to the sandbox uid, enters the
+//! pre-made namespaces, unshares the others) → PID 1 of the new pid namespace (builds the root,
+//! pivots, runs the egress relay, reaps, and exits with the command's status, which kills the
+//! namespace) → the command (no-new-privs, Landlock, capability drop, descriptors closed,
+//! seccomp, exec).
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -42,6 +44,14 @@ const NEW_ROOT: &str = "/tmp";
 const SETUP_SLICE_NS: u64 = 100_000;
 /// Where the egress socket appears inside the sandbox.
 const PROXY_SOCKET_INSIDE: &str = "/run/warden/egress.sock";
+/// How long a start waits for the spare namespaces still being made before making its own.
+const SPARE_WAIT_MS: u64 = 1_000;
+/// The namespaces a helper creates itself when it has a spare (user and network come with it).
+const NAMESPACES_BESIDE_SPARE: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWCGROUP;
 
 /// What the caller tells the helper.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +94,14 @@ struct RootPlan {
     links: Vec<(PathBuf, PathBuf)>,
 }
 
+/// A user namespace and a network namespace owned by it, made ahead of time by a maker process
+/// the zygote forked, for exactly one start: the zygote holds at most one, hands it to the next
+/// start's helper and closes its own copies, so no other start can ever receive it.
+struct Spare {
+    user: OwnedFd,
+    net: OwnedFd,
+}
+
 /// If this process was started as the sandbox's zygote, runs it and exits; otherwise returns at
 /// once. Call it first thing in `main`, while the process is still single-threaded.
 pub fn run_helper_if_requested() {
@@ -108,13 +126,21 @@ fn zygote_main() -> i32 {
     // Nothing this process holds may reach a command except through the fds set up per start.
     let _ = sys::cloexec_from(3);
     let _ = sys::set_fair_slice(SETUP_SLICE_NS);
+    // `UID:GID`: the sandbox user a root zygote's spare user namespaces belong to.
+    let drop_to = std::env::args().nth(2).and_then(|arg| {
+        let (uid, gid) = arg.split_once(':')?;
+        Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?))
+    });
     let Some(control) = sys::take_fd(CONTROL_FD) else {
         return 125;
     };
-    // Helpers are reaped by the kernel: the zygote never waits, and no zombie keeps a pid.
+    // Helpers and makers are reaped by the kernel: the zygote never waits, and no zombie keeps
+    // a pid.
     if sys::ignore_children(true).is_err() {
         return 125;
     }
+    // The same for every sandbox: built once here, inherited by every helper.
+    let seccomp = crate::seccomp::program();
     // Hello: the caller learns the zygote is up and which uid its helpers run as (a wrapper may
     // have dropped privileges), so it can hand them their cgroups.
     let uid = sys::euid_egid().0;
@@ -123,7 +149,36 @@ fn zygote_main() -> i32 {
     }
     let zygote = sys::own_pid();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut spare: Option<Spare> = None;
+    let mut maker = start_spare(drop_to);
+    let mut idle: Option<OwnedFd> = None;
     loop {
+        // The next start's helper, forked ahead of time: it only waits for its job (below).
+        if idle.is_none()
+            && let Ok((ours, theirs)) = sys::seqpacket_pair()
+        {
+            match sys::fork() {
+                Ok(Fork::Child) => {
+                    // Nothing of the zygote's but its clean memory: not the control socket,
+                    // not a spare made for another start.
+                    drop((control, ours, maker, spare));
+                    sys::exit_now(idle_helper(zygote, &theirs, seccomp.as_deref()));
+                }
+                Ok(Fork::Parent(_)) => idle = Some(ours),
+                Err(_) => {}
+            }
+        }
+        let mut watched = vec![control.as_raw_fd()];
+        watched.extend(maker.as_ref().map(AsRawFd::as_raw_fd));
+        let Ok(ready) = sys::poll_readable(&watched, None) else {
+            return 125;
+        };
+        if ready.get(1).copied().unwrap_or(false) {
+            spare = maker.take().and_then(|m| collect_spare(&m, 0));
+        }
+        if !ready.first().copied().unwrap_or(false) {
+            continue;
+        }
         let (n, fds) = match sys::recv_with_fds(control.as_raw_fd(), &mut buf) {
             Ok((0, fds)) if fds.is_empty() => return 0,
             Ok(message) => message,
@@ -137,17 +192,149 @@ fn zygote_main() -> i32 {
         let Some(Ok(request)) = buf.get(..n).map(serde_json::from_slice::<StartRequest>) else {
             continue;
         };
+        // This start's spare: the one ready, or the one being made (briefly awaited). Without
+        // one the helper creates its user and network namespaces itself, as a spare's maker does.
+        let ready_spare = spare
+            .take()
+            .or_else(|| maker.take().and_then(|m| collect_spare(&m, SPARE_WAIT_MS)));
+        // Hand the job to the idle helper; fork one now only if it cannot take it.
+        let handed = idle.take().is_some_and(|helper| {
+            let mut all: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            if let Some(s) = &ready_spare {
+                all.extend([s.user.as_raw_fd(), s.net.as_raw_fd()]);
+            }
+            let job = buf.get(..n).unwrap_or_default();
+            sys::send_with_fds(helper.as_raw_fd(), job, &all).is_ok()
+        });
+        if handed {
+            drop((fds, ready_spare));
+            maker = start_spare(drop_to);
+            continue;
+        }
         if let Ok(Fork::Child) = sys::fork() {
             drop(control);
-            sys::exit_now(warm_helper(zygote, &request, fds));
+            sys::exit_now(warm_helper(
+                zygote,
+                &request,
+                fds,
+                ready_spare,
+                seccomp.as_deref(),
+            ));
         }
-        // In the zygote (or the fork failed): the request's descriptors close here.
+        // In the zygote (or the fork failed): the request's descriptors and the spare handed to
+        // the helper close here; the next start gets a new one.
+        drop(ready_spare);
+        maker = start_spare(drop_to);
     }
+}
+
+/// A helper forked before its job: waits for exactly one job from the zygote (the request, its
+/// six descriptors and possibly the spare namespaces), then runs it as [`warm_helper`]. Exits
+/// without doing anything if the zygote goes away first.
+fn idle_helper(
+    zygote: libc::pid_t,
+    socket: &OwnedFd,
+    seccomp: Option<&[libc::sock_filter]>,
+) -> i32 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (n, mut fds) = match sys::recv_with_fds(socket.as_raw_fd(), &mut buf) {
+        Ok((n, fds)) if n > 0 => (n, fds),
+        _ => return 0,
+    };
+    let spare = match fds.len() {
+        REQUEST_FDS => None,
+        n if n == REQUEST_FDS + 2 => {
+            let net = fds.pop();
+            let user = fds.pop();
+            user.zip(net).map(|(user, net)| Spare { user, net })
+        }
+        _ => return 125,
+    };
+    let Ok(fds) = <[OwnedFd; REQUEST_FDS]>::try_from(fds) else {
+        return 125;
+    };
+    let Some(Ok(request)) = buf.get(..n).map(serde_json::from_slice::<StartRequest>) else {
+        return 125;
+    };
+    warm_helper(zygote, &request, fds, spare, seccomp)
+}
+
+/// Forks a maker for the next start's spare namespaces; returns the socket it answers on.
+/// (The maker also inherits the control socket; it never reads it and exits at once. It holds
+/// no spare and no waiting helper's socket: both are always taken before a maker is forked.)
+fn start_spare(drop_to: Option<(u32, u32)>) -> Option<OwnedFd> {
+    let (ours, theirs) = sys::seqpacket_pair().ok()?;
+    match sys::fork().ok()? {
+        Fork::Child => {
+            drop(ours);
+            sys::exit_now(make_spare(&theirs, drop_to));
+        }
+        Fork::Parent(_) => Some(ours),
+    }
+}
+
+/// The maker: becomes the sandbox user when root (as the helper will), creates a user namespace
+/// with the identity mapping of that one uid and gid and a network namespace owned by it, and
+/// sends both to the zygote. The exact steps a helper without a spare takes.
+fn make_spare(socket: &OwnedFd, drop_to: Option<(u32, u32)>) -> i32 {
+    let made = (|| -> std::io::Result<[OwnedFd; 2]> {
+        if let Some((uid, gid)) = drop_to.filter(|_| sys::euid_egid().0 == 0) {
+            sys::drop_to(uid, gid)?;
+            // The drop cleared it; the maps below are written through this process's /proc.
+            sys::set_dumpable(true)?;
+        }
+        let (uid, gid) = sys::euid_egid();
+        sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET)?;
+        write_identity_maps(uid, gid)?;
+        sys::set_dumpable(false)?;
+        let user = OwnedFd::from(File::open("/proc/self/ns/user")?);
+        let net = OwnedFd::from(File::open("/proc/self/ns/net")?);
+        Ok([user, net])
+    })();
+    match made {
+        Ok([user, net]) => {
+            let fds = [user.as_raw_fd(), net.as_raw_fd()];
+            match sys::send_with_fds(socket.as_raw_fd(), b"ns", &fds) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
+        }
+        Err(_) => 1,
+    }
+}
+
+/// Receives a maker's spare, waiting at most `wait_ms`.
+fn collect_spare(maker: &OwnedFd, wait_ms: u64) -> Option<Spare> {
+    let ready = sys::poll_readable(&[maker.as_raw_fd()], Some(wait_ms)).ok()?;
+    if !ready.first().copied().unwrap_or(false) {
+        return None;
+    }
+    let mut buf = [0u8; 8];
+    match sys::recv_with_fds(maker.as_raw_fd(), &mut buf) {
+        Ok((2, fds)) => {
+            let [user, net] = <[OwnedFd; 2]>::try_from(fds).ok()?;
+            Some(Spare { user, net })
+        }
+        _ => None,
+    }
+}
+
+/// Maps only `uid` and `gid` (as themselves) in the calling process's new user namespace.
+fn write_identity_maps(uid: u32, gid: u32) -> std::io::Result<()> {
+    fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
+    fs::write("/proc/self/setgroups", "deny\n")?;
+    fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))
 }
 
 /// A freshly forked helper: joins the sandbox's cgroups before anything else, takes its stdio,
 /// tells the caller its pidfd, runs the helper and reports the status.
-fn warm_helper(zygote: libc::pid_t, request: &StartRequest, fds: [OwnedFd; REQUEST_FDS]) -> i32 {
+fn warm_helper(
+    zygote: libc::pid_t,
+    request: &StartRequest,
+    fds: [OwnedFd; REQUEST_FDS],
+    spare: Option<Spare>,
+    seccomp: Option<&[libc::sock_filter]>,
+) -> i32 {
     let [stdin, stdout, stderr, config, report, reply] = fds;
     let report = Some(File::from(report));
     let fail = |message: String| {
@@ -183,7 +370,7 @@ fn warm_helper(zygote: libc::pid_t, request: &StartRequest, fds: [OwnedFd; REQUE
         return fail(format!("send pidfd: {e}"));
     }
     let mut reply = Some(reply);
-    let code = run_helper(config, report, &mut reply);
+    let code = run_helper(config, report, &mut reply, spare, seccomp);
     if let Some(reply) = reply {
         let _ = sys::send_with_fds(reply.as_raw_fd(), &code.to_le_bytes(), &[]);
     }
@@ -191,13 +378,19 @@ fn warm_helper(zygote: libc::pid_t, request: &StartRequest, fds: [OwnedFd; REQUE
 }
 
 /// Reads the configuration and runs the helper; returns its exit status.
-fn run_helper(config: OwnedFd, mut report: Option<File>, reply: &mut Option<OwnedFd>) -> i32 {
+fn run_helper(
+    config: OwnedFd,
+    mut report: Option<File>,
+    reply: &mut Option<OwnedFd>,
+    spare: Option<Spare>,
+    seccomp: Option<&[libc::sock_filter]>,
+) -> i32 {
     let mut text = String::new();
     let config = File::from(config)
         .read_to_string(&mut text)
         .map_err(|e| e.to_string())
         .and_then(|_| serde_json::from_str::<HelperConfig>(&text).map_err(|e| e.to_string()));
-    match config.and_then(|c| helper(&c, &mut report, reply)) {
+    match config.and_then(|c| helper(&c, &mut report, reply, spare, seccomp)) {
         Ok(code) => code,
         Err(message) => {
             send_report(&report, &message);
@@ -220,6 +413,8 @@ fn helper(
     config: &HelperConfig,
     report: &mut Option<File>,
     reply: &mut Option<OwnedFd>,
+    spare: Option<Spare>,
+    seccomp: Option<&[libc::sock_filter]>,
 ) -> Result<i32, String> {
     let zygote = sys::parent_pid();
     ctx("setsid", sys::setsid())?;
@@ -253,24 +448,28 @@ fn helper(
         }
         None => None,
     };
-    let (uid, gid) = sys::euid_egid();
-    let flags = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWCGROUP;
-    ctx("unshare namespaces", sys::unshare(flags))?;
-    ctx(
-        "uid_map",
-        fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n")),
-    )?;
-    ctx("setgroups", fs::write("/proc/self/setgroups", "deny\n"))?;
-    ctx(
-        "gid_map",
-        fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n")),
-    )?;
+    match spare {
+        // Made for this start only, by the same steps as below. Entering the user namespace
+        // needs this process's uid to own it, so a spare made for another user fails here.
+        Some(spare) => {
+            ctx(
+                "enter the new user namespace",
+                sys::setns(&spare.user, libc::CLONE_NEWUSER),
+            )?;
+            ctx(
+                "enter the new network namespace",
+                sys::setns(&spare.net, libc::CLONE_NEWNET),
+            )?;
+            drop(spare);
+            ctx("unshare namespaces", sys::unshare(NAMESPACES_BESIDE_SPARE))?;
+        }
+        None => {
+            let (uid, gid) = sys::euid_egid();
+            let flags = NAMESPACES_BESIDE_SPARE | libc::CLONE_NEWUSER | libc::CLONE_NEWNET;
+            ctx("unshare namespaces", sys::unshare(flags))?;
+            ctx("uid and gid maps", write_identity_maps(uid, gid))?;
+        }
+    }
     // Changing credentials (the uid drop, the new user namespace) cleared the parent-death
     // signal: set it again, and stop if the zygote died meanwhile.
     ctx(
@@ -289,7 +488,7 @@ fn helper(
         Fork::Child => {
             // PID 1 has no business with the caller's reply socket.
             drop(reply.take());
-            let message = pid1(config, plan, report);
+            let message = pid1(config, plan, report, seccomp);
             send_report(report, &message);
             sys::exit_now(125);
         }
@@ -419,7 +618,12 @@ fn inside(root: &Path, path: &Path) -> PathBuf {
 
 /// PID 1: builds the root, starts the command and the relay, reaps, exits with the command's
 /// status. Returns only on a setup error, with its message.
-fn pid1(config: &HelperConfig, plan: Option<RootPlan>, report: &mut Option<File>) -> String {
+fn pid1(
+    config: &HelperConfig,
+    plan: Option<RootPlan>,
+    report: &mut Option<File>,
+    seccomp: Option<&[libc::sock_filter]>,
+) -> String {
     // `report` stays open here only until the command is forked: its end-of-file tells the
     // caller that setup finished and `exec` succeeded.
     if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
@@ -439,7 +643,7 @@ fn pid1(config: &HelperConfig, plan: Option<RootPlan>, report: &mut Option<File>
     let command = match sys::fork() {
         Ok(Fork::Child) => {
             drop(relay);
-            let message = exec_command(config);
+            let message = exec_command(config, seccomp);
             send_report(report, &message);
             sys::exit_now(126);
         }
@@ -603,8 +807,8 @@ fn build_root(config: &HelperConfig, plan: Option<RootPlan>) -> Result<(), Strin
 }
 
 /// The command's last steps. Returns only on failure, with the message.
-fn exec_command(config: &HelperConfig) -> String {
-    match restrict(config) {
+fn exec_command(config: &HelperConfig, seccomp: Option<&[libc::sock_filter]>) -> String {
+    match restrict(config, seccomp) {
         Ok(()) => {}
         Err(e) => return e,
     }
@@ -619,7 +823,7 @@ fn exec_command(config: &HelperConfig) -> String {
     format!("cannot execute `{program}`: {err}")
 }
 
-fn restrict(config: &HelperConfig) -> Result<(), String> {
+fn restrict(config: &HelperConfig, seccomp: Option<&[libc::sock_filter]>) -> Result<(), String> {
     ctx("setsid", sys::setsid())?;
     ctx(
         &format!("working directory `{}`", config.cwd.display()),
@@ -630,9 +834,8 @@ fn restrict(config: &HelperConfig) -> Result<(), String> {
     landlock(config)?;
     ctx("drop capabilities", sys::drop_all_capabilities())?;
     ctx("close descriptors", sys::cloexec_from(3))?;
-    let program = crate::seccomp::program()
-        .ok_or_else(|| "no seccomp filter for this architecture".to_owned())?;
-    ctx("seccomp", sys::install_seccomp(&program))?;
+    let program = seccomp.ok_or_else(|| "no seccomp filter for this architecture".to_owned())?;
+    ctx("seccomp", sys::install_seccomp(program))?;
     Ok(())
 }
 

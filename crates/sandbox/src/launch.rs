@@ -8,11 +8,11 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Error;
-use crate::cgroup::Cgroup;
+use crate::cgroup::{Cgroup, CgroupLayout};
 use crate::egress::{EgressPolicy, EgressProxy, EgressSink, Resolve, SystemResolver};
 use crate::helper::{CONTROL_FD, HelperConfig, StartRequest, ZYGOTE_ARG};
 use crate::profile::{Profile, check_env_name};
@@ -124,6 +124,104 @@ pub struct Outcome {
     pub weakened: Vec<String>,
 }
 
+/// Where a sandboxed command's standard stream comes from or goes to.
+///
+/// `Inherit`, `Null`, `Piped` and `Fd` are set up by the caller and handed to the zygote
+/// directly. A [`std::process::Stdio`] (`Std`) is opaque, so a start with one costs a short-lived
+/// fork of the caller that lets std set it up (see `sandbox.md`, "How a start works").
+#[derive(Debug)]
+pub enum SandboxStdio {
+    /// The caller's own stream of the same number.
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// A new pipe; the caller's end is in [`SandboxedChild`]'s `stdin`, `stdout` or `stderr`.
+    Piped,
+    /// This descriptor.
+    Fd(OwnedFd),
+    /// A `std::process::Stdio`, set up by std in a short-lived fork of the caller.
+    Std(Stdio),
+}
+
+impl From<Stdio> for SandboxStdio {
+    fn from(stdio: Stdio) -> Self {
+        Self::Std(stdio)
+    }
+}
+
+impl From<OwnedFd> for SandboxStdio {
+    fn from(fd: OwnedFd) -> Self {
+        Self::Fd(fd)
+    }
+}
+
+impl From<SandboxStdio> for Stdio {
+    fn from(stdio: SandboxStdio) -> Self {
+        match stdio {
+            SandboxStdio::Inherit => Stdio::inherit(),
+            SandboxStdio::Null => Stdio::null(),
+            SandboxStdio::Piped => Stdio::piped(),
+            SandboxStdio::Fd(fd) => Stdio::from(fd),
+            SandboxStdio::Std(stdio) => stdio,
+        }
+    }
+}
+
+/// The command's three streams as descriptors to send to the zygote, and the caller's ends of
+/// the pipes among them.
+struct DirectStdio {
+    theirs: [OwnedFd; 3],
+    ours: [Option<OwnedFd>; 3],
+}
+
+impl DirectStdio {
+    /// Opens each stream, or `None` if one of them is an opaque `Stdio`.
+    fn open(stdio: &mut [SandboxStdio; 3]) -> Option<Result<Self, Error>> {
+        if stdio.iter().any(|s| matches!(s, SandboxStdio::Std(_))) {
+            return None;
+        }
+        let open =
+            |n: usize, s: &mut SandboxStdio| -> std::io::Result<(OwnedFd, Option<OwnedFd>)> {
+                use std::os::fd::AsFd;
+                Ok(match std::mem::replace(s, SandboxStdio::Null) {
+                    SandboxStdio::Inherit => {
+                        let fd = match n {
+                            0 => std::io::stdin().as_fd().try_clone_to_owned(),
+                            1 => std::io::stdout().as_fd().try_clone_to_owned(),
+                            _ => std::io::stderr().as_fd().try_clone_to_owned(),
+                        }?;
+                        (fd, None)
+                    }
+                    SandboxStdio::Null => {
+                        let null = std::fs::File::options()
+                            .read(true)
+                            .write(true)
+                            .open("/dev/null")?;
+                        (OwnedFd::from(null), None)
+                    }
+                    SandboxStdio::Piped => {
+                        let (r, w) = sys::pipe()?;
+                        if n == 0 { (r, Some(w)) } else { (w, Some(r)) }
+                    }
+                    SandboxStdio::Fd(fd) => (fd, None),
+                    // INVARIANT: excluded above.
+                    SandboxStdio::Std(_) => return Err(std::io::Error::other("opaque stdio")),
+                })
+            };
+        let [a, b, c] = stdio;
+        let result = (|| {
+            let (t0, o0) = open(0, a)?;
+            let (t1, o1) = open(1, b)?;
+            let (t2, o2) = open(2, c)?;
+            Ok(Self {
+                theirs: [t0, t1, t2],
+                ours: [o0, o1, o2],
+            })
+        })();
+        Some(result.map_err(|e: std::io::Error| Error::Setup(format!("stdio: {e}"))))
+    }
+}
+
 /// A sandbox configuration, ready to start commands.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -131,6 +229,21 @@ pub struct Sandbox {
     options: Options,
     counter: AtomicU64,
     zygote: Mutex<Option<Arc<Zygote>>>,
+    /// What the kernel offers, probed at the first start.
+    kernel: OnceLock<KernelFeatures>,
+    /// Where cgroups go, found at the first start.
+    cgroup_layout: OnceLock<CgroupLayout>,
+    /// The next start's cgroups, made (empty, with this profile's limits) while the previous
+    /// start's helper was setting up; taken by exactly one start.
+    spare_cgroup: Mutex<Option<Cgroup>>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(cg) = self.spare_cgroup.get_mut().ok().and_then(Option::take) {
+            cg.remove();
+        }
+    }
 }
 
 /// The running zygote (see `helper.rs`): forks one helper per start. Kept alive by its
@@ -144,12 +257,17 @@ struct Zygote {
 }
 
 impl Zygote {
-    fn start(program: &std::path::Path) -> Result<Self, Error> {
+    /// Starts the zygote; `drop_to` is the sandbox user when the caller is root (the zygote
+    /// makes each start's user namespace ahead of time, owned by that user).
+    fn start(program: &std::path::Path, drop_to: Option<(u32, u32)>) -> Result<Self, Error> {
         let (ours, theirs) =
             sys::seqpacket_pair().map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
         let mut cmd = Command::new(program);
-        cmd.arg(ZYGOTE_ARG)
-            .env_clear()
+        cmd.arg(ZYGOTE_ARG);
+        if let Some((uid, gid)) = drop_to {
+            cmd.arg(format!("{uid}:{gid}"));
+        }
+        cmd.env_clear()
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -230,6 +348,9 @@ impl Sandbox {
             options,
             counter: AtomicU64::new(0),
             zygote: Mutex::new(None),
+            kernel: OnceLock::new(),
+            cgroup_layout: OnceLock::new(),
+            spare_cgroup: Mutex::new(None),
         }
     }
 
@@ -253,7 +374,8 @@ impl Sandbox {
             HelperBinary::Path(p) => std::path::absolute(p)
                 .map_err(|e| Error::Setup(format!("helper path `{}`: {e}", p.display())))?,
         };
-        let z = Arc::new(Zygote::start(&program)?);
+        let drop_to = (sys::euid_egid().0 == 0).then_some(self.options.sandbox_id);
+        let z = Arc::new(Zygote::start(&program, drop_to)?);
         *slot = Some(Arc::clone(&z));
         Ok(z)
     }
@@ -266,19 +388,24 @@ impl Sandbox {
     /// Starts `argv` in a new sandbox with the given stdio; returns once the command has been
     /// executed (or with the setup error). Limits other than the output cap apply; the caller
     /// enforces the timeout with [`SandboxedChild::wait_timeout`].
-    pub fn spawn(&self, argv: &[String], stdio: [Stdio; 3]) -> Result<SandboxedChild, Error> {
+    pub fn spawn<S: Into<SandboxStdio>>(
+        &self,
+        argv: &[String],
+        stdio: [S; 3],
+    ) -> Result<SandboxedChild, Error> {
         self.spawn_with_env(argv, &[], stdio)
     }
 
     /// [`spawn`](Self::spawn), with variables set to the given values in the command's
     /// environment (after the profile's pass-through, before the proxy variables, which they
     /// cannot override). The gateway passes a server's `env` table this way.
-    pub fn spawn_with_env(
+    pub fn spawn_with_env<S: Into<SandboxStdio>>(
         &self,
         argv: &[String],
         extra_env: &[(String, String)],
-        stdio: [Stdio; 3],
+        stdio: [S; 3],
     ) -> Result<SandboxedChild, Error> {
+        let stdio = stdio.map(Into::into);
         if argv.is_empty() {
             return Err(Error::Setup("empty command".to_owned()));
         }
@@ -292,7 +419,8 @@ impl Sandbox {
             .map_or(0, |d| d.subsec_nanos());
         let name = format!("warden-{}-{n}-{nanos}", std::process::id());
 
-        let cgroup = match Cgroup::create(&name, limits.memory_bytes, limits.pids) {
+        let spare = self.spare_cgroup.lock().ok().and_then(|mut s| s.take());
+        let cgroup = match spare.map_or_else(|| self.new_cgroup(), Ok) {
             Ok(cg) => Some(cg),
             Err(e) if self.options.weakening.allow_without_cgroups => {
                 weakened.push(format!("no cgroups ({e})"));
@@ -437,29 +565,59 @@ impl Sandbox {
         }
         let request =
             serde_json::to_vec(&request).map_err(|e| Error::Setup(format!("request: {e}")))?;
-        // `Stdio` is opaque: a short-lived fork of the caller lets std set the stdio up on 0, 1
-        // and 2 and passes them, with the pipes, to the zygote, without executing anything.
-        let [stdin, stdout, stderr] = stdio;
-        let mut cmd = Command::new("/");
-        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         let extra = [
             config_r.as_raw_fd(),
             report_w.as_raw_fd(),
             reply_w.as_raw_fd(),
         ];
-        let mut passer = sys::pass_stdio(&mut cmd, zygote.control.as_raw_fd(), request, &extra)
-            .map_err(|e| Error::Setup(format!("cannot reach the sandbox zygote: {e}")))?;
+        let mut stdio = stdio;
+        let mut passer = None;
+        match DirectStdio::open(&mut stdio) {
+            Some(direct) => {
+                let direct = direct?;
+                let [i, o, e] = &direct.theirs;
+                let fds = [i, o, e].map(AsRawFd::as_raw_fd);
+                let all: Vec<RawFd> = fds.iter().chain(&extra).copied().collect();
+                sys::send_with_fds(zygote.control.as_raw_fd(), &request, &all)
+                    .map_err(|e| Error::Setup(format!("cannot reach the sandbox zygote: {e}")))?;
+                let [i, o, e] = direct.ours;
+                child.stdin = i.map(ChildStdin::from);
+                child.stdout = o.map(ChildStdout::from);
+                child.stderr = e.map(ChildStderr::from);
+            }
+            None => {
+                // A `Stdio` is opaque: a short-lived fork of the caller lets std set the stdio
+                // up on 0, 1 and 2 and passes them, with the pipes, to the zygote, without
+                // executing anything.
+                let [stdin, stdout, stderr] = stdio.map(Stdio::from);
+                let mut cmd = Command::new("/");
+                cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+                let mut p = sys::pass_stdio(&mut cmd, zygote.control.as_raw_fd(), request, &extra)
+                    .map_err(|e| Error::Setup(format!("cannot reach the sandbox zygote: {e}")))?;
+                child.stdin = p.stdin.take();
+                child.stdout = p.stdout.take();
+                child.stderr = p.stderr.take();
+                passer = Some(p);
+            }
+        }
         drop((config_r, report_w, reply_w));
-        child.stdin = passer.stdin.take();
-        child.stdout = passer.stdout.take();
-        child.stderr = passer.stderr.take();
         child._zygote = Some(zygote);
         if let Some(mut w) = config_w.take() {
             send(&mut w)?;
         }
+        if child.cgroup.is_some() {
+            self.refill_spare_cgroup();
+        }
+        // The report pipe reaches end of file once the command is executed or set-up failed
+        // (or the zygote or helper is gone). Waiting on it first means one wake-up: the helper's
+        // pidfd message is already queued on the reply socket by then.
+        let mut report = String::new();
+        let _ = std::fs::File::from(report_r).read_to_string(&mut report);
         let mut buf = [0u8; 16];
         let started = sys::recv_with_fds(reply.as_raw_fd(), &mut buf);
-        let _ = passer.wait();
+        if let Some(mut p) = passer {
+            let _ = p.wait();
+        }
         match started {
             Ok((4, fds)) if fds.len() == 1 => {
                 child.pid = buf
@@ -472,8 +630,6 @@ impl Sandbox {
             other => {
                 // No helper: the zygote refused or died, or the helper failed before it could
                 // answer. Fail closed with whatever it reported.
-                let mut report = String::new();
-                let _ = std::fs::File::from(report_r).read_to_string(&mut report);
                 if !report.is_empty() {
                     return Err(Error::Setup(report));
                 }
@@ -483,8 +639,6 @@ impl Sandbox {
                 }));
             }
         }
-        let mut report = String::new();
-        let _ = std::fs::File::from(report_r).read_to_string(&mut report);
         if !report.is_empty() {
             child.kill();
             return Err(Error::Setup(report));
@@ -497,11 +651,12 @@ impl Sandbox {
     pub fn run(
         &self,
         argv: &[String],
-        stdin: Stdio,
+        stdin: impl Into<SandboxStdio>,
         stdout: Box<dyn Write + Send>,
         stderr: Box<dyn Write + Send>,
     ) -> Result<Outcome, Error> {
-        let mut child = self.spawn(argv, [stdin, Stdio::piped(), Stdio::piped()])?;
+        let stdio = [stdin.into(), SandboxStdio::Piped, SandboxStdio::Piped];
+        let mut child = self.spawn(argv, stdio)?;
         let cap = self.profile.limits.output_bytes;
         let mut out = CappedStream::new(child.stdout.take(), stdout, cap);
         let mut err = CappedStream::new(child.stderr.take(), stderr, cap);
@@ -564,17 +719,42 @@ impl Sandbox {
     }
 
     fn check_kernel(&self, weakened: &mut Vec<String>) -> Result<(), Error> {
-        let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        let features = KernelFeatures {
-            user_namespaces: userns > 0,
-            landlock_abi: sys::landlock_abi(),
-            seccomp_filter: crate::seccomp::program().is_some(),
-        };
+        let features = *self.kernel.get_or_init(KernelFeatures::probe);
         weakened.extend(features.verdict(self.options.weakening)?);
         Ok(())
+    }
+
+    /// New, empty cgroups with this profile's limits.
+    fn new_cgroup(&self) -> Result<Cgroup, Error> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("warden-{}-{n}-{nanos}-cg", std::process::id());
+        let limits = &self.profile.limits;
+        let layout = self.cgroup_layout()?;
+        Cgroup::create(layout, &name, limits.memory_bytes, limits.pids)
+    }
+
+    /// Makes the next start's cgroups if there are none yet (while this start's helper runs on
+    /// another CPU). A failure is left for the next start to meet and report.
+    fn refill_spare_cgroup(&self) {
+        let Ok(mut slot) = self.spare_cgroup.lock() else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = self.new_cgroup().ok();
+        }
+    }
+
+    /// The cgroup layout, found at the first start and kept (a failure is not kept: the next
+    /// start looks again).
+    fn cgroup_layout(&self) -> Result<&CgroupLayout, Error> {
+        if let Some(layout) = self.cgroup_layout.get() {
+            return Ok(layout);
+        }
+        let layout = CgroupLayout::find()?;
+        Ok(self.cgroup_layout.get_or_init(|| layout))
     }
 }
 
@@ -587,6 +767,18 @@ struct KernelFeatures {
 }
 
 impl KernelFeatures {
+    fn probe() -> Self {
+        let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        Self {
+            user_namespaces: userns > 0,
+            landlock_abi: sys::landlock_abi(),
+            seccomp_filter: crate::seccomp::program().is_some(),
+        }
+    }
+
     /// Refuses when a protection is missing and not explicitly given up; returns the list of
     /// protections given up otherwise. User namespaces and seccomp cannot be given up: without
     /// them there is no sandbox at all.

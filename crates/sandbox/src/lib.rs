@@ -6,7 +6,8 @@
 //! single-threaded zygote (on the first start or at [`Sandbox::prewarm`]; its `main` must call
 //! [`run_helper_if_requested`] first), which forks one helper per start. The helper joins memory and pids
 //! cgroups before anything else, then reads its configuration, sets rlimits, drops to a dedicated uid when
-//! root, unshares user, mount, network, pid, ipc, uts and cgroup namespaces, and pivots into a fresh read-only tmpfs root holding `/usr`, a few `/etc`
+//! root, enters a user namespace and a network namespace made for it alone ahead of time (see
+//! `docs/sandbox.md`), unshares mount, pid, ipc, uts and cgroup namespaces, and pivots into a fresh read-only tmpfs root holding `/usr`, a few `/etc`
 //! files, the granted paths, a new `/proc`, a private `/tmp` and four devices. The command then
 //! gets no-new-privs, Landlock (filesystem, TCP, signal and abstract-socket scoping), no
 //! capabilities, no inherited descriptors and a seccomp filter before `exec`.
@@ -29,7 +30,7 @@ mod sys;
 pub use helper::run_helper_if_requested;
 pub use launch::{
     DEFAULT_SANDBOX_ID, Ending, HelperBinary, Options, Outcome, PROXY_PORT_INSIDE, Sandbox,
-    SandboxedChild, Weakening,
+    SandboxStdio, SandboxedChild, Weakening,
 };
 pub use profile::{Limits, Profile};
 

@@ -155,6 +155,12 @@ fn errno(e: i32) -> u32 {
 }
 
 /// Builds the filter program, or `None` on an architecture this crate has no syscall table for.
+///
+/// After the architecture and x32 checks, the syscall number is looked up in a binary search
+/// tree of `JGE` comparisons over the numbers with a rule, ending in short `JEQ` chains; every
+/// other number is allowed. A lookup takes about ten instructions instead of a walk along the
+/// whole list, which matters most at install time: the kernel runs the filter once per syscall
+/// number to fill its action cache, while holding the caller's signal lock.
 pub(crate) fn program() -> Option<Vec<sock_filter>> {
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
@@ -162,7 +168,6 @@ pub(crate) fn program() -> Option<Vec<sock_filter>> {
     }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        let nr = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
         let mut p = vec![
             stmt(BPF_LD_W_ABS, OFFSET_ARCH),
             jump(BPF_JEQ_K, AUDIT_ARCH, 1, 0),
@@ -174,50 +179,106 @@ pub(crate) fn program() -> Option<Vec<sock_filter>> {
             jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
             stmt(BPF_RET_K, errno(libc::EPERM)),
         ]);
-        for sys in denied_syscalls() {
-            p.push(jump(BPF_JEQ_K, nr(sys), 0, 1));
-            p.push(stmt(BPF_RET_K, errno(libc::EPERM)));
+        let mut rules = rules()?;
+        rules.sort_by_key(|(nr, _)| *nr);
+        // INVARIANT: one rule per number (a second one would silently never apply).
+        if rules.windows(2).any(|w| matches!(w, [a, b] if a.0 == b.0)) {
+            return None;
         }
-        for (sys, arg) in mode_syscalls() {
-            p.extend([
-                jump(BPF_JEQ_K, nr(sys), 0, 4),
+        p.extend(lookup_tree(&rules)?);
+        Some(p)
+    }
+}
+
+/// Each syscall number with a rule, and the rule: a block that ends in a return on every path
+/// (it may load an argument, so it never falls through to code that expects the number).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn rules() -> Option<Vec<(u32, Vec<sock_filter>)>> {
+    let nr = |n: i64| u32::try_from(n).ok();
+    let mut rules = Vec::new();
+    for sys in denied_syscalls() {
+        rules.push((nr(sys)?, vec![stmt(BPF_RET_K, errno(libc::EPERM))]));
+    }
+    for (sys, arg) in mode_syscalls() {
+        rules.push((
+            nr(sys)?,
+            vec![
                 stmt(BPF_LD_W_ABS, offset_arg_low(arg)),
                 jump(BPF_JSET_K, SETID_BITS, 0, 1),
                 stmt(BPF_RET_K, errno(libc::EPERM)),
                 stmt(BPF_RET_K, RET_ALLOW),
-            ]);
-        }
-        p.extend([
-            // openat2 keeps its mode in memory, out of BPF's reach; libcs fall back to openat.
-            jump(BPF_JEQ_K, nr(libc::SYS_openat2), 0, 1),
-            stmt(BPF_RET_K, errno(libc::ENOSYS)),
-            jump(BPF_JEQ_K, nr(libc::SYS_clone3), 0, 1),
-            stmt(BPF_RET_K, errno(libc::ENOSYS)),
-            // clone: refuse namespace flags in the first argument.
-            jump(BPF_JEQ_K, nr(libc::SYS_clone), 0, 4),
+            ],
+        ));
+    }
+    // openat2 keeps its mode in memory, out of BPF's reach; libcs fall back to openat.
+    rules.push((
+        nr(libc::SYS_openat2)?,
+        vec![stmt(BPF_RET_K, errno(libc::ENOSYS))],
+    ));
+    rules.push((
+        nr(libc::SYS_clone3)?,
+        vec![stmt(BPF_RET_K, errno(libc::ENOSYS))],
+    ));
+    // clone: refuse namespace flags in the first argument.
+    rules.push((
+        nr(libc::SYS_clone)?,
+        vec![
             stmt(BPF_LD_W_ABS, offset_arg_low(0)),
             jump(BPF_JSET_K, CLONE_NAMESPACE_FLAGS, 0, 1),
             stmt(BPF_RET_K, errno(libc::EPERM)),
             stmt(BPF_RET_K, RET_ALLOW),
-            // ioctl: refuse terminal input injection.
-            jump(BPF_JEQ_K, nr(libc::SYS_ioctl), 0, 5),
+        ],
+    ));
+    // ioctl: refuse terminal input injection.
+    rules.push((
+        nr(libc::SYS_ioctl)?,
+        vec![
             stmt(BPF_LD_W_ABS, offset_arg_low(1)),
             jump(BPF_JEQ_K, TIOCSTI, 2, 0),
             jump(BPF_JEQ_K, TIOCLINUX, 1, 0),
             stmt(BPF_RET_K, RET_ALLOW),
             stmt(BPF_RET_K, errno(libc::EPERM)),
-            // socket: unix, inet and inet6 only.
-            jump(BPF_JEQ_K, nr(libc::SYS_socket), 0, 6),
+        ],
+    ));
+    // socket: unix, inet and inet6 only.
+    rules.push((
+        nr(libc::SYS_socket)?,
+        vec![
             stmt(BPF_LD_W_ABS, offset_arg_low(0)),
             jump(BPF_JEQ_K, libc::AF_UNIX as u32, 3, 0),
             jump(BPF_JEQ_K, libc::AF_INET as u32, 2, 0),
             jump(BPF_JEQ_K, libc::AF_INET6 as u32, 1, 0),
             stmt(BPF_RET_K, errno(libc::EAFNOSUPPORT)),
             stmt(BPF_RET_K, RET_ALLOW),
-            stmt(BPF_RET_K, RET_ALLOW),
-        ]);
-        Some(p)
+        ],
+    ));
+    Some(rules)
+}
+
+/// Rules at most this many to a leaf are matched by a `JEQ` chain.
+const LEAF_RULES: usize = 3;
+
+/// Code that, with the syscall number in the accumulator, runs the rule for that number among
+/// `rules` (sorted, distinct) or allows it; every path ends in a return. `None` if a jump would
+/// not fit classic BPF's 8-bit offsets.
+fn lookup_tree(rules: &[(u32, Vec<sock_filter>)]) -> Option<Vec<sock_filter>> {
+    if rules.len() <= LEAF_RULES {
+        let mut code = Vec::new();
+        for (nr, block) in rules {
+            code.push(jump(BPF_JEQ_K, *nr, 0, u8::try_from(block.len()).ok()?));
+            code.extend_from_slice(block);
+        }
+        code.push(stmt(BPF_RET_K, RET_ALLOW));
+        return Some(code);
     }
+    let (below, from) = rules.split_at(rules.len() / 2);
+    let pivot = from.first()?.0;
+    let below = lookup_tree(below)?;
+    let from = lookup_tree(from)?;
+    let mut code = vec![jump(BPF_JGE_K, pivot, u8::try_from(below.len()).ok()?, 0)];
+    code.extend(below);
+    code.extend(from);
+    Some(code)
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -255,6 +316,154 @@ mod tests {
                         BPF_JGE_K => acc >= ins.k,
                         BPF_JSET_K => acc & ins.k != 0,
                         _ => panic!("unexpected opcode"),
+                    };
+                    pc += 1 + usize::from(if hit { ins.jt } else { ins.jf });
+                }
+            }
+        }
+    }
+
+    /// The filter as it was built before the lookup tree: one comparison after another.
+    fn linear_reference() -> Option<Vec<sock_filter>> {
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            return None;
+        }
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        {
+            let nr = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+            let mut p = vec![
+                stmt(BPF_LD_W_ABS, OFFSET_ARCH),
+                jump(BPF_JEQ_K, AUDIT_ARCH, 1, 0),
+                stmt(BPF_RET_K, RET_KILL_PROCESS),
+                stmt(BPF_LD_W_ABS, OFFSET_NR),
+            ];
+            #[cfg(target_arch = "x86_64")]
+            p.extend([
+                jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
+                stmt(BPF_RET_K, errno(libc::EPERM)),
+            ]);
+            for sys in denied_syscalls() {
+                p.push(jump(BPF_JEQ_K, nr(sys), 0, 1));
+                p.push(stmt(BPF_RET_K, errno(libc::EPERM)));
+            }
+            for (sys, arg) in mode_syscalls() {
+                p.extend([
+                    jump(BPF_JEQ_K, nr(sys), 0, 4),
+                    stmt(BPF_LD_W_ABS, offset_arg_low(arg)),
+                    jump(BPF_JSET_K, SETID_BITS, 0, 1),
+                    stmt(BPF_RET_K, errno(libc::EPERM)),
+                    stmt(BPF_RET_K, RET_ALLOW),
+                ]);
+            }
+            p.extend([
+                // openat2 keeps its mode in memory, out of BPF's reach; libcs fall back to openat.
+                jump(BPF_JEQ_K, nr(libc::SYS_openat2), 0, 1),
+                stmt(BPF_RET_K, errno(libc::ENOSYS)),
+                jump(BPF_JEQ_K, nr(libc::SYS_clone3), 0, 1),
+                stmt(BPF_RET_K, errno(libc::ENOSYS)),
+                // clone: refuse namespace flags in the first argument.
+                jump(BPF_JEQ_K, nr(libc::SYS_clone), 0, 4),
+                stmt(BPF_LD_W_ABS, offset_arg_low(0)),
+                jump(BPF_JSET_K, CLONE_NAMESPACE_FLAGS, 0, 1),
+                stmt(BPF_RET_K, errno(libc::EPERM)),
+                stmt(BPF_RET_K, RET_ALLOW),
+                // ioctl: refuse terminal input injection.
+                jump(BPF_JEQ_K, nr(libc::SYS_ioctl), 0, 5),
+                stmt(BPF_LD_W_ABS, offset_arg_low(1)),
+                jump(BPF_JEQ_K, TIOCSTI, 2, 0),
+                jump(BPF_JEQ_K, TIOCLINUX, 1, 0),
+                stmt(BPF_RET_K, RET_ALLOW),
+                stmt(BPF_RET_K, errno(libc::EPERM)),
+                // socket: unix, inet and inet6 only.
+                jump(BPF_JEQ_K, nr(libc::SYS_socket), 0, 6),
+                stmt(BPF_LD_W_ABS, offset_arg_low(0)),
+                jump(BPF_JEQ_K, libc::AF_UNIX as u32, 3, 0),
+                jump(BPF_JEQ_K, libc::AF_INET as u32, 2, 0),
+                jump(BPF_JEQ_K, libc::AF_INET6 as u32, 1, 0),
+                stmt(BPF_RET_K, errno(libc::EAFNOSUPPORT)),
+                stmt(BPF_RET_K, RET_ALLOW),
+                stmt(BPF_RET_K, RET_ALLOW),
+            ]);
+            Some(p)
+        }
+    }
+
+    #[test]
+    fn the_lookup_tree_decides_like_the_linear_filter() {
+        let tree = program().unwrap();
+        let linear = linear_reference().unwrap();
+        let mut patterns: Vec<[u64; 6]> = vec![[0; 6], [u64::MAX; 6]];
+        for i in 0..6 {
+            for v in [
+                0o4755,
+                0o2000,
+                0o755,
+                0x5412,
+                0x541c,
+                (1 << 32) | 0x5412,
+                (libc::CLONE_NEWUSER | libc::SIGCHLD) as u64,
+                libc::CLONE_NEWNET as u64,
+                libc::SIGCHLD as u64,
+                libc::AF_UNIX as u64,
+                libc::AF_INET as u64,
+                libc::AF_INET6 as u64,
+                libc::AF_NETLINK as u64,
+                libc::AF_PACKET as u64,
+            ] {
+                let mut a = [0; 6];
+                a[i] = v;
+                patterns.push(a);
+            }
+        }
+        let mut numbers: Vec<u32> = (0..1024).collect();
+        numbers.extend([X32_SYSCALL_BIT, X32_SYSCALL_BIT | 1, u32::MAX, 0x3fff_ffff]);
+        let mut checked = 0;
+        for nr in numbers {
+            for args in &patterns {
+                assert_eq!(
+                    run(&tree, AUDIT_ARCH, nr, *args),
+                    run(&linear, AUDIT_ARCH, nr, *args),
+                    "syscall {nr} with {args:?}"
+                );
+                checked += 1;
+            }
+            assert_eq!(run(&tree, 0x4000_0003, nr, [0; 6]), RET_KILL_PROCESS);
+        }
+        assert!(checked > 50_000);
+        // The point of the tree: a lookup is short.
+        let longest = (0..1024).map(|nr| steps(&tree, nr)).max().unwrap();
+        assert!(longest <= 20, "{longest} instructions");
+        assert!(
+            steps(&linear, 0) > 3 * longest,
+            "{} against {longest}",
+            steps(&linear, 0)
+        );
+    }
+
+    /// Instructions run before a return for syscall `nr` without arguments.
+    fn steps(p: &[sock_filter], nr: u32) -> usize {
+        let mut acc = 0u32;
+        let mut pc = 0usize;
+        let mut n = 0;
+        loop {
+            let ins = p[pc];
+            n += 1;
+            match ins.code {
+                BPF_LD_W_ABS => {
+                    acc = match ins.k {
+                        OFFSET_NR => nr,
+                        OFFSET_ARCH => AUDIT_ARCH,
+                        _ => 0,
+                    };
+                    pc += 1;
+                }
+                BPF_RET_K => return n,
+                code => {
+                    let hit = match code {
+                        BPF_JEQ_K => acc == ins.k,
+                        BPF_JGE_K => acc >= ins.k,
+                        _ => acc & ins.k != 0,
                     };
                     pc += 1 + usize::from(if hit { ins.jt } else { ins.jf });
                 }

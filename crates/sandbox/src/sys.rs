@@ -268,6 +268,12 @@ pub(crate) fn drop_to(uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// `setns(2)`: moves the calling (single-threaded) process into the namespace `ns` refers to.
+pub(crate) fn setns(ns: &OwnedFd, nstype: c_int) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own and an integer.
+    check(unsafe { libc::setns(ns.as_raw_fd(), nstype) }).map(drop)
+}
+
 /// `unshare(2)`.
 pub(crate) fn unshare(flags: c_int) -> io::Result<()> {
     // SAFETY: plain syscall on an integer.
@@ -298,12 +304,10 @@ pub(crate) fn set_no_new_privs() -> io::Result<()> {
 }
 
 /// Drops every capability: bounding set, ambient set, then effective, permitted, inheritable.
+/// Every possible capability number is tried (capability sets are 64 bits wide; numbers this
+/// kernel does not know fail with `EINVAL` and are skipped), so nothing is read from `/proc`.
 pub(crate) fn drop_all_capabilities() -> io::Result<()> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<c_ulong>().ok())
-        .unwrap_or(63);
-    for cap in 0..=last {
+    for cap in 0..=63 {
         match prctl(libc::PR_CAPBSET_DROP, cap) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}

@@ -18,7 +18,7 @@ use warden_identity::delegation::{ArgConstraint, Attenuation, DelegationIssuer, 
 use warden_identity::workload::{EntryStore, SharedAuthority, WorkloadApi};
 use warden_identity::{
     CaPolicy, CertificateAuthority, IdentityConfig, OsRandom, RegistrationEntry, Selector,
-    SpiffeId, SystemClock, TrustDomain, load_entries_file, save_entries_file,
+    SpiffeId, SystemClock, TrustDomain, X509Svid, load_entries_file, save_entries_file,
 };
 
 /// Arguments of `warden identity`.
@@ -82,6 +82,14 @@ enum IdentityCommand {
         /// Argument constraint `NAME=PREFIX*` (prefix) or `NAME=VALUE` (exact); repeatable.
         #[arg(long = "arg")]
         args: Vec<String>,
+        /// The delegator's X.509-SVID chain (PEM, leaf first: `svid.pem` of `warden identity
+        /// svid --out-dir`); the new block is signed with its key. Without it (with `--token`),
+        /// the SVID is fetched from the Workload API at `SPIFFE_ENDPOINT_SOCKET`.
+        #[arg(long, requires = "svid_key")]
+        svid_cert: Option<PathBuf>,
+        /// The delegator's SVID private key (PKCS#8 PEM: `svid.key`).
+        #[arg(long, requires = "svid_cert")]
+        svid_key: Option<PathBuf>,
     },
     /// Serves the Workload API on a unix socket until interrupted.
     Serve {
@@ -270,9 +278,12 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
             tools,
             ttl,
             args,
+            svid_cert,
+            svid_key,
         } => {
             let holder = SpiffeId::new(&to)?;
-            let expires = SystemTime::now() + parse_ttl(&ttl)?;
+            let now = SystemTime::now();
+            let expires = now + parse_ttl(&ttl)?;
             let key_hex = std::fs::read_to_string(delegation_key_path(&dir))
                 .context("no delegation key; run `warden identity ca init`")?;
             let issuer = DelegationIssuer::from_private_key(&hex::decode(key_hex.trim())?)?;
@@ -281,7 +292,7 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
                     if !args.is_empty() {
                         bail!("argument constraints go on delegated tokens, not root tokens");
                     }
-                    issuer.mint(&holder, &tools, expires)?
+                    issuer.mint(&holder, &tools, now, expires)?
                 }
                 Some(file) => {
                     let text = if file.as_os_str() == "-" {
@@ -291,21 +302,62 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
                             .with_context(|| format!("reading `{}`", file.display()))?
                     };
                     let parent = DelegationToken::from_base64(text.trim(), &issuer.public_key())?;
-                    parent.attenuate(&Attenuation {
-                        holder,
-                        tools: if tools.is_empty() { None } else { Some(tools) },
-                        args: args
-                            .iter()
-                            .map(|a| parse_arg(a))
-                            .collect::<anyhow::Result<_>>()?,
-                        expires,
-                    })?
+                    let delegator = match (svid_cert, svid_key) {
+                        (Some(cert), Some(key)) => X509Svid::from_pem(
+                            &std::fs::read(&cert)
+                                .with_context(|| format!("reading `{}`", cert.display()))?,
+                            &std::fs::read(&key)
+                                .with_context(|| format!("reading `{}`", key.display()))?,
+                        )?,
+                        _ => workload_svid()?,
+                    };
+                    parent.attenuate(
+                        &Attenuation {
+                            holder,
+                            tools: if tools.is_empty() { None } else { Some(tools) },
+                            args: args
+                                .iter()
+                                .map(|a| parse_arg(a))
+                                .collect::<anyhow::Result<_>>()?,
+                            expires,
+                        },
+                        &delegator,
+                        now,
+                    )?
                 }
             };
             out(&format!("{}\n", narrowed.to_base64()?))
         }
         IdentityCommand::Serve { socket, config } => serve(&dir, &socket, config.as_deref()),
     }
+}
+
+/// The caller's own X.509-SVID from the Workload API at `SPIFFE_ENDPOINT_SOCKET`.
+fn workload_svid() -> anyhow::Result<X509Svid> {
+    if std::env::var_os("SPIFFE_ENDPOINT_SOCKET").is_none() {
+        bail!(
+            "narrowing a token needs the delegator's SVID: `--svid-cert` and `--svid-key`, or \
+             `SPIFFE_ENDPOINT_SOCKET` naming a Workload API"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let svid = rt
+        .block_on(async {
+            let client = spiffe::WorkloadApiClient::connect_env().await?;
+            client.fetch_x509_svid().await
+        })
+        .context("fetching the X.509-SVID from `SPIFFE_ENDPOINT_SOCKET`")?;
+    let chain = svid
+        .cert_chain()
+        .iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.as_bytes().to_vec()))
+        .collect();
+    Ok(X509Svid::from_der(
+        chain,
+        svid.private_key().as_bytes().to_vec(),
+    )?)
 }
 
 fn entries(dir: &Path, command: EntriesCommand) -> anyhow::Result<()> {
@@ -397,6 +449,85 @@ pub(crate) fn load_identity(
     Ok((SharedAuthority::persisted(ca, ca_file), entries))
 }
 
+/// The identity directory of commands without an `--identity-dir` flag (`warden mcp`):
+/// `WARDEN_IDENTITY_DIR`, else `.warden/identity`.
+pub(crate) fn default_dir() -> PathBuf {
+    std::env::var_os("WARDEN_IDENTITY_DIR")
+        .map_or_else(|| PathBuf::from(".warden/identity"), PathBuf::from)
+}
+
+/// How often a gateway that does not run the CA itself re-reads the CA file for its bundle.
+const CA_FILE_POLL: Duration = Duration::from_secs(10);
+
+/// Keeps the delegation verifier of a gateway whose `[gateway.delegation]` has no
+/// `bundle_file` on the embedded CA's bundle (delegators' SVIDs chain to it): from `live`, the
+/// CA this process runs (every rotation at once), else by re-reading the CA file (from
+/// `identity_dir` or the manifest's `[identity] ca_file`) every 10 s. Nothing to do for a
+/// gateway with a bundle file or without delegation. Fails when the CA cannot be read at start.
+/// Runs inside a tokio runtime.
+pub(crate) fn follow_delegation_bundle(
+    gateway: &warden_gateway::GatewayConfig,
+    identity_dir: &Path,
+    config: &Path,
+    live: Option<&SharedAuthority>,
+) -> anyhow::Result<()> {
+    let Some(trust) = gateway.delegation_follows_authority().cloned() else {
+        return Ok(());
+    };
+    if let Some(ca) = live {
+        trust.set(ca.bundle());
+        let ca = ca.clone();
+        let mut changes = ca.subscribe();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                trust.set(ca.bundle());
+            }
+        });
+        return Ok(());
+    }
+    let ca_file = ca_file(identity_dir, Some(config))?;
+    let read = move || -> anyhow::Result<warden_identity::TrustBundle> {
+        let ca =
+            CertificateAuthority::load(&ca_file, Arc::new(SystemClock), Arc::new(OsRandom::new()))
+                .with_context(|| format!("no usable CA at `{}`", ca_file.display()))?;
+        Ok(ca.bundle())
+    };
+    let mut current = read()?;
+    trust.set(current.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CA_FILE_POLL).await;
+            // A CA file being rewritten may not read: keep the bundle in force until it does.
+            if let Ok(bundle) = read()
+                && bundle != current
+            {
+                trust.set(bundle.clone());
+                current = bundle;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The CA file: `ca.json` in `dir`, unless the manifest's `[identity] ca_file` names another.
+fn ca_file(dir: &Path, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let Some(config) = config else {
+        return Ok(ca_path(dir));
+    };
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("reading `{}`", config.display()))?;
+    let manifest: toml::Table = text.parse()?;
+    let Some(table) = manifest.get("identity").and_then(toml::Value::as_table) else {
+        return Ok(ca_path(dir));
+    };
+    let identity = IdentityConfig::from_table(table)?;
+    let base = config.parent().unwrap_or(Path::new("."));
+    Ok(match &identity.ca_file {
+        Some(f) => base.join(f),
+        None => ca_path(dir),
+    })
+}
+
 fn serve(dir: &Path, socket: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let (shared, entries) = load_identity(dir, config)?;
     let api = WorkloadApi::new(shared, EntryStore::new(entries));
@@ -464,4 +595,61 @@ fn pem_cert(der: &[u8]) -> String {
     }
     s.push_str("-----END CERTIFICATE-----\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generate_ca() -> CertificateAuthority {
+        CertificateAuthority::generate(
+            TrustDomain::new("example.org").unwrap(),
+            CaPolicy::default(),
+            Arc::new(SystemClock),
+            Arc::new(OsRandom::new()),
+        )
+        .unwrap()
+    }
+
+    /// A gateway whose `[gateway.delegation]` has no `bundle_file` under `[identity]`.
+    fn follower(dir: &Path) -> (warden_gateway::GatewayConfig, PathBuf) {
+        let text = format!(
+            "trust_domain = \"example.org\"\n[gateway.delegation]\nroot_public_key = \"{}\"\n\
+             [identity]\ntrust_domain = \"example.org\"\n",
+            "58".repeat(32)
+        );
+        let config = dir.join("warden.toml");
+        std::fs::write(&config, &text).unwrap();
+        (warden_gateway::GatewayConfig::parse(&text).unwrap(), config)
+    }
+
+    #[tokio::test]
+    async fn the_delegation_bundle_follows_the_ca_file_or_the_live_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cfg, config) = follower(tmp.path());
+        let trust = cfg.delegation_follows_authority().unwrap().clone();
+        assert!(trust.get().x509_authorities().is_empty());
+        // No CA file yet: a start-up error, not a gateway that silently refuses everything.
+        assert!(follow_delegation_bundle(&cfg, tmp.path(), &config, None).is_err());
+        let ca = generate_ca();
+        ca.save(&ca_path(tmp.path())).unwrap();
+        follow_delegation_bundle(&cfg, tmp.path(), &config, None).unwrap();
+        assert_eq!(*trust.get(), ca.bundle());
+
+        // The CA run by this process: every rotation reaches the verifier.
+        let (cfg, config) = follower(tmp.path());
+        let trust = cfg.delegation_follows_authority().unwrap().clone();
+        let live = SharedAuthority::new(generate_ca());
+        follow_delegation_bundle(&cfg, tmp.path(), &config, Some(&live)).unwrap();
+        assert_eq!(*trust.get(), live.bundle());
+        live.rotate().unwrap();
+        for _ in 0..100 {
+            if *trust.get() == live.bundle() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*trust.get(), live.bundle());
+        assert_eq!(trust.get().x509_authorities().len(), 2);
+    }
 }

@@ -101,6 +101,13 @@ fn serve(args: &McpArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let running = start(&args.config)?;
+        // ---- identity ----
+        super::identity::follow_delegation_bundle(
+            running.gateway.config(),
+            &super::identity::default_dir(),
+            &args.config,
+            None,
+        )?;
         spawn_admin(&running.gateway);
         serve_stdio(
             running.gateway.clone(),

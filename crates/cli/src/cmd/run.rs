@@ -11,14 +11,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use warden_sandbox::egress::{EgressDecision, HostRule};
-use warden_sandbox::{Ending, Options, Profile, Sandbox, Weakening};
+use warden_sandbox::{Ending, Options, Profile, Sandbox, SandboxStdio, Weakening};
 
 /// Exit status when the wall-clock limit ended the command.
 const EXIT_TIMEOUT: u8 = 124;
@@ -152,7 +152,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(profile, options);
     let outcome = sandbox.run(
         &args.command,
-        Stdio::inherit(),
+        SandboxStdio::Inherit,
         Box::new(std::io::stdout()),
         Box::new(std::io::stderr()),
     )?;

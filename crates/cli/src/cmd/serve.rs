@@ -80,6 +80,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let running = start(&args.config)?;
+        // ---- identity ----
+        super::identity::follow_delegation_bundle(
+            running.gateway.config(),
+            &args.identity_dir,
+            &args.config,
+            identity.as_ref().map(|(ca, _)| ca),
+        )?;
         let settings = &running.gateway.config().gateway;
         if settings.jwks.is_none() && settings.tls.is_none() && !args.listen.ip().is_loopback() {
             bail!("without `[gateway] jwks` or `[gateway.tls]` every caller is `http_agent`: listen on a loopback address only");
