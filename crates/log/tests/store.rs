@@ -414,6 +414,89 @@ fn tickets_can_be_awaited() {
     assert!(w.append(record(99)).is_err());
 }
 
+/// On an idle log the appender commits its own record: durable, with a resolved ticket, before
+/// `commit_or_queue` returns (no hand-off to the writer thread).
+#[test]
+fn an_idle_log_commits_on_the_calling_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = Log::create(tmp.path(), signer(), LogOptions::default()).unwrap();
+    let w = log.writer();
+    for i in 0..20u64 {
+        let ticket = w.commit_or_queue(record(i)).unwrap();
+        // Durable already: the checkpoint covers it before anyone waited.
+        assert_eq!(log.size(), i + 1);
+        let waker = Waker::from(Arc::new(NoWake));
+        let mut t = std::pin::pin!(ticket);
+        match t.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(a) => {
+                a.unwrap().receipt.verify(&record(i), &verifier()).unwrap();
+            }
+            Poll::Pending => panic!("the ticket of an inline commit is not resolved"),
+        }
+    }
+    log.close().unwrap();
+    let r = verify_dir(tmp.path(), &verifier(), &mut |_, _| {}).unwrap();
+    assert_eq!((r.size, r.frames), (20, 20));
+}
+
+struct NoWake;
+impl Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// A record queued for the writer thread is never overtaken by a later inline commit: frames
+/// are written in the order records were handed in.
+#[test]
+fn inline_commits_keep_submission_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = Log::create(tmp.path(), signer(), LogOptions::default()).unwrap();
+    let w = log.writer();
+    for i in 0..100u64 {
+        let queued = w.submit(record(2 * i)).unwrap();
+        let inline = w.commit_or_queue(record(2 * i + 1)).unwrap();
+        let (a, b) = (queued.wait().unwrap(), inline.wait().unwrap());
+        assert_eq!((a.index, b.index), (2 * i, 2 * i + 1));
+    }
+    log.close().unwrap();
+    let mut seen = Vec::new();
+    warden_log::read_records(tmp.path(), 0, &mut |i, r| {
+        assert_eq!(r, record(i).as_slice());
+        seen.push(i);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 200);
+}
+
+/// A failed `fdatasync` of a queued (group) commit stops the log as a failed inline one does.
+#[test]
+fn a_write_error_in_a_group_commit_stops_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        danger_fail_writes_after: Some(2),
+        ..LogOptions::default()
+    };
+    let log = Log::create(tmp.path(), signer(), options).unwrap();
+    let w = log.writer();
+    for i in 0..2 {
+        w.submit(record(i)).unwrap().wait().unwrap();
+    }
+    let tickets: Vec<_> = (2..7).map(|i| w.submit(record(i)).unwrap()).collect();
+    for t in tickets {
+        let err = t.wait().unwrap_err();
+        assert!(matches!(err, LogError::WriterStopped(_)), "{err}");
+    }
+    assert!(log.health().is_err());
+    assert!(matches!(
+        w.commit_or_queue(record(11)).unwrap_err(),
+        LogError::WriterStopped(_)
+    ));
+    assert_eq!(log.size(), 2);
+    drop(log);
+    let log = Log::open(tmp.path(), signer(), LogOptions::default()).unwrap();
+    assert_eq!(log.size(), 2);
+}
+
 /// The published tiles serve proofs through an independent tile reader.
 #[test]
 fn published_tiles_verify_with_tlog_tiles() {
