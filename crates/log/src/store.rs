@@ -1,4 +1,5 @@
-//! Durable storage with group commit: one writer thread, one frame and one `fdatasync` per batch.
+//! Durable storage with group commit: an idle log is committed by the appending thread itself;
+//! under load one writer thread writes one frame and one `fdatasync` per batch.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
@@ -33,12 +34,18 @@ pub struct LogOptions {
     pub max_batch: usize,
     /// How long the writer may wait for more records after the first of a batch. Zero (the
     /// default) takes only what is already queued: batches grow by themselves while an
-    /// `fdatasync` is in flight.
+    /// `fdatasync` is in flight. A non-zero wait also sends every record through the writer
+    /// thread (no inline commit by an appender of an idle log).
     pub batch_wait: Duration,
     /// A new segment file is started once the current one would exceed this many bytes.
     pub segment_bytes: u64,
-    /// Write the `tlog-tiles` tree, the published `checkpoint` and the id index after each commit.
+    /// Write the `tlog-tiles` tree, the published `checkpoint` and the id index after commits.
     pub publish: bool,
+    /// Least time between two publications: commits made meanwhile are published together.
+    /// Publishing writes, renames and removes several small files, whose file-system work
+    /// competes with the commits' `fdatasync`; an idle log publishes at once. The published
+    /// checkpoint and the id index lag the durable log by at most this much.
+    pub publish_interval: Duration,
     /// Fault injection for tests: after this many successful frames every write fails as if the
     /// disk returned an I/O error. Never set it outside tests.
     pub danger_fail_writes_after: Option<u64>,
@@ -51,6 +58,7 @@ impl Default for LogOptions {
             batch_wait: Duration::ZERO,
             segment_bytes: 64 * 1024 * 1024,
             publish: true,
+            publish_interval: Duration::from_millis(100),
             danger_fail_writes_after: None,
         }
     }
@@ -594,12 +602,18 @@ impl Log {
 
         let publisher = match prx {
             Some(prx) => {
+                let interval = shared
+                    .writer
+                    .lock()
+                    .unwrap_or_else(lock_poisoned)
+                    .options
+                    .publish_interval;
                 let tiles = prepare_publisher(&shared, published)?;
                 let sh = Arc::clone(&shared);
                 Some(
                     std::thread::Builder::new()
                         .name("warden-log-publish".into())
-                        .spawn(move || publisher_loop(&sh, tiles, &prx))
+                        .spawn(move || publisher_loop(&sh, tiles, &prx, interval))
                         .map_err(|e| LogError::io("starting the publisher thread", e))?,
                 )
             }
@@ -1049,18 +1063,39 @@ fn rewrite_id_index(shared: &Shared) -> Result<(), LogError> {
     crate::tiles::write_atomic(&id_index_path(&shared.dir), text.as_bytes())
 }
 
-fn publisher_loop(shared: &Shared, mut tiles: TileWriter, rx: &Receiver<Published>) {
+fn publisher_loop(
+    shared: &Shared,
+    mut tiles: TileWriter,
+    rx: &Receiver<Published>,
+    interval: Duration,
+) {
     let index_path = id_index_path(&shared.dir);
     let mut index_file = fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(&index_path)
         .ok();
+    let mut last_published: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        // Coalesce what is committed until the interval since the last publication is over
+        // (at once when the log was idle that long); the channel closing ends the wait.
+        if let Some(next) = last_published.map(|t| t + interval) {
+            loop {
+                let now = Instant::now();
+                if now >= next {
+                    break;
+                }
+                match rx.recv_timeout(next - now) {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+        }
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
+        last_published = Some(Instant::now());
         if shared
             .publish_error
             .lock()
