@@ -340,9 +340,13 @@ impl Shared {
                     }
                     if q.shutdown && !q.committing {
                         // Nothing queued and nothing more accepted: close the publisher's
-                        // channel so it finishes.
+                        // channel so it finishes, and leave the segment without its reserve
+                        // (a closed log's files end at their last frame; if this fails, the
+                        // reserve is read as the end at the next open all the same).
                         drop(q);
-                        self.writer.lock().unwrap_or_else(lock_poisoned).publish = None;
+                        let mut w = self.writer.lock().unwrap_or_else(lock_poisoned);
+                        w.publish = None;
+                        let _ = w.seg.trim();
                         return;
                     }
                     q = self.wake.wait(q).unwrap_or_else(lock_poisoned);
@@ -456,7 +460,73 @@ impl std::fmt::Debug for Log {
 struct SegmentFile {
     file: File,
     first: u64,
+    /// End of the last frame: where the next frame goes.
     len: u64,
+    /// Bytes of the file, `len` included; beyond `len` they are reserved zeros (see
+    /// [`SegmentFile::reserve`]).
+    capacity: u64,
+}
+
+/// Space reserved at the end of the segment at a time.
+const RESERVE_BYTES: u64 = 1024 * 1024;
+
+impl SegmentFile {
+    fn open(path: &Path, first: u64, len: u64) -> Result<Self, LogError> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| LogError::io(format!("opening `{}`", path.display()), e))?;
+        let capacity = file
+            .metadata()
+            .map_err(|e| LogError::io(format!("reading `{}`", path.display()), e))?
+            .len()
+            .max(len);
+        Ok(Self {
+            file,
+            first,
+            len,
+            capacity,
+        })
+    }
+
+    /// Makes room for `need` more bytes. The file is extended ahead, by [`RESERVE_BYTES`], with
+    /// zeros (`fallocate`) and its new size made durable once, so that the frames written into
+    /// the reserve change no metadata and their `fdatasync` flushes data only. Recovery reads
+    /// an all-zero rest of the last segment as its end. Where the file system cannot reserve,
+    /// frames extend the file as they are written.
+    fn reserve(&mut self, need: u64) -> Result<(), LogError> {
+        if self.len + need <= self.capacity {
+            return Ok(());
+        }
+        let target = self.len + need + RESERVE_BYTES;
+        let grown = rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::empty(),
+            self.capacity,
+            target - self.capacity,
+        );
+        if grown.is_err() {
+            return Ok(());
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| LogError::io("reserving segment space", e))?;
+        self.capacity = target;
+        Ok(())
+    }
+
+    /// Gives the reserve back (before the segment is left for a new one), durably.
+    fn trim(&mut self) -> Result<(), LogError> {
+        if self.capacity > self.len {
+            self.file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_all())
+                .map_err(|e| LogError::io("trimming a segment", e))?;
+            self.capacity = self.len;
+        }
+        Ok(())
+    }
 }
 
 fn lock_poisoned<T>(e: PoisonError<T>) -> T {
@@ -560,15 +630,7 @@ impl Log {
                 segments_dir(dir).display()
             ))
         })?;
-        let file = fs::OpenOptions::new()
-            .append(true)
-            .open(&last_path)
-            .map_err(|e| LogError::io(format!("opening `{}`", last_path.display()), e))?;
-        let seg = SegmentFile {
-            file,
-            first: last_first,
-            len: last_len,
-        };
+        let seg = SegmentFile::open(&last_path, last_first, last_len)?;
 
         let (ptx, prx) = if options.publish {
             let (t, r) = mpsc::channel::<Published>();
@@ -803,7 +865,8 @@ fn create_segment(dir: &Path, first: u64) -> Result<File, LogError> {
     fs::rename(&tmp, &path).map_err(|e| LogError::io(ctx("renaming", &tmp), e))?;
     segment::sync_dir(&segments_dir(dir))?;
     fs::OpenOptions::new()
-        .append(true)
+        .read(true)
+        .write(true)
         .open(&path)
         .map_err(|e| LogError::io(ctx("opening", &path), e))
 }
@@ -904,11 +967,14 @@ impl Writer {
         if self.seg.len > SEGMENT_HEADER_LEN as u64
             && self.seg.len + frame.len() as u64 > self.options.segment_bytes
         {
+            // The old segment ends at its last frame: no reserve left behind in it.
+            self.seg.trim()?;
             let file = create_segment(&shared.dir, first)?;
             self.seg = SegmentFile {
                 file,
                 first,
                 len: SEGMENT_HEADER_LEN as u64,
+                capacity: SEGMENT_HEADER_LEN as u64,
             };
         }
         if self
@@ -921,6 +987,7 @@ impl Writer {
                 std::io::Error::other("injected write failure"),
             ));
         }
+        self.seg.reserve(frame.len() as u64)?;
         let path = || {
             segment_path(&shared.dir, self.seg.first)
                 .display()
@@ -928,7 +995,7 @@ impl Writer {
         };
         self.seg
             .file
-            .write_all(&frame)
+            .write_all_at(&frame, self.seg.len)
             .map_err(|e| LogError::io(format!("appending to `{}`", path()), e))?;
         self.seg
             .file
