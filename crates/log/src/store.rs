@@ -195,6 +195,11 @@ struct Queue {
     /// Set by `Log::shutdown`: nothing more is accepted; the writer thread commits what is
     /// queued and stops.
     shutdown: bool,
+    /// Records in the last frame. More than one means appenders are concurrent: an empty queue
+    /// then only means the others are about to come back, and committing inline would write a
+    /// frame of one while they wait for the next `fdatasync`, so records go to the writer
+    /// thread (whose wake-up lets them gather) until a frame holds one record again.
+    last_batch: usize,
 }
 
 struct Published {
@@ -302,7 +307,8 @@ impl Shared {
         if q.shutdown {
             return Err(LogError::Closed);
         }
-        if inline && self.inline_commits && !q.committing && q.items.is_empty() {
+        if inline && self.inline_commits && !q.committing && q.items.is_empty() && q.last_batch <= 1
+        {
             q.committing = true;
             return Ok(Some((record, completer)));
         }
@@ -322,6 +328,7 @@ impl Shared {
         }
         let mut q = self.queue.lock().unwrap_or_else(lock_poisoned);
         q.committing = false;
+        q.last_batch = 1;
         if !q.items.is_empty() || q.shutdown {
             self.wake.notify_one();
         }
@@ -365,6 +372,7 @@ impl Shared {
                 }
                 q.committing = true;
                 let n = q.items.len().min(max);
+                q.last_batch = n;
                 q.items.drain(..n).unzip::<_, _, Vec<_>, Vec<_>>()
             };
             {
@@ -468,7 +476,7 @@ struct SegmentFile {
 }
 
 /// Space reserved at the end of the segment at a time.
-const RESERVE_BYTES: u64 = 1024 * 1024;
+const RESERVE_BYTES: u64 = 8 * 1024 * 1024;
 
 impl SegmentFile {
     fn open(path: &Path, first: u64, len: u64) -> Result<Self, LogError> {
