@@ -1,6 +1,9 @@
 //! Added latency of the gateway per `tools/call` (server-everything's `echo` over stdio, a native
 //! Rust client, the real kernel and the durable log), interleaved with direct calls in one run;
-//! and throughput with 32 concurrent Streamable HTTP sessions.
+//! and throughput with 32 concurrent Streamable HTTP sessions. With `WARDEN_BENCH_BASELINE=1` a
+//! second gateway, whose log hands every record to its writer thread and publishes tiles after
+//! every commit, is interleaved too (it perturbs the others: its publisher runs during their
+//! calls, so it is off by default).
 //!
 //! Full run: `cargo bench -p warden-gateway --bench gateway` (5 rounds × 500 calls each way,
 //! p50/p99 printed and written to `target/gateway-bench.txt`). `cargo bench -- --test` runs each
@@ -21,7 +24,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
-use warden_gateway::{Gateway, GatewayConfig, HttpFace, KernelAuthority, SystemClock, serve_stdio};
+use warden_gateway::{
+    Gateway, GatewayConfig, HttpFace, KernelAuthority, RecordAck, RecordSink, SystemClock,
+    serve_stdio,
+};
 
 fn peers() -> PathBuf {
     let dir = std::env::var_os("WARDEN_PEERS_DIR")
@@ -122,8 +128,50 @@ fn manifest(dir: &std::path::Path) -> String {
     )
 }
 
-/// The gateway with the real kernel and a durable log in `dir`.
-fn gateway(dir: &std::path::Path) -> (Arc<Gateway>, warden_log::Log) {
+/// A sink that hands every record to the log's writer thread and waits to be woken by it (the
+/// path before inline commits): the baseline of the same run. `WARDEN_BENCH_BASELINE_INLINE=1`
+/// gives the baseline inline commits too (to tell the two changes apart).
+struct HandOff(warden_log::LogWriter);
+
+impl RecordSink for HandOff {
+    fn append(&self, entry: &[u8]) -> Result<(), String> {
+        self.0
+            .submit(entry.to_vec())
+            .and_then(warden_log::Ticket::wait)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn submit(&self, entry: Vec<u8>) -> RecordAck {
+        match self.0.submit(entry) {
+            Ok(ticket) => {
+                Box::pin(async move { ticket.await.map(|_| ()).map_err(|e| e.to_string()) })
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e.to_string()))),
+        }
+    }
+}
+
+/// The log's options: the defaults, or for the baseline a publication after every commit (as
+/// before publications were coalesced). `WARDEN_BENCH_PUBLISH_MS=N` sets the interval of both.
+fn log_options(baseline: bool) -> warden_log::LogOptions {
+    let mut o = warden_log::LogOptions::default();
+    if baseline {
+        o.publish_interval = Duration::ZERO;
+    }
+    if let Some(ms) = std::env::var("WARDEN_BENCH_PUBLISH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        o.publish_interval = Duration::from_millis(ms);
+    }
+    o
+}
+
+/// The gateway with the real kernel and a durable log in `dir`; `hand_off` makes it the
+/// baseline (its sink and its log's options).
+fn gateway(dir: &std::path::Path, hand_off: bool) -> (Arc<Gateway>, warden_log::Log) {
+    std::fs::create_dir_all(dir).unwrap();
     let text = manifest(dir);
     let m = warden_kernel::Manifest::from_toml_str(&text).unwrap();
     let kernel = warden_kernel::Kernel::new(
@@ -137,12 +185,18 @@ fn gateway(dir: &std::path::Path) -> (Arc<Gateway>, warden_log::Log) {
         &dir.join("log"),
         "warden.bench/gateway",
         &mut warden_log::os_entropy,
-        warden_log::LogOptions::default(),
+        log_options(hand_off),
     )
     .unwrap();
+    let hand_off = hand_off && std::env::var_os("WARDEN_BENCH_BASELINE_INLINE").is_none();
+    let sink: Arc<dyn RecordSink> = if hand_off {
+        Arc::new(HandOff(log.writer()))
+    } else {
+        Arc::new(log.writer())
+    };
     let authority = KernelAuthority::new(
         kernel,
-        Arc::new(log.writer()),
+        sink,
         Arc::new(SystemClock),
         getrandom::rand_core::UnwrapErr(getrandom::SysRng),
     );
@@ -165,6 +219,27 @@ fn gateway_runtime() -> tokio::runtime::Runtime {
     b.enable_all().build().unwrap()
 }
 
+/// Starts `gw`'s stdio face on its own thread and runtime (as in its own process; only the
+/// pipe to the agent is an in-memory duplex) and returns an initialized client.
+async fn stdio_client(
+    gw: Arc<Gateway>,
+) -> Client<
+    tokio::io::ReadHalf<tokio::io::DuplexStream>,
+    tokio::io::WriteHalf<tokio::io::DuplexStream>,
+> {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let (sr, sw) = tokio::io::split(server);
+    std::thread::spawn(move || {
+        let rt = gateway_runtime();
+        rt.block_on(async move { serve_stdio(gw, AGENT, sr, sw).await })
+    });
+    let (cr, cw) = tokio::io::split(client);
+    let mut c = Client::new(cr, cw);
+    c.initialize().await;
+    c.request("tools/list", json!({})).await;
+    c
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -175,16 +250,21 @@ fn us(d: Duration) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let quick = std::env::args().any(|a| a == "--test");
+    // `cargo bench` passes `--bench`; `cargo test --benches` (CI) does not: a quick run then.
+    let quick = !std::env::args().any(|a| a == "--bench");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (gw, log) = gateway(dir.path());
+    let (gw, log) = gateway(&dir.path().join("inline"), false);
+    // `WARDEN_BENCH_BASELINE=1`: a second gateway of the previous path, in the same run.
+    let base = std::env::var_os("WARDEN_BENCH_BASELINE")
+        .is_some()
+        .then(|| gateway(&dir.path().join("hand-off"), true));
 
-    let (direct, gwc) = rt.block_on(async {
+    let (direct, gwc, basec) = rt.block_on(async {
         let mut child = tokio::process::Command::new(
             peers().join("node/node_modules/.bin/mcp-server-everything"),
         )
@@ -198,27 +278,23 @@ fn bench(c: &mut Criterion) {
         let mut direct = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
         direct.initialize().await;
         std::mem::forget(child); // killed with the process at the end of the bench
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let (sr, sw) = tokio::io::split(server);
-        let gw2 = gw.clone();
-        // The gateway runs on its own runtime, of the flavour `warden mcp` uses, as it would in
-        // its own process; only the pipe to the agent is an in-memory duplex.
-        std::thread::spawn(move || {
-            let rt = gateway_runtime();
-            rt.block_on(async move { serve_stdio(gw2, AGENT, sr, sw).await })
-        });
-        let (cr, cw) = tokio::io::split(client);
-        let mut gwc = Client::new(cr, cw);
-        gwc.initialize().await;
-        gwc.request("tools/list", json!({})).await;
-        // Warm both paths (JIT of the node server, kernel's first compile of the tool).
+        let mut gwc = stdio_client(gw.clone()).await;
+        let mut basec = match &base {
+            Some((g, _)) => Some(stdio_client(g.clone()).await),
+            None => None,
+        };
+        // Warm all paths (JIT of the node servers, kernel's first compile of the tool).
         for _ in 0..20 {
             direct.echo("echo").await;
             gwc.echo("every/echo").await;
+            if let Some(b) = basec.as_mut() {
+                b.echo("every/echo").await;
+            }
         }
         (
             tokio::sync::Mutex::new(direct),
             tokio::sync::Mutex::new(gwc),
+            tokio::sync::Mutex::new(basec),
         )
     });
 
@@ -230,37 +306,62 @@ fn bench(c: &mut Criterion) {
     group.bench_function("tools_call_echo/through_gateway", |b| {
         b.iter(|| rt.block_on(async { gwc.lock().await.echo("every/echo").await }))
     });
+    if base.is_some() {
+        group.bench_function("tools_call_echo/through_gateway_log_hand_off", |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    basec
+                        .lock()
+                        .await
+                        .as_mut()
+                        .unwrap()
+                        .echo("every/echo")
+                        .await
+                })
+            })
+        });
+    }
     group.finish();
 
-    // Interleaved percentiles: direct and gateway calls alternate, so drift hits both alike.
+    // Interleaved percentiles: direct, gateway and baseline calls alternate, so drift hits all
+    // alike.
     let (rounds, calls) = if quick { (1, 5) } else { (5, 500) };
-    let (mut d_all, mut g_all) = (Vec::new(), Vec::new());
+    let (mut d_all, mut g_all, mut b_all) = (Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
         for _ in 0..rounds {
             for _ in 0..calls {
                 d_all.push(direct.lock().await.echo("echo").await);
                 g_all.push(gwc.lock().await.echo("every/echo").await);
+                if let Some(b) = basec.lock().await.as_mut() {
+                    b_all.push(b.echo("every/echo").await);
+                }
             }
         }
     });
     d_all.sort();
     g_all.sort();
-    let (d50, d99, g50, g99) = (
-        percentile(&d_all, 0.5),
-        percentile(&d_all, 0.99),
-        percentile(&g_all, 0.5),
-        percentile(&g_all, 0.99),
-    );
+    b_all.sort();
+    let p = |v: &[Duration]| (us(percentile(v, 0.5)), us(percentile(v, 0.99)));
+    let ((d50, d99), (g50, g99)) = (p(&d_all), p(&g_all));
     let mut report = format!(
-        "interleaved {rounds}x{calls} tools/call echo over stdio (durable log on, {} records):\n  direct   p50 {:8.1} us  p99 {:8.1} us\n  gateway  p50 {:8.1} us  p99 {:8.1} us\n  added    p50 {:8.1} us  p99 {:8.1} us\n",
+        "interleaved {rounds}x{calls} tools/call echo over stdio (durable log on, {} records):\n  \
+         direct   p50 {d50:8.1} us  p99 {d99:8.1} us\n  \
+         gateway  p50 {g50:8.1} us  p99 {g99:8.1} us\n  \
+         added    p50 {:8.1} us  p99 {:8.1} us\n",
         log.size(),
-        us(d50),
-        us(d99),
-        us(g50),
-        us(g99),
-        us(g50) - us(d50),
-        us(g99) - us(d99),
+        g50 - d50,
+        g99 - d99,
     );
+    if !b_all.is_empty() {
+        let (b50, b99) = p(&b_all);
+        report += &format!(
+            "  baseline (log hand-off to the writer thread, a publication per commit) p50 \
+             {b50:8.1} us  p99 {b99:8.1} us, added p50 {:8.1} us  p99 {:8.1} us\n",
+            b50 - d50,
+            b99 - d99,
+        );
+    }
+    drop(base);
 
     // Throughput: concurrent legacy sessions over Streamable HTTP, each with its own upstream.
     let (sessions, per_session) = if quick { (2, 2) } else { (32, 100) };

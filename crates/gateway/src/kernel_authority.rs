@@ -43,8 +43,11 @@ impl RecordSink for warden_log::LogWriter {
     }
 
     fn submit(&self, entry: Vec<u8>) -> RecordAck {
-        match warden_log::LogWriter::submit(self, entry) {
-            // The ticket is woken by the log's writer thread once `fdatasync` returned.
+        // When the log is idle this thread writes and `fdatasync`s the record itself and the
+        // ticket is resolved on return (no hand-off to the log's writer thread and back); under
+        // load the record rides the writer thread's next group commit and the ticket is woken
+        // by it.
+        match warden_log::LogWriter::commit_or_queue(self, entry) {
             Ok(ticket) => {
                 Box::pin(async move { ticket.await.map(|_| ()).map_err(|e| e.to_string()) })
             }

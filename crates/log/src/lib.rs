@@ -8,8 +8,9 @@
 //!   `DIR/tiles` ([`tiles`]). Tools nobody here wrote can check all of them.
 //! - **Acknowledged = durable.** [`LogWriter::append`] returns only after the record, and the
 //!   signed checkpoint that covers it, are in a CRC-framed segment file and `fdatasync` returned.
-//!   Appends from many threads are group-committed by one writer thread (one frame and one
-//!   `fdatasync` per batch).
+//!   When the log is idle, the appending thread writes its record's frame and `fdatasync`s it
+//!   itself (no hand-off to another thread); appends that arrive meanwhile are group-committed by
+//!   one writer thread (one frame and one `fdatasync` per batch), in the order they arrived.
 //! - **Fail closed.** A write or `fdatasync` error stops the writer for good: every pending and
 //!   later append gets [`LogError::WriterStopped`]. Opening a log cuts a half-written tail, recomputes
 //!   the root from the records and refuses to start if any stored signature or the published
@@ -19,8 +20,9 @@
 //! the published `checkpoint` and the id index are derived files written after the
 //! acknowledgement (rebuildable with [`rebuild_derived`]); it has no witness cosigning.
 //!
-//! Async callers: [`LogWriter::submit`] returns a [`Ticket`] that is a `Future` (woken by the
-//! writer thread; no runtime dependency) and can also be waited on with [`Ticket::wait`].
+//! Async callers: [`LogWriter::submit`] (never blocks) and [`LogWriter::commit_or_queue`] (may
+//! commit on the calling thread) return a [`Ticket`] that is a `Future` (woken by the writer
+//! thread; no runtime dependency) and can also be waited on with [`Ticket::wait`].
 #![forbid(unsafe_code)]
 
 mod checkpoint;

@@ -10,6 +10,9 @@
 //!           | signature length u8 | key id ‖ Ed25519 signature of the checkpoint at the new size
 //! ```
 //!
+//! The last segment may end in zero bytes: space reserved ahead of the frames (see the store),
+//! read as the end of the log. A zero byte can never start a frame.
+//!
 //! The checkpoint text itself is not stored: it is rebuilt from the origin and the recomputed root,
 //! so a stored signature verifies only if the records reproduce the signed root.
 
@@ -320,6 +323,10 @@ pub(crate) fn scan(
                     });
                     expected += n;
                     offset += frame.encoded_len;
+                }
+                Err(_) if is_last && rest.iter().all(|b| *b == 0) => {
+                    // Space reserved ahead of the frames (zeros): the end of the log.
+                    break;
                 }
                 Err(err) => {
                     let why = match err {

@@ -1,6 +1,7 @@
-//! Durable storage with group commit: one writer thread, one frame and one `fdatasync` per batch.
+//! Durable storage with group commit: an idle log is committed by the appending thread itself;
+//! under load one writer thread writes one frame and one `fdatasync` per batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::Write as _;
@@ -8,7 +9,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -33,12 +34,18 @@ pub struct LogOptions {
     pub max_batch: usize,
     /// How long the writer may wait for more records after the first of a batch. Zero (the
     /// default) takes only what is already queued: batches grow by themselves while an
-    /// `fdatasync` is in flight.
+    /// `fdatasync` is in flight. A non-zero wait also sends every record through the writer
+    /// thread (no inline commit by an appender of an idle log).
     pub batch_wait: Duration,
     /// A new segment file is started once the current one would exceed this many bytes.
     pub segment_bytes: u64,
-    /// Write the `tlog-tiles` tree, the published `checkpoint` and the id index after each commit.
+    /// Write the `tlog-tiles` tree, the published `checkpoint` and the id index after commits.
     pub publish: bool,
+    /// Least time between two publications: commits made meanwhile are published together.
+    /// Publishing writes, renames and removes several small files, whose file-system work
+    /// competes with the commits' `fdatasync`; an idle log publishes at once. The published
+    /// checkpoint and the id index lag the durable log by at most this much.
+    pub publish_interval: Duration,
     /// Fault injection for tests: after this many successful frames every write fails as if the
     /// disk returned an I/O error. Never set it outside tests.
     pub danger_fail_writes_after: Option<u64>,
@@ -51,6 +58,7 @@ impl Default for LogOptions {
             batch_wait: Duration::ZERO,
             segment_bytes: 64 * 1024 * 1024,
             publish: true,
+            publish_interval: Duration::from_millis(100),
             danger_fail_writes_after: None,
         }
     }
@@ -176,9 +184,22 @@ impl Future for Ticket {
     }
 }
 
-enum Msg {
-    Append(Vec<u8>, Completer),
-    Shutdown,
+/// Records waiting for a committer, and whether one is at work.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<(Vec<u8>, Completer)>,
+    /// A committer (an appender committing its own record, or the writer thread) is writing a
+    /// frame; it looks at `items` again when done.
+    // INVARIANT: at most one committer at a time, so frames are written in queue order.
+    committing: bool,
+    /// Set by `Log::shutdown`: nothing more is accepted; the writer thread commits what is
+    /// queued and stops.
+    shutdown: bool,
+    /// Records in the last frame. More than one means appenders are concurrent: an empty queue
+    /// then only means the others are about to come back, and committing inline would write a
+    /// frame of one while they wait for the next `fdatasync`, so records go to the writer
+    /// thread (whose wake-up lets them gather) until a frame holds one record again.
+    last_batch: usize,
 }
 
 struct Published {
@@ -196,6 +217,16 @@ struct Shared {
     closed: AtomicBool,
     ids: RwLock<HashMap<String, u64>>,
     publish_error: Mutex<Option<String>>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer thread (records queued while nobody commits, or shutdown).
+    wake: Condvar,
+    /// The segment file, the signer and the publisher's channel. Held only by the committer.
+    writer: Mutex<Writer>,
+    /// Whether an appender may commit its own record when the log is idle (see
+    /// [`LogWriter::commit_or_queue`]); off when `batch_wait` asks the writer to gather.
+    inline_commits: bool,
+    max_batch: usize,
+    batch_wait: Duration,
 }
 
 impl Shared {
@@ -226,12 +257,136 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+
+    /// Writes `records` as one frame and resolves their waiters. A failure stops the log for
+    /// good: these waiters and every later append get [`LogError::WriterStopped`].
+    fn commit_batch(&self, writer: &mut Writer, records: Vec<Vec<u8>>, waiters: Vec<Completer>) {
+        if records.is_empty() {
+            return;
+        }
+        if let Some(why) = self.stopped() {
+            for w in waiters {
+                w.complete(Err(LogError::WriterStopped(why.clone())));
+            }
+            return;
+        }
+        match writer.commit(self, &records) {
+            Ok((first_index, checkpoint)) => {
+                for (i, w) in waiters.into_iter().enumerate() {
+                    w.complete(Ok(Committed {
+                        index: first_index + i as u64,
+                        checkpoint: Arc::clone(&checkpoint),
+                    }));
+                }
+                if let Some(p) = &writer.publish {
+                    let _ = p.send(Published {
+                        records,
+                        checkpoint,
+                    });
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                *self.stopped.lock().unwrap_or_else(lock_poisoned) = Some(why.clone());
+                for w in waiters {
+                    w.complete(Err(LogError::WriterStopped(why.clone())));
+                }
+            }
+        }
+    }
+
+    /// Queues `record`, or, when `inline` and nobody is committing or waiting, claims the
+    /// commit and hands the record back: the caller then commits it itself.
+    fn enqueue(
+        &self,
+        record: Vec<u8>,
+        completer: Completer,
+        inline: bool,
+    ) -> Result<Option<(Vec<u8>, Completer)>, LogError> {
+        let mut q = self.queue.lock().unwrap_or_else(lock_poisoned);
+        if q.shutdown {
+            return Err(LogError::Closed);
+        }
+        if inline && self.inline_commits && !q.committing && q.items.is_empty() && q.last_batch <= 1
+        {
+            q.committing = true;
+            return Ok(Some((record, completer)));
+        }
+        q.items.push_back((record, completer));
+        if !q.committing {
+            self.wake.notify_one();
+        }
+        Ok(None)
+    }
+
+    /// Commits one record on the calling thread (the commit was claimed by [`Self::enqueue`]),
+    /// then hands whatever was queued meanwhile to the writer thread.
+    fn commit_inline(&self, record: Vec<u8>, completer: Completer) {
+        {
+            let mut w = self.writer.lock().unwrap_or_else(lock_poisoned);
+            self.commit_batch(&mut w, vec![record], vec![completer]);
+        }
+        let mut q = self.queue.lock().unwrap_or_else(lock_poisoned);
+        q.committing = false;
+        q.last_batch = 1;
+        if !q.items.is_empty() || q.shutdown {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer thread: group-commits what appenders queued while a frame was being written
+    /// (one frame and one `fdatasync` per batch), until shutdown.
+    fn writer_loop(&self) {
+        let max = self.max_batch.max(1);
+        loop {
+            let (records, waiters) = {
+                let mut q = self.queue.lock().unwrap_or_else(lock_poisoned);
+                loop {
+                    if !q.committing && !q.items.is_empty() {
+                        break;
+                    }
+                    if q.shutdown && !q.committing {
+                        // Nothing queued and nothing more accepted: close the publisher's
+                        // channel so it finishes, and leave the segment without its reserve
+                        // (a closed log's files end at their last frame; if this fails, the
+                        // reserve is read as the end at the next open all the same).
+                        drop(q);
+                        let mut w = self.writer.lock().unwrap_or_else(lock_poisoned);
+                        w.publish = None;
+                        let _ = w.seg.trim();
+                        return;
+                    }
+                    q = self.wake.wait(q).unwrap_or_else(lock_poisoned);
+                }
+                let deadline = Instant::now() + self.batch_wait;
+                while q.items.len() < max && !q.shutdown {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    q = self
+                        .wake
+                        .wait_timeout(q, deadline - now)
+                        .unwrap_or_else(lock_poisoned)
+                        .0;
+                }
+                q.committing = true;
+                let n = q.items.len().min(max);
+                q.last_batch = n;
+                q.items.drain(..n).unzip::<_, _, Vec<_>, Vec<_>>()
+            };
+            {
+                let mut w = self.writer.lock().unwrap_or_else(lock_poisoned);
+                self.commit_batch(&mut w, records, waiters);
+            }
+            self.queue.lock().unwrap_or_else(lock_poisoned).committing = false;
+        }
+    }
 }
 
 /// A cloneable handle that appends records; share it between threads and tasks.
 #[derive(Clone)]
 pub struct LogWriter {
-    tx: Sender<Msg>,
     shared: Arc<Shared>,
 }
 
@@ -244,9 +399,24 @@ impl std::fmt::Debug for LogWriter {
 }
 
 impl LogWriter {
-    /// Queues `record` and returns a ticket for its acknowledgement. Refuses records larger than
-    /// [`MAX_RECORD_LEN`] and any record once the writer has stopped or the log is closed.
+    /// Queues `record` for the writer thread and returns a ticket for its acknowledgement
+    /// (never blocks on I/O). Refuses records larger than [`MAX_RECORD_LEN`] and any record once
+    /// the writer has stopped or the log is closed.
     pub fn submit(&self, record: Vec<u8>) -> Result<Ticket, LogError> {
+        self.enqueue(record, false)
+    }
+
+    /// As [`LogWriter::submit`], except that when the log is idle (no frame being written, no
+    /// record queued) the calling thread writes the record's frame and `fdatasync`s it itself,
+    /// and the ticket is already resolved when this returns: no hand-off to the writer thread
+    /// and back. Under load it queues like `submit`, and the record rides the writer thread's
+    /// next group commit. Blocks for at most one frame write and `fdatasync`; call it from a
+    /// thread that may block (or a current-thread runtime that has nothing better to do).
+    pub fn commit_or_queue(&self, record: Vec<u8>) -> Result<Ticket, LogError> {
+        self.enqueue(record, true)
+    }
+
+    fn enqueue(&self, record: Vec<u8>, inline: bool) -> Result<Ticket, LogError> {
         if record.len() > MAX_RECORD_LEN {
             return Err(LogError::RecordTooLarge {
                 len: record.len(),
@@ -260,18 +430,21 @@ impl LogWriter {
             return Err(LogError::Closed);
         }
         let slot = Arc::new(Slot::default());
-        self.tx
-            .send(Msg::Append(record, Completer(Arc::clone(&slot))))
-            .map_err(|_| LogError::Closed)?;
+        let completer = Completer(Arc::clone(&slot));
+        if let Some((record, completer)) = self.shared.enqueue(record, completer, inline)? {
+            self.shared.commit_inline(record, completer);
+        }
         Ok(Ticket {
             slot,
             shared: Arc::clone(&self.shared),
         })
     }
 
-    /// Appends `record` and blocks until it is durable; returns its index and receipt.
+    /// Appends `record` and blocks until it is durable; returns its index and receipt. When the
+    /// log is idle the calling thread commits the record itself (see
+    /// [`LogWriter::commit_or_queue`]); otherwise it waits for the writer thread's group commit.
     pub fn append(&self, record: Vec<u8>) -> Result<Appended, LogError> {
-        self.submit(record)?.wait()
+        self.commit_or_queue(record)?.wait()
     }
 }
 
@@ -280,7 +453,6 @@ pub struct Log {
     /// Held (with an exclusive `flock`) until the log is closed: one writer per directory.
     lock: Option<File>,
     shared: Arc<Shared>,
-    tx: Sender<Msg>,
     writer: Option<JoinHandle<()>>,
     publisher: Option<JoinHandle<()>>,
 }
@@ -296,7 +468,73 @@ impl std::fmt::Debug for Log {
 struct SegmentFile {
     file: File,
     first: u64,
+    /// End of the last frame: where the next frame goes.
     len: u64,
+    /// Bytes of the file, `len` included; beyond `len` they are reserved zeros (see
+    /// [`SegmentFile::reserve`]).
+    capacity: u64,
+}
+
+/// Space reserved at the end of the segment at a time.
+const RESERVE_BYTES: u64 = 8 * 1024 * 1024;
+
+impl SegmentFile {
+    fn open(path: &Path, first: u64, len: u64) -> Result<Self, LogError> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| LogError::io(format!("opening `{}`", path.display()), e))?;
+        let capacity = file
+            .metadata()
+            .map_err(|e| LogError::io(format!("reading `{}`", path.display()), e))?
+            .len()
+            .max(len);
+        Ok(Self {
+            file,
+            first,
+            len,
+            capacity,
+        })
+    }
+
+    /// Makes room for `need` more bytes. The file is extended ahead, by [`RESERVE_BYTES`], with
+    /// zeros (`fallocate`) and its new size made durable once, so that the frames written into
+    /// the reserve change no metadata and their `fdatasync` flushes data only. Recovery reads
+    /// an all-zero rest of the last segment as its end. Where the file system cannot reserve,
+    /// frames extend the file as they are written.
+    fn reserve(&mut self, need: u64) -> Result<(), LogError> {
+        if self.len + need <= self.capacity {
+            return Ok(());
+        }
+        let target = self.len + need + RESERVE_BYTES;
+        let grown = rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::empty(),
+            self.capacity,
+            target - self.capacity,
+        );
+        if grown.is_err() {
+            return Ok(());
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| LogError::io("reserving segment space", e))?;
+        self.capacity = target;
+        Ok(())
+    }
+
+    /// Gives the reserve back (before the segment is left for a new one), durably.
+    fn trim(&mut self) -> Result<(), LogError> {
+        if self.capacity > self.len {
+            self.file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_all())
+                .map_err(|e| LogError::io("trimming a segment", e))?;
+            self.capacity = self.len;
+        }
+        Ok(())
+    }
 }
 
 fn lock_poisoned<T>(e: PoisonError<T>) -> T {
@@ -400,16 +638,14 @@ impl Log {
                 segments_dir(dir).display()
             ))
         })?;
-        let file = fs::OpenOptions::new()
-            .append(true)
-            .open(&last_path)
-            .map_err(|e| LogError::io(format!("opening `{}`", last_path.display()), e))?;
-        let seg = SegmentFile {
-            file,
-            first: last_first,
-            len: last_len,
-        };
+        let seg = SegmentFile::open(&last_path, last_first, last_len)?;
 
+        let (ptx, prx) = if options.publish {
+            let (t, r) = mpsc::channel::<Published>();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             verifier,
@@ -420,45 +656,48 @@ impl Log {
             closed: AtomicBool::new(false),
             ids: RwLock::new(ids),
             publish_error: Mutex::new(None),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            inline_commits: options.batch_wait.is_zero(),
+            max_batch: options.max_batch,
+            batch_wait: options.batch_wait,
+            writer: Mutex::new(Writer {
+                signer,
+                seg,
+                options,
+                publish: ptx,
+                frames_written: 0,
+            }),
         });
 
-        let publisher_tx = if options.publish {
-            let (ptx, prx) = mpsc::channel::<Published>();
-            let tiles = prepare_publisher(&shared, published)?;
-            let sh = Arc::clone(&shared);
-            let handle = std::thread::Builder::new()
-                .name("warden-log-publish".into())
-                .spawn(move || publisher_loop(&sh, tiles, &prx))
-                .map_err(|e| LogError::io("starting the publisher thread", e))?;
-            Some((ptx, handle))
-        } else {
-            None
-        };
-        let (ptx, publisher) = match publisher_tx {
-            Some((t, h)) => (Some(t), Some(h)),
-            None => (None, None),
+        let publisher = match prx {
+            Some(prx) => {
+                let interval = shared
+                    .writer
+                    .lock()
+                    .unwrap_or_else(lock_poisoned)
+                    .options
+                    .publish_interval;
+                let tiles = prepare_publisher(&shared, published)?;
+                let sh = Arc::clone(&shared);
+                Some(
+                    std::thread::Builder::new()
+                        .name("warden-log-publish".into())
+                        .spawn(move || publisher_loop(&sh, tiles, &prx, interval))
+                        .map_err(|e| LogError::io("starting the publisher thread", e))?,
+                )
+            }
+            None => None,
         };
 
-        let (tx, rx) = mpsc::channel::<Msg>();
         let sh = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("warden-log-writer".into())
-            .spawn(move || {
-                let mut w = Writer {
-                    shared: sh,
-                    signer,
-                    seg,
-                    options,
-                    publish: ptx,
-                    frames_written: 0,
-                };
-                w.run(&rx);
-            })
+            .spawn(move || sh.writer_loop())
             .map_err(|e| LogError::io("starting the writer thread", e))?;
         Ok(Self {
             lock: Some(lock),
             shared,
-            tx,
             writer: Some(writer),
             publisher,
         })
@@ -483,7 +722,6 @@ impl Log {
     /// A handle for appending.
     pub fn writer(&self) -> LogWriter {
         LogWriter {
-            tx: self.tx.clone(),
             shared: Arc::clone(&self.shared),
         }
     }
@@ -587,7 +825,12 @@ impl Log {
 
     fn shutdown(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
-        let _ = self.tx.send(Msg::Shutdown);
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(lock_poisoned)
+            .shutdown = true;
+        self.shared.wake.notify_one();
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
@@ -630,7 +873,8 @@ fn create_segment(dir: &Path, first: u64) -> Result<File, LogError> {
     fs::rename(&tmp, &path).map_err(|e| LogError::io(ctx("renaming", &tmp), e))?;
     segment::sync_dir(&segments_dir(dir))?;
     fs::OpenOptions::new()
-        .append(true)
+        .read(true)
+        .write(true)
         .open(&path)
         .map_err(|e| LogError::io(ctx("opening", &path), e))
 }
@@ -679,7 +923,6 @@ fn check_published(
 }
 
 struct Writer {
-    shared: Arc<Shared>,
     signer: NoteSigner,
     seg: SegmentFile,
     options: LogOptions,
@@ -688,89 +931,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: &Receiver<Msg>) {
-        let max = self.options.max_batch.max(1);
-        let mut shutting = false;
-        while !shutting {
-            let Ok(first) = rx.recv() else {
-                break;
-            };
-            let mut records = Vec::new();
-            let mut waiters = Vec::new();
-            match first {
-                Msg::Append(r, c) => {
-                    records.push(r);
-                    waiters.push(c);
-                }
-                Msg::Shutdown => shutting = true,
-            }
-            let deadline = Instant::now() + self.options.batch_wait;
-            while !shutting && records.len() < max {
-                let next = match rx.try_recv() {
-                    Ok(m) => m,
-                    Err(TryRecvError::Empty) => {
-                        let now = Instant::now();
-                        if now >= deadline {
-                            break;
-                        }
-                        match rx.recv_timeout(deadline - now) {
-                            Ok(m) => m,
-                            Err(_) => break,
-                        }
-                    }
-                    Err(TryRecvError::Disconnected) => break,
-                };
-                match next {
-                    Msg::Append(r, c) => {
-                        records.push(r);
-                        waiters.push(c);
-                    }
-                    Msg::Shutdown => shutting = true,
-                }
-            }
-            if records.is_empty() {
-                continue;
-            }
-            if let Some(why) = self.shared.stopped() {
-                for w in waiters {
-                    w.complete(Err(LogError::WriterStopped(why.clone())));
-                }
-                continue;
-            }
-            match self.commit(&records) {
-                Ok((first_index, checkpoint)) => {
-                    for (i, w) in waiters.into_iter().enumerate() {
-                        w.complete(Ok(Committed {
-                            index: first_index + i as u64,
-                            checkpoint: Arc::clone(&checkpoint),
-                        }));
-                    }
-                    if let Some(p) = &self.publish {
-                        let _ = p.send(Published {
-                            records,
-                            checkpoint,
-                        });
-                    }
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    *self.shared.stopped.lock().unwrap_or_else(lock_poisoned) = Some(why.clone());
-                    for w in waiters {
-                        w.complete(Err(LogError::WriterStopped(why.clone())));
-                    }
-                }
-            }
-        }
-        // Anything still queued is refused (the completers resolve with `Closed` on drop).
-        while let Ok(m) = rx.try_recv() {
-            drop(m);
-        }
-    }
-
-    fn commit(&mut self, records: &[Vec<u8>]) -> Result<(u64, Arc<SignedCheckpoint>), LogError> {
+    fn commit(
+        &mut self,
+        shared: &Shared,
+        records: &[Vec<u8>],
+    ) -> Result<(u64, Arc<SignedCheckpoint>), LogError> {
         let leaves: Vec<Hash> = records.iter().map(|r| Hash::leaf(r)).collect();
         let (first, size, root) = {
-            let mut tree = self.shared.tree.write().unwrap_or_else(lock_poisoned);
+            let mut tree = shared.tree.write().unwrap_or_else(lock_poisoned);
             let first = tree.size();
             for l in leaves {
                 tree.push(l);
@@ -778,10 +946,10 @@ impl Writer {
             let size = tree.size();
             (first, size, tree.root(size)?)
         };
-        match self.write_frame(first, size, root, records) {
+        match self.write_frame(shared, first, size, root, records) {
             Ok(cp) => Ok((first, cp)),
             Err(e) => {
-                self.shared
+                shared
                     .tree
                     .write()
                     .unwrap_or_else(lock_poisoned)
@@ -793,6 +961,7 @@ impl Writer {
 
     fn write_frame(
         &mut self,
+        shared: &Shared,
         first: u64,
         size: u64,
         root: Hash,
@@ -806,11 +975,14 @@ impl Writer {
         if self.seg.len > SEGMENT_HEADER_LEN as u64
             && self.seg.len + frame.len() as u64 > self.options.segment_bytes
         {
-            let file = create_segment(&self.shared.dir, first)?;
+            // The old segment ends at its last frame: no reserve left behind in it.
+            self.seg.trim()?;
+            let file = create_segment(&shared.dir, first)?;
             self.seg = SegmentFile {
                 file,
                 first,
                 len: SEGMENT_HEADER_LEN as u64,
+                capacity: SEGMENT_HEADER_LEN as u64,
             };
         }
         if self
@@ -823,14 +995,15 @@ impl Writer {
                 std::io::Error::other("injected write failure"),
             ));
         }
+        self.seg.reserve(frame.len() as u64)?;
         let path = || {
-            segment_path(&self.shared.dir, self.seg.first)
+            segment_path(&shared.dir, self.seg.first)
                 .display()
                 .to_string()
         };
         self.seg
             .file
-            .write_all(&frame)
+            .write_all_at(&frame, self.seg.len)
             .map_err(|e| LogError::io(format!("appending to `{}`", path()), e))?;
         self.seg
             .file
@@ -839,7 +1012,7 @@ impl Writer {
         self.frames_written += 1;
         let offset = self.seg.len;
         self.seg.len += frame.len() as u64;
-        self.shared
+        shared
             .frames
             .write()
             .unwrap_or_else(lock_poisoned)
@@ -851,7 +1024,7 @@ impl Writer {
             });
         let note = assemble(&text, &origin, &blob);
         let signed = Arc::new(SignedCheckpoint::from_parts(checkpoint, note));
-        *self.shared.latest.write().unwrap_or_else(lock_poisoned) = Arc::clone(&signed);
+        *shared.latest.write().unwrap_or_else(lock_poisoned) = Arc::clone(&signed);
         Ok(signed)
     }
 }
@@ -965,18 +1138,39 @@ fn rewrite_id_index(shared: &Shared) -> Result<(), LogError> {
     crate::tiles::write_atomic(&id_index_path(&shared.dir), text.as_bytes())
 }
 
-fn publisher_loop(shared: &Shared, mut tiles: TileWriter, rx: &Receiver<Published>) {
+fn publisher_loop(
+    shared: &Shared,
+    mut tiles: TileWriter,
+    rx: &Receiver<Published>,
+    interval: Duration,
+) {
     let index_path = id_index_path(&shared.dir);
     let mut index_file = fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(&index_path)
         .ok();
+    let mut last_published: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        // Coalesce what is committed until the interval since the last publication is over
+        // (at once when the log was idle that long); the channel closing ends the wait.
+        if let Some(next) = last_published.map(|t| t + interval) {
+            loop {
+                let now = Instant::now();
+                if now >= next {
+                    break;
+                }
+                match rx.recv_timeout(next - now) {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+        }
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
+        last_published = Some(Instant::now());
         if shared
             .publish_error
             .lock()

@@ -198,6 +198,91 @@ fn a_torn_tail_is_reported_then_cut() {
     );
 }
 
+/// An open log reserves segment space ahead (zeros), so a commit's `fdatasync` does not commit
+/// a size change; closing gives it back. After a crash the zeros are read as the end of the log,
+/// and a frame torn inside them is cut like any torn tail.
+#[test]
+fn reserved_space_is_the_end_of_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let options = || LogOptions {
+        publish: false,
+        ..LogOptions::default()
+    };
+    let log = Log::create(dir, signer(), options()).unwrap();
+    for i in 0..5 {
+        log.append(record(i)).unwrap();
+    }
+    let seg = segments(dir).pop().unwrap();
+    let open_len = fs::metadata(&seg).unwrap().len();
+    log.close().unwrap();
+    let closed_len = fs::metadata(&seg).unwrap().len();
+    assert!(
+        open_len > closed_len + 512 * 1024,
+        "no reserve: {open_len} bytes open, {closed_len} closed"
+    );
+
+    // A crash leaves the reserve: zeros after the last frame.
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes.resize(closed_len as usize + 4096, 0);
+    fs::write(&seg, &bytes).unwrap();
+    let report = verify_dir(dir, &verifier(), &mut |_, _| {}).unwrap();
+    assert_eq!(report.size, 5);
+    assert!(report.torn_tail.is_none());
+    let log = Log::open(dir, signer(), options()).unwrap();
+    assert_eq!(log.size(), 5);
+    assert_eq!(log.append(record(5)).unwrap().index, 5);
+    log.close().unwrap();
+    assert_eq!(
+        read_all(dir),
+        (0..6).map(record).collect::<Vec<_>>(),
+        "the next frame went where the reserve began"
+    );
+
+    // A frame torn inside the reserve: a header, part of its payload, then zeros.
+    let closed_len = fs::metadata(&seg).unwrap().len() as usize;
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes.extend_from_slice(b"WFRM\x00\x00\x01\x00\x12\x34\x56\x78partial");
+    bytes.resize(closed_len + 4096, 0);
+    fs::write(&seg, &bytes).unwrap();
+    let torn = verify_dir(dir, &verifier(), &mut |_, _| {})
+        .unwrap()
+        .torn_tail
+        .unwrap();
+    assert_eq!(torn.offset, closed_len as u64);
+    let log = Log::open(dir, signer(), options()).unwrap();
+    assert_eq!(log.size(), 6);
+    log.close().unwrap();
+    assert_eq!(fs::metadata(&seg).unwrap().len() as usize, closed_len);
+}
+
+/// Zeros at the end of a segment that is not the last are damage, not a reserve: a rotated
+/// segment is trimmed before the next one starts.
+#[test]
+fn zeros_after_a_segment_that_is_not_the_last_are_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segs = multi_segment(tmp.path());
+    let first = segs.first().unwrap();
+    let mut bytes = fs::read(first).unwrap();
+    bytes.resize(bytes.len() + 4096, 0);
+    fs::write(first, &bytes).unwrap();
+    let err = verify_dir(tmp.path(), &verifier(), &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not the last"), "{err}");
+    assert!(Log::open(tmp.path(), signer(), LogOptions::default()).is_err());
+}
+
+fn read_all(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    warden_log::read_records(dir, 0, &mut |_, r| {
+        out.push(r.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
 fn flip(path: &Path, at: usize) {
     let mut bytes = fs::read(path).unwrap();
     bytes[at] ^= 0x01;
@@ -412,6 +497,91 @@ fn tickets_can_be_awaited() {
     // Closing resolves pending and later appends with an error instead of hanging.
     log.close().unwrap();
     assert!(w.append(record(99)).is_err());
+}
+
+/// On an idle log the appender commits its own record: durable, with a resolved ticket, before
+/// `commit_or_queue` returns (no hand-off to the writer thread).
+#[test]
+fn an_idle_log_commits_on_the_calling_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = Log::create(tmp.path(), signer(), LogOptions::default()).unwrap();
+    let w = log.writer();
+    for i in 0..20u64 {
+        let ticket = w.commit_or_queue(record(i)).unwrap();
+        // Durable already: the checkpoint covers it before anyone waited.
+        assert_eq!(log.size(), i + 1);
+        let waker = Waker::from(Arc::new(NoWake));
+        let mut t = std::pin::pin!(ticket);
+        match t.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(a) => {
+                a.unwrap().receipt.verify(&record(i), &verifier()).unwrap();
+            }
+            Poll::Pending => panic!("the ticket of an inline commit is not resolved"),
+        }
+    }
+    log.close().unwrap();
+    let r = verify_dir(tmp.path(), &verifier(), &mut |_, _| {}).unwrap();
+    assert_eq!((r.size, r.frames), (20, 20));
+}
+
+struct NoWake;
+impl Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// A record queued for the writer thread is never overtaken by a later inline commit: frames
+/// are written in the order records were handed in.
+#[test]
+fn inline_commits_keep_submission_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = Log::create(tmp.path(), signer(), LogOptions::default()).unwrap();
+    let w = log.writer();
+    for i in 0..100u64 {
+        let queued = w.submit(record(2 * i)).unwrap();
+        let inline = w.commit_or_queue(record(2 * i + 1)).unwrap();
+        let (a, b) = (queued.wait().unwrap(), inline.wait().unwrap());
+        assert_eq!((a.index, b.index), (2 * i, 2 * i + 1));
+    }
+    log.close().unwrap();
+    let mut seen = Vec::new();
+    warden_log::read_records(tmp.path(), 0, &mut |i, r| {
+        assert_eq!(r, record(i).as_slice());
+        seen.push(i);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 200);
+}
+
+/// A failed `fdatasync` of a queued (group) commit stops the log as a failed inline one does.
+#[test]
+fn a_write_error_in_a_group_commit_stops_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        danger_fail_writes_after: Some(2),
+        ..LogOptions::default()
+    };
+    let log = Log::create(tmp.path(), signer(), options).unwrap();
+    let w = log.writer();
+    for i in 0..2 {
+        w.submit(record(i)).unwrap().wait().unwrap();
+    }
+    // Queued together; the first failed frame stops the writer, so a later `submit` may
+    // already be refused: every one of them fails either way.
+    let tickets: Vec<_> = (2..7).map(|i| w.submit(record(i))).collect();
+    for t in tickets {
+        let err = t.and_then(warden_log::Ticket::wait).unwrap_err();
+        assert!(matches!(err, LogError::WriterStopped(_)), "{err}");
+    }
+    assert!(log.health().is_err());
+    assert!(matches!(
+        w.commit_or_queue(record(11)).unwrap_err(),
+        LogError::WriterStopped(_)
+    ));
+    assert_eq!(log.size(), 2);
+    drop(log);
+    let log = Log::open(tmp.path(), signer(), LogOptions::default()).unwrap();
+    assert_eq!(log.size(), 2);
 }
 
 /// The published tiles serve proofs through an independent tile reader.
