@@ -262,7 +262,12 @@ impl Upstream {
             .spawn_with_env(
                 &argv,
                 &env,
-                [Stdio::piped(), Stdio::piped(), Stdio::inherit()],
+                // Pipes made by the sandbox itself: no short-lived fork of the gateway.
+                [
+                    warden_sandbox::SandboxStdio::Piped,
+                    warden_sandbox::SandboxStdio::Piped,
+                    warden_sandbox::SandboxStdio::Inherit,
+                ],
             )
             .map_err(|e| upstream_err(name, format_args!("cannot start `{command}`: {e}")))?;
         let stdin = child
