@@ -25,6 +25,7 @@ mod bundle;
 mod ca;
 mod config;
 pub mod delegation;
+mod delegation_key;
 mod env;
 mod error;
 mod files;
