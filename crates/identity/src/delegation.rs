@@ -1337,15 +1337,18 @@ mod tests {
             w.check(&to_b, B, at(2 * 3600 + 10)),
             "delegator SVID refused",
         );
-        // Issued within its validity, the same key is fine, and once cached the chain is not
-        // trusted outside its validity.
+        // Issued within its validity, the same key is fine.
         let to_b = w.root().attenuate(&to(B), &ka, at(3000)).unwrap();
         assert!(w.check(&to_b, B, at(2 * 3600 + 10)).is_ok());
-        let to_b = forged_hop(&w.root(), B, &ka, ka.signing_key(), at(2 * 3600));
-        refused(
-            w.check(&to_b, B, at(2 * 3600 + 10)),
-            "delegator SVID refused",
-        );
+        // Once cached, the chain is still not trusted before its validity: a block issued a
+        // day before the SVID existed (under a root token issued then) is refused.
+        let day_before = t0() - Duration::from_secs(86_400);
+        let old_root = w
+            .issuer
+            .mint(&id(A), &["fs/read".to_owned()], day_before, at(36_000))
+            .unwrap();
+        let early = forged_hop(&old_root, B, &ka, ka.signing_key(), day_before);
+        refused(w.check(&early, B, at(30)), "delegator SVID refused");
     }
 
     #[test]
