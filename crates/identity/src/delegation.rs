@@ -343,15 +343,7 @@ impl DelegationToken {
     }
 
     fn contexts(&self) -> Result<Vec<HopContext>, Error> {
-        self.0
-            .context()
-            .into_iter()
-            .map(|c| {
-                let c = c.ok_or_else(|| Error::Delegation("a block names no holder".into()))?;
-                serde_json::from_str(&c)
-                    .map_err(|e| Error::Delegation(format!("bad block context: {e}")))
-            })
-            .collect()
+        contexts(&self.0)
     }
 
     /// The underlying Biscuit, for tests and tools that need raw access.
@@ -363,6 +355,19 @@ impl DelegationToken {
     pub fn from_biscuit(biscuit: Biscuit) -> Self {
         Self(biscuit)
     }
+}
+
+/// The decoded contexts of `token`'s blocks.
+fn contexts(token: &Biscuit) -> Result<Vec<HopContext>, Error> {
+    token
+        .context()
+        .into_iter()
+        .map(|c| {
+            let c = c.ok_or_else(|| Error::Delegation("a block names no holder".into()))?;
+            serde_json::from_str(&c)
+                .map_err(|e| Error::Delegation(format!("bad block context: {e}")))
+        })
+        .collect()
 }
 
 /// The context of a block for `holder` signed with `key`, issued at `now`.
@@ -552,7 +557,7 @@ impl DelegationVerifier {
                 self.max_depth
             )));
         }
-        let contexts = DelegationToken(token.clone()).contexts()?;
+        let contexts = contexts(&token)?;
         let latest = now
             .checked_add(MAX_CLOCK_SKEW)
             .ok_or_else(|| Error::Delegation("the current time is out of range".into()))?;
