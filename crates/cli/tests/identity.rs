@@ -197,4 +197,73 @@ fn identity_commands_work_together() {
         )
         .unwrap();
     assert_eq!(chain.depth, 1);
+
+    // `--delegation-key FILE`: created 0600 on first use, then reused (same key, same file).
+    let key_file = dir.join("a-delegation.json");
+    let keyed = || {
+        let mut args = vec![
+            "delegate",
+            "--token",
+            tok.to_str().unwrap(),
+            "--to",
+            "spiffe://example.org/b",
+            "--delegation-key",
+            key_file.to_str().unwrap(),
+        ];
+        let (cert, key) = (a_dir.join("svid.pem"), a_dir.join("svid.key"));
+        let (cert, key) = (
+            cert.to_str().unwrap().to_owned(),
+            key.to_str().unwrap().to_owned(),
+        );
+        args.extend(["--svid-cert", &cert, "--svid-key", &key]);
+        ok(dir, &args)
+    };
+    let first = keyed();
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let saved = std::fs::read_to_string(&key_file).unwrap();
+    let second = keyed();
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), saved);
+    let a_key = warden_identity::delegation::DelegationKey::load(&key_file).unwrap();
+    for token in [&first, &second] {
+        let decoded =
+            warden_identity::delegation::DelegationToken::from_base64(token, &issuer.public_key())
+                .unwrap();
+        let signer = decoded.biscuit().block_external_key(1).unwrap().unwrap();
+        assert_eq!(signer.to_bytes(), a_key.public_key());
+        let call = Presentation {
+            presenter: &b,
+            tool: "fs/read",
+            args: &[],
+            now: std::time::SystemTime::now(),
+        };
+        verifier.authorize(token, &call).unwrap();
+    }
+    // A key file of another agent is not replaced.
+    let b_tok = dir.join("b.tok");
+    std::fs::write(&b_tok, &first).unwrap();
+    let (cert, key) = (b_dir.join("svid.pem"), b_dir.join("svid.key"));
+    let out = warden(
+        dir,
+        &[
+            "delegate",
+            "--token",
+            b_tok.to_str().unwrap(),
+            "--to",
+            "spiffe://example.org/c",
+            "--delegation-key",
+            key_file.to_str().unwrap(),
+            "--svid-cert",
+            cert.to_str().unwrap(),
+            "--svid-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to `spiffe://example.org/a`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), saved);
 }

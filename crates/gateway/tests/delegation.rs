@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime};
 use common::{Agent, TestLog, error_code};
 use serde_json::{Value, json};
 use warden_gateway::{Authority, Gateway, GatewayConfig, HttpFace, META_DELEGATION, jsonrpc};
-use warden_identity::delegation::{ArgConstraint, Attenuation, DelegationIssuer, DelegationToken};
+use warden_identity::delegation::{
+    ArgConstraint, Attenuation, DelegationIssuer, DelegationKey, DelegationToken,
+};
 use warden_identity::{
     CaPolicy, CertificateAuthority, OsRandom, SpiffeId, SystemClock, TrustDomain, X509Svid,
 };
@@ -233,7 +235,8 @@ fn narrow_as(
     tools: &[&str],
     args: Vec<ArgConstraint>,
 ) -> DelegationToken {
-    t.attenuate(&hop(to, tools, args), delegator, SystemTime::now())
+    let key = DelegationKey::new(delegator, SystemTime::now(), &OsRandom::new()).unwrap();
+    t.attenuate(&hop(to, tools, args), &key, SystemTime::now())
         .unwrap()
 }
 

@@ -1,5 +1,6 @@
 //! Identity figures: SVID minting, Workload API fetch latency, mTLS handshake cost, delegation
-//! chain verification at 1, 3 and 8 hops, each beside a baseline measured in the same run.
+//! chain verification at 1, 3 and 8 hops (new token from known delegators, new delegators,
+//! repeated token), each beside a baseline measured in the same run.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,9 +13,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use warden_identity::delegation::{
-    ArgValue, Attenuation, DelegationIssuer, DelegationToken, DelegationVerifier, Presentation,
+    ArgValue, Attenuation, DelegationIssuer, DelegationKey, DelegationToken, DelegationVerifier,
+    Presentation,
 };
 use warden_identity::tls::{Authorizer, SvidStore, TrustStore, client_config, server_config};
 use warden_identity::workload::{EntryStore, SharedAuthority, WorkloadApi};
@@ -225,42 +227,58 @@ fn mtls(c: &mut Criterion) {
 fn delegation(c: &mut Criterion) {
     let issuer = DelegationIssuer::generate();
     let ca = ca();
-    let first = DelegationVerifier::new(&issuer.public_key(), TrustStore::new(ca.bundle()))
-        .with_cache_capacity(0);
-    let repeat = DelegationVerifier::new(&issuer.public_key(), TrustStore::new(ca.bundle()));
+    let trust = || TrustStore::new(ca.bundle());
+    // Known delegators: their keys are verified once, then come from the key cache; every
+    // token is new (no token cache).
+    let known = DelegationVerifier::new(&issuer.public_key(), trust()).with_cache_capacity(0);
+    // New delegators: every SVID chain and statement is verified (both caches off).
+    let cold = DelegationVerifier::new(&issuer.public_key(), trust())
+        .with_cache_capacity(0)
+        .with_key_cache_capacity(0);
+    let repeat = DelegationVerifier::new(&issuer.public_key(), trust());
     let expires = SystemTime::now() + Duration::from_secs(3600);
     let tools = vec!["fs/read".to_owned(), "git/log".to_owned()];
     let args = [("path".to_owned(), ArgValue::Str("/tmp/x".into()))];
+    let rng = OsRandom::new();
     let mut g = c.benchmark_group("delegation_verify");
-    // `N_hops`: N holders, so N - 1 delegations, each a block signed by its delegator's SVID.
+    // `N_hops`: N holders, so N - 1 delegations, each a block signed by its delegator's
+    // delegation key, bound to its SVID.
     for hops in [1usize, 3, 8] {
-        let mut token = issuer
-            .mint(
-                &id("spiffe://example.org/h0"),
-                &tools,
-                SystemTime::now(),
-                expires,
-            )
-            .unwrap();
-        for i in 1..hops {
-            let delegator = ca
-                .mint_x509_svid(&id(&format!("spiffe://example.org/h{}", i - 1)))
-                .unwrap();
-            token = token
-                .attenuate(
-                    &Attenuation {
-                        holder: id(&format!("spiffe://example.org/h{i}")),
-                        tools: Some(tools.clone()),
-                        args: vec![],
-                        expires,
-                    },
-                    &delegator,
-                    // Each block is issued when it is made, after its delegator's SVID.
+        let keys: Vec<DelegationKey> = (1..hops)
+            .map(|i| {
+                let svid = ca
+                    .mint_x509_svid(&id(&format!("spiffe://example.org/h{}", i - 1)))
+                    .unwrap();
+                DelegationKey::new(&svid, SystemTime::now(), &rng).unwrap()
+            })
+            .collect();
+        let chain = || {
+            let mut token = issuer
+                .mint(
+                    &id("spiffe://example.org/h0"),
+                    &tools,
                     SystemTime::now(),
+                    expires,
                 )
                 .unwrap();
-        }
-        let b64 = token.to_base64().unwrap();
+            for (i, key) in keys.iter().enumerate() {
+                token = token
+                    .attenuate(
+                        &Attenuation {
+                            holder: id(&format!("spiffe://example.org/h{}", i + 1)),
+                            tools: Some(tools.clone()),
+                            args: vec![],
+                            expires,
+                        },
+                        key,
+                        // Each block is issued when it is made, after its delegator's SVID.
+                        SystemTime::now(),
+                    )
+                    .unwrap();
+            }
+            token.to_base64().unwrap()
+        };
+        let b64 = chain();
         let presenter = id(&format!("spiffe://example.org/h{}", hops - 1));
         let call = Presentation {
             presenter: &presenter,
@@ -268,12 +286,22 @@ fn delegation(c: &mut Criterion) {
             args: &args,
             now: SystemTime::now(),
         };
-        first.authorize(&b64, &call).unwrap();
+        known.authorize(&b64, &call).unwrap();
+        cold.authorize(&b64, &call).unwrap();
         repeat.authorize(&b64, &call).unwrap();
-        // First presentation: Biscuit signatures, every hop's SVID chain and external
-        // signature, then the Datalog.
-        g.bench_function(format!("{hops}_hops_first"), |b| {
-            b.iter(|| black_box(first.authorize(&b64, &call).unwrap()))
+        // First presentation of a new token from known delegators: Biscuit signatures
+        // (Ed25519), the per-block checks against the cached keys, then the Datalog.
+        g.bench_function(format!("{hops}_hops_first_known"), |b| {
+            b.iter_batched(
+                chain,
+                |t| black_box(known.authorize(&t, &call).unwrap()),
+                BatchSize::SmallInput,
+            )
+        });
+        // First presentation with new delegators: also every SVID chain (at the block's issue
+        // time) and every statement's P-256 signature.
+        g.bench_function(format!("{hops}_hops_first_new"), |b| {
+            b.iter(|| black_box(cold.authorize(&b64, &call).unwrap()))
         });
         // Presented again: the verified chain comes from the cache; presenter and Datalog run.
         g.bench_function(format!("{hops}_hops_repeat"), |b| {

@@ -4,19 +4,21 @@
 //! the tools the agent may call (`right("server/tool")`), an expiry, and a signed context naming
 //! the holder and the issue time. The holder narrows it for a sub-agent
 //! ([`DelegationToken::attenuate`]) by appending a Biscuit *third-party block* of checks (tools,
-//! argument constraints, expiry) signed with the holder's own X.509-SVID key. The block's signed
-//! context names the next holder, carries the delegator's SVID chain and the issue time. The
-//! external signature covers the previous block's signature, so a block cannot be moved to
-//! another token.
+//! argument constraints, expiry) signed with its [`DelegationKey`]: an Ed25519 key bound to the
+//! holder's X.509-SVID by a statement (SPIFFE ID, Ed25519 public key, not-after) that the SVID's
+//! P-256 key signed. The block's signed context names the next holder and carries the issue
+//! time, the statement, its signature and the delegator's SVID chain. The external signature
+//! covers the previous block's signature, so a block cannot be moved to another token.
 //!
 //! The verifier ([`DelegationVerifier::authorize`]) checks every Biscuit signature with the root
 //! public key, bounds the depth, and then, for every block after the root: it carries an
 //! external signature; its SVID chain verifies against the X.509 trust bundle at the block's
-//! issue time; that SVID names the holder of the previous block; the SVID's public key is the
-//! key that signed the block; issue times never decrease along the chain and none is more than
-//! [`MAX_CLOCK_SKEW`] in the future. The presenter must be the last holder named. Then the
-//! Datalog runs with explicit [`RunLimits`] against the call's time, tool and arguments, and the
-//! verifier returns the [`DelegationChain`].
+//! issue time; that SVID names the holder of the previous block; the statement is signed by the
+//! SVID's key, names the same SPIFFE ID and the key that signed the block, and its not-after is
+//! neither before the block's issue time nor after the SVID's; issue times never decrease along
+//! the chain and none is more than [`MAX_CLOCK_SKEW`] in the future. The presenter must be the
+//! last holder named. Then the Datalog runs with explicit [`RunLimits`] against the call's time,
+//! tool and arguments, and the verifier returns the [`DelegationChain`].
 //!
 //! Widening is impossible by construction: the authorizer's one `allow` policy reads `right`
 //! facts only from the authority block (Biscuit's default scope), and appended blocks can only
@@ -25,8 +27,8 @@
 //!
 //! Replay by another agent is refused: a thief holding a token's bytes cannot present it (it is
 //! bound to the last holder's SPIFFE ID, which the gateway authenticates by mTLS or JWT-SVID),
-//! and cannot append a block naming itself, because that block must be signed with the SVID key
-//! of the previous holder.
+//! and cannot append a block naming itself, because that block must be signed with a delegation
+//! key that the previous holder's SVID key bound to the previous holder.
 //!
 //! Why an SVID is checked at the block's issue time and not at presentation: SVIDs rotate
 //! hourly, and a sub-agent's token must not die when its delegator's SVID rotates. The damage of
@@ -36,7 +38,11 @@
 //!
 //! Verified chains are cached (bounded, keyed by the SHA-256 of the token and tied to the trust
 //! bundle in force): a token presented again skips the signature work but still runs the
-//! Datalog with the call's time, tool and arguments, and the presenter check.
+//! Datalog with the call's time, tool and arguments, and the presenter check. Verified delegator
+//! keys (SVID chain and statement) are cached the same way, keyed by the SHA-256 of the chain,
+//! statement and signature: a fresh token from a known delegator pays only the Biscuit (Ed25519)
+//! signatures; the checks that involve the block (holder, block key, issue time within the
+//! statement and the chain's validity) run every time.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -56,9 +62,11 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+pub use crate::delegation_key::DelegationKey;
+use crate::delegation_key::{KeyStatement, ed25519_public, verify_statement_signature};
 use crate::tls::TrustStore;
 use crate::x509::{SvidUsage, verify_x509_svid};
-use crate::{Error, SpiffeId, TrustBundle, X509Svid};
+use crate::{Error, SpiffeId, TrustBundle};
 
 /// Tokens larger than this are refused before decoding.
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
@@ -69,6 +77,9 @@ pub const DEFAULT_MAX_DEPTH: usize = 8;
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// The default number of verified chains a verifier remembers.
 pub const DEFAULT_CACHE_ENTRIES: usize = 1024;
+/// The default number of verified delegator keys (SVID chain and statement) a verifier
+/// remembers.
+pub const DEFAULT_KEY_CACHE_ENTRIES: usize = 1024;
 /// At most this many certificates in one block's SVID chain (leaf and intermediates).
 const MAX_CHAIN_CERTS: usize = 4;
 
@@ -153,6 +164,20 @@ struct HopContext {
     /// The delegator's X.509-SVID chain, leaf first, standard base64 DER; absent on the root.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     svid: Vec<String>,
+    /// The statement binding the Ed25519 key that signed the block to the SVID; absent on the
+    /// root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<KeyBinding>,
+}
+
+/// A delegation key statement and its signature by the SVID's key.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyBinding {
+    /// The canonical statement text.
+    statement: String,
+    /// Standard base64 of the ECDSA P-256 (ASN.1) signature.
+    signature: String,
 }
 
 /// Warden's delegation root: mints root tokens.
@@ -221,6 +246,7 @@ impl DelegationIssuer {
             holder: agent.to_string(),
             issued: unix_seconds(now)?,
             svid: Vec::new(),
+            key: None,
         };
         b = b
             .code_with_params(
@@ -267,13 +293,14 @@ impl DelegationToken {
         self.0.to_base64().map_err(delegation)
     }
 
-    /// Appends a narrowing block for `next.holder`, signed with `delegator`'s X.509-SVID key
-    /// (ECDSA P-256) and carrying its certificate chain, issued at `now`. The delegator must be
-    /// the token's current holder; nobody can widen the token.
+    /// Appends a narrowing block for `next.holder`, signed with `delegator`'s Ed25519 key and
+    /// carrying its statement, the statement's signature and the SVID chain that signed it,
+    /// issued at `now`. The delegator must be the token's current holder and its key valid at
+    /// `now`; nobody can widen the token.
     pub fn attenuate(
         &self,
         next: &Attenuation,
-        delegator: &X509Svid,
+        delegator: &DelegationKey,
         now: SystemTime,
     ) -> Result<Self, Error> {
         let holders = self.holders()?;
@@ -286,27 +313,15 @@ impl DelegationToken {
                 delegator.spiffe_id()
             )));
         }
-        let key = svid_signing_key(delegator)?;
-        let leaf = delegator
-            .cert_chain()
-            .first()
-            .ok_or_else(|| Error::Delegation("the delegator's SVID has no certificate".into()))?;
-        if leaf_public_key(leaf)? != key.public() {
-            return Err(Error::Delegation(
-                "the delegator's private key does not match its SVID".into(),
-            ));
+        if now > delegator.not_after() {
+            return Err(Error::Delegation(format!(
+                "the delegation key of `{}` has expired",
+                delegator.spiffe_id()
+            )));
         }
-        let context = HopContext {
-            holder: next.holder.to_string(),
-            issued: unix_seconds(now)?,
-            svid: delegator
-                .cert_chain()
-                .iter()
-                .map(|c| STANDARD.encode(c.as_ref()))
-                .collect(),
-        };
+        let context = hop_context(&next.holder, delegator, now)?;
         let block = narrowing_block(next)?.context(encode_context(&context)?);
-        self.append_signed(block, &key)
+        self.append_signed(block, delegator.signing_key())
     }
 
     /// Appends `block` as a third-party block signed by `key`.
@@ -328,15 +343,7 @@ impl DelegationToken {
     }
 
     fn contexts(&self) -> Result<Vec<HopContext>, Error> {
-        self.0
-            .context()
-            .into_iter()
-            .map(|c| {
-                let c = c.ok_or_else(|| Error::Delegation("a block names no holder".into()))?;
-                serde_json::from_str(&c)
-                    .map_err(|e| Error::Delegation(format!("bad block context: {e}")))
-            })
-            .collect()
+        contexts(&self.0)
     }
 
     /// The underlying Biscuit, for tests and tools that need raw access.
@@ -348,6 +355,40 @@ impl DelegationToken {
     pub fn from_biscuit(biscuit: Biscuit) -> Self {
         Self(biscuit)
     }
+}
+
+/// The decoded contexts of `token`'s blocks.
+fn contexts(token: &Biscuit) -> Result<Vec<HopContext>, Error> {
+    token
+        .context()
+        .into_iter()
+        .map(|c| {
+            let c = c.ok_or_else(|| Error::Delegation("a block names no holder".into()))?;
+            serde_json::from_str(&c)
+                .map_err(|e| Error::Delegation(format!("bad block context: {e}")))
+        })
+        .collect()
+}
+
+/// The context of a block for `holder` signed with `key`, issued at `now`.
+fn hop_context(
+    holder: &SpiffeId,
+    key: &DelegationKey,
+    now: SystemTime,
+) -> Result<HopContext, Error> {
+    Ok(HopContext {
+        holder: holder.to_string(),
+        issued: unix_seconds(now)?,
+        svid: key
+            .svid_chain()
+            .iter()
+            .map(|c| STANDARD.encode(c.as_ref()))
+            .collect(),
+        key: Some(KeyBinding {
+            statement: key.statement_text().to_owned(),
+            signature: STANDARD.encode(key.signature()),
+        }),
+    })
 }
 
 /// The checks of a narrowing block (no context yet).
@@ -413,7 +454,8 @@ pub struct DelegationVerifier {
     trust: TrustStore,
     max_depth: usize,
     limits: RunLimits,
-    cache: Arc<ChainCache>,
+    cache: Arc<BundleCache<Arc<VerifiedChain>>>,
+    key_cache: Arc<BundleCache<Arc<VerifiedKey>>>,
 }
 
 impl DelegationVerifier {
@@ -425,14 +467,15 @@ impl DelegationVerifier {
             trust,
             max_depth: DEFAULT_MAX_DEPTH,
             limits: default_run_limits(),
-            cache: Arc::new(ChainCache::new(DEFAULT_CACHE_ENTRIES)),
+            cache: Arc::new(BundleCache::new(DEFAULT_CACHE_ENTRIES)),
+            key_cache: Arc::new(BundleCache::new(DEFAULT_KEY_CACHE_ENTRIES)),
         }
     }
 
     /// Sets the maximum number of delegations after the root.
     pub fn with_max_depth(mut self, max_depth: usize) -> Self {
         self.max_depth = max_depth;
-        self.cache = Arc::new(ChainCache::new(self.cache.capacity));
+        self.cache = Arc::new(BundleCache::new(self.cache.capacity));
         self
     }
 
@@ -442,9 +485,16 @@ impl DelegationVerifier {
         self
     }
 
-    /// Sets how many verified chains are remembered; 0 turns the cache off.
+    /// Sets how many verified tokens are remembered; 0 turns the token cache off.
     pub fn with_cache_capacity(mut self, entries: usize) -> Self {
-        self.cache = Arc::new(ChainCache::new(entries));
+        self.cache = Arc::new(BundleCache::new(entries));
+        self
+    }
+
+    /// Sets how many verified delegator keys (SVID chain and statement) are remembered; 0
+    /// turns the key cache off.
+    pub fn with_key_cache_capacity(mut self, entries: usize) -> Self {
+        self.key_cache = Arc::new(BundleCache::new(entries));
         self
     }
 
@@ -494,7 +544,7 @@ impl DelegationVerifier {
     fn verify_chain(
         &self,
         token: Biscuit,
-        bundle: &TrustBundle,
+        bundle: &Arc<TrustBundle>,
         now: SystemTime,
     ) -> Result<VerifiedChain, Error> {
         if token.root_key_id().is_some() {
@@ -507,7 +557,7 @@ impl DelegationVerifier {
                 self.max_depth
             )));
         }
-        let contexts = DelegationToken(token.clone()).contexts()?;
+        let contexts = contexts(&token)?;
         let latest = now
             .checked_add(MAX_CLOCK_SKEW)
             .ok_or_else(|| Error::Delegation("the current time is out of range".into()))?;
@@ -543,7 +593,15 @@ impl DelegationVerifier {
                     )));
                 }
                 (Some(previous), Some(external)) => {
-                    check_delegator(i, context, previous, &external, issued, bundle)?;
+                    check_delegator(
+                        i,
+                        context,
+                        previous,
+                        &external,
+                        issued,
+                        bundle,
+                        &self.key_cache,
+                    )?;
                 }
             }
             previous_issue = Some(issued);
@@ -625,22 +683,102 @@ impl DelegationVerifier {
     }
 }
 
+/// A delegator's SVID chain and delegation key statement, verified against one bundle.
+#[derive(Debug)]
+struct VerifiedKey {
+    /// The SVID's (and the statement's) SPIFFE ID.
+    signer: SpiffeId,
+    /// The Ed25519 key the statement binds.
+    key: PublicKey,
+    /// The statement's `not-after`.
+    not_after: SystemTime,
+    /// The chain verifies at every instant of `[valid_from, valid_until]`: the intersection of
+    /// its certificates' validity periods, the only time-dependent part of the verification.
+    valid_from: SystemTime,
+    valid_until: SystemTime,
+}
+
 /// Block `i` was signed with `external`: its SVID chain must verify against `bundle` at the
-/// block's issue time, name `previous` (the holder the block narrows the token of), and hold
-/// `external` as its key.
+/// block's issue time and name `previous` (the holder the block narrows the token of); its
+/// statement must be signed by the SVID's key, name the same ID, bind `external`, and not end
+/// before the block's issue time nor after the SVID. A chain and statement verified once are
+/// remembered in `cache` for this bundle; every check that involves the block still runs.
 fn check_delegator(
     i: usize,
     context: &HopContext,
     previous: &SpiffeId,
     external: &PublicKey,
     issued: SystemTime,
-    bundle: &TrustBundle,
+    bundle: &Arc<TrustBundle>,
+    cache: &BundleCache<Arc<VerifiedKey>>,
 ) -> Result<(), Error> {
     if context.svid.is_empty() || context.svid.len() > MAX_CHAIN_CERTS {
         return Err(Error::Delegation(format!(
             "block {i} must carry its delegator's SVID chain (1 to {MAX_CHAIN_CERTS} certificates)"
         )));
     }
+    let digest = context
+        .key
+        .as_ref()
+        .map(|b| binding_digest(&context.svid, b));
+    let cached = digest
+        .as_ref()
+        .and_then(|d| cache.get(d, bundle))
+        .filter(|v| v.valid_from <= issued && issued <= v.valid_until);
+    let verified = match cached {
+        Some(v) => v,
+        None => {
+            let v = Arc::new(verify_binding(i, context, previous, issued, bundle)?);
+            if let Some(d) = digest {
+                cache.insert(d, bundle, Arc::clone(&v));
+            }
+            v
+        }
+    };
+    let signer = &verified.signer;
+    if signer != previous {
+        return Err(Error::Delegation(format!(
+            "block {i} is signed by `{signer}`, but the token it narrows is held by `{previous}`"
+        )));
+    }
+    if &verified.key != external {
+        return Err(Error::Delegation(format!(
+            "block {i} is not signed with the delegation key of `{signer}`"
+        )));
+    }
+    if issued > verified.not_after {
+        return Err(Error::Delegation(format!(
+            "block {i} is issued after its delegation key's not-after"
+        )));
+    }
+    Ok(())
+}
+
+/// The cache key of a block's chain and statement: SHA-256 over each part, length-prefixed.
+fn binding_digest(svid: &[String], binding: &KeyBinding) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    part(&(svid.len() as u64).to_be_bytes());
+    for cert in svid {
+        part(cert.as_bytes());
+    }
+    part(binding.statement.as_bytes());
+    part(binding.signature.as_bytes());
+    h.finalize().into()
+}
+
+/// The uncached half of [`check_delegator`]: the SVID chain at `issued`, its ID against
+/// `previous`, and the statement.
+fn verify_binding(
+    i: usize,
+    context: &HopContext,
+    previous: &SpiffeId,
+    issued: SystemTime,
+    bundle: &TrustBundle,
+) -> Result<VerifiedKey, Error> {
     let chain = context
         .svid
         .iter()
@@ -654,74 +792,102 @@ fn check_delegator(
             "block {i} is signed by `{signer}`, but the token it narrows is held by `{previous}`"
         )));
     }
+    let Some(binding) = &context.key else {
+        return Err(Error::Delegation(format!(
+            "block {i} carries no delegation key statement"
+        )));
+    };
     let leaf = chain
         .first()
         .ok_or_else(|| Error::Delegation(format!("block {i}: empty SVID chain")))?;
-    if &leaf_public_key(leaf)? != external {
+    let signature = STANDARD
+        .decode(&binding.signature)
+        .map_err(|e| Error::Delegation(format!("block {i}: bad statement signature: {e}")))?;
+    let statement = KeyStatement::parse(&binding.statement)?;
+    verify_statement_signature(leaf, &binding.statement, &signature).map_err(|_| {
+        Error::Delegation(format!(
+            "block {i}: the delegation key statement is not signed by the SVID's key"
+        ))
+    })?;
+    if statement.spiffe_id != signer {
         return Err(Error::Delegation(format!(
-            "block {i} is not signed with the key of `{signer}`'s SVID"
+            "block {i}: the delegation key statement names `{}`, not the SVID's `{signer}`",
+            statement.spiffe_id
         )));
     }
-    Ok(())
-}
-
-/// The P-256 key of a leaf certificate, as Biscuit represents it.
-fn leaf_public_key(leaf: &CertificateDer<'_>) -> Result<PublicKey, Error> {
-    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| Error::Delegation(format!("unparsable SVID: {e}")))?;
-    let spki = cert.public_key();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok());
-    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
-        return Err(Error::Delegation(
-            "a delegator's SVID key must be ECDSA P-256".into(),
-        ));
+    let (valid_from, valid_until) = validity_window(&chain)?;
+    let not_after = statement.not_after_time()?;
+    if not_after > valid_until {
+        return Err(Error::Delegation(format!(
+            "block {i}: the delegation key outlives the SVID that signed it"
+        )));
     }
-    PublicKey::from_bytes(&spki.subject_public_key.data, Algorithm::Secp256r1).map_err(delegation)
+    Ok(VerifiedKey {
+        signer,
+        key: ed25519_public(&statement.key)?,
+        not_after,
+        valid_from,
+        valid_until,
+    })
 }
 
-/// The delegator's SVID private key (PKCS#8) as a Biscuit P-256 key.
-fn svid_signing_key(svid: &X509Svid) -> Result<PrivateKey, Error> {
-    PrivateKey::from_der_with_algorithm(svid.private_key_pkcs8(), Algorithm::Secp256r1)
-        .map_err(|e| Error::Delegation(format!("the delegator's SVID key is unusable: {e}")))
+/// The intersection of the validity periods of `chain`'s certificates.
+fn validity_window(chain: &[CertificateDer<'_>]) -> Result<(SystemTime, SystemTime), Error> {
+    let mut from = UNIX_EPOCH;
+    let mut until: Option<SystemTime> = None;
+    for cert in chain {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+            .map_err(|e| Error::Delegation(format!("unparsable SVID: {e}")))?;
+        let time = |t: i64| {
+            u64::try_from(t)
+                .ok()
+                .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+                .ok_or_else(|| Error::Delegation("certificate validity out of range".into()))
+        };
+        let validity = parsed.validity();
+        from = from.max(time(validity.not_before.timestamp())?);
+        let end = time(validity.not_after.timestamp())?;
+        until = Some(until.map_or(end, |u| u.min(end)));
+    }
+    let until = until.ok_or_else(|| Error::Delegation("empty SVID chain".into()))?;
+    Ok((from, until))
 }
 
-/// Verified chains by the SHA-256 of their token, valid for one trust bundle: the cache is
-/// emptied when the bundle in force changes, and when it is full.
+/// Verified values by a SHA-256 key, valid for one trust bundle: the cache is emptied when the
+/// bundle in force changes, and when it is full.
 #[derive(Debug)]
-struct ChainCache {
+struct BundleCache<V> {
     capacity: usize,
-    state: Mutex<CacheState>,
+    state: Mutex<CacheState<V>>,
 }
 
-#[derive(Debug, Default)]
-struct CacheState {
+#[derive(Debug)]
+struct CacheState<V> {
     /// The bundle the entries were verified against. Holding the `Arc` keeps its address from
     /// being reused, so pointer equality tells whether the bundle in force is still this one.
     bundle: Option<Arc<TrustBundle>>,
-    entries: HashMap<[u8; 32], Arc<VerifiedChain>>,
+    entries: HashMap<[u8; 32], V>,
 }
 
-impl ChainCache {
+impl<V: Clone> BundleCache<V> {
     fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            state: Mutex::new(CacheState::default()),
+            state: Mutex::new(CacheState {
+                bundle: None,
+                entries: HashMap::new(),
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState<V>> {
         match self.state.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    fn get(&self, key: &[u8; 32], bundle: &Arc<TrustBundle>) -> Option<Arc<VerifiedChain>> {
+    fn get(&self, key: &[u8; 32], bundle: &Arc<TrustBundle>) -> Option<V> {
         if self.capacity == 0 {
             return None;
         }
@@ -736,7 +902,7 @@ impl ChainCache {
         state.entries.get(key).cloned()
     }
 
-    fn insert(&self, key: [u8; 32], bundle: &Arc<TrustBundle>, chain: Arc<VerifiedChain>) {
+    fn insert(&self, key: [u8; 32], bundle: &Arc<TrustBundle>, value: V) {
         if self.capacity == 0 {
             return;
         }
@@ -749,7 +915,7 @@ impl ChainCache {
             state.entries.clear();
             state.bundle = Some(Arc::clone(bundle));
         }
-        state.entries.insert(key, chain);
+        state.entries.insert(key, value);
     }
 }
 
@@ -783,7 +949,7 @@ fn delegation(e: impl fmt::Display) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CaPolicy, CertificateAuthority, FixedClock, OsRandom, TrustDomain};
+    use crate::{CaPolicy, CertificateAuthority, FixedClock, OsRandom, TrustDomain, X509Svid};
 
     const A: &str = "spiffe://example.org/agent/a";
     const B: &str = "spiffe://example.org/agent/b";
@@ -829,9 +995,35 @@ mod tests {
         }
     }
 
+    fn key_of(svid: &X509Svid) -> DelegationKey {
+        DelegationKey::new(svid, t0(), &OsRandom::new()).unwrap()
+    }
+
+    /// A fresh Ed25519 key, unbound.
+    fn ed25519() -> PrivateKey {
+        let mut seed = [0u8; 32];
+        crate::Random::fill(&OsRandom::new(), &mut seed).unwrap();
+        PrivateKey::from_bytes(&seed, Algorithm::Ed25519).unwrap()
+    }
+
+    /// A statement about `key` naming `who` until `not_after`, signed by `svid`'s key.
+    fn bound(svid: &X509Svid, who: &str, key: PrivateKey, not_after: SystemTime) -> DelegationKey {
+        let statement = KeyStatement {
+            spiffe_id: id(who),
+            key: key.public().to_bytes().try_into().unwrap(),
+            not_after: unix_seconds(not_after).unwrap(),
+        };
+        DelegationKey::bind(svid, statement, key).unwrap()
+    }
+
     impl World {
         fn svid(&self, who: &str) -> X509Svid {
             self.ca.mint_x509_svid(&id(who)).unwrap()
+        }
+
+        /// A fresh delegation key of `who`, bound to a fresh SVID.
+        fn key(&self, who: &str) -> DelegationKey {
+            key_of(&self.svid(who))
         }
 
         /// A's root token for `fs/read` and `fs/write`, issued at `t0() + 10 s`, valid 10 h.
@@ -846,15 +1038,16 @@ mod tests {
                 .unwrap()
         }
 
-        fn check(
+        fn check_with(
             &self,
+            verifier: &DelegationVerifier,
             token: &DelegationToken,
             presenter: &str,
             now: SystemTime,
         ) -> Result<DelegationChain, Error> {
             let presenter = id(presenter);
             let args = [("path".to_owned(), ArgValue::Str("/tmp/x".into()))];
-            self.verifier.authorize(
+            verifier.authorize(
                 &token.to_base64().unwrap(),
                 &Presentation {
                     presenter: &presenter,
@@ -863,6 +1056,15 @@ mod tests {
                     now,
                 },
             )
+        }
+
+        fn check(
+            &self,
+            token: &DelegationToken,
+            presenter: &str,
+            now: SystemTime,
+        ) -> Result<DelegationChain, Error> {
+            self.check_with(&self.verifier, token, presenter, now)
         }
     }
 
@@ -875,26 +1077,20 @@ mod tests {
         }
     }
 
-    /// A block for `holder` carrying `chain` as its SVID, signed with `key`'s private key,
-    /// issued at `issued`: what a forger can build by hand.
+    /// A block for `holder` carrying `key`'s statement and SVID chain, signed with `signer`,
+    /// issued at `issued`: what a forger can build by hand, skipping `attenuate`'s checks.
     fn forged_hop(
         token: &DelegationToken,
         holder: &str,
-        chain: &[CertificateDer<'static>],
-        key: &X509Svid,
+        key: &DelegationKey,
+        signer: &PrivateKey,
         issued: SystemTime,
     ) -> DelegationToken {
-        let context = HopContext {
-            holder: holder.to_owned(),
-            issued: unix_seconds(issued).unwrap(),
-            svid: chain.iter().map(|c| STANDARD.encode(c.as_ref())).collect(),
-        };
+        let context = hop_context(&id(holder), key, issued).unwrap();
         let block = narrowing_block(&to(holder))
             .unwrap()
             .context(encode_context(&context).unwrap());
-        token
-            .append_signed(block, &svid_signing_key(key).unwrap())
-            .unwrap()
+        token.append_signed(block, signer).unwrap()
     }
 
     fn refused(r: Result<DelegationChain, Error>, why: &str) {
@@ -905,12 +1101,12 @@ mod tests {
     #[test]
     fn honest_three_hop_chain_passes() {
         let w = world();
-        let (sa, sb, sc) = (w.svid(A), w.svid(B), w.svid(C));
+        let (ka, kb, kc) = (w.key(A), w.key(B), w.key(C));
         const D: &str = "spiffe://example.org/agent/d";
         let d = id(D);
-        let to_b = w.root().attenuate(&to(B), &sa, at(20)).unwrap();
-        let to_c = to_b.attenuate(&to(C), &sb, at(30)).unwrap();
-        let to_d = to_c.attenuate(&to(D), &sc, at(40)).unwrap();
+        let to_b = w.root().attenuate(&to(B), &ka, at(20)).unwrap();
+        let to_c = to_b.attenuate(&to(C), &kb, at(30)).unwrap();
+        let to_d = to_c.attenuate(&to(D), &kc, at(40)).unwrap();
         let chain = w.check(&to_d, D, at(50)).unwrap();
         assert_eq!(chain.origin, id(A));
         assert_eq!(chain.depth, 3);
@@ -926,17 +1122,26 @@ mod tests {
     #[test]
     fn a_thief_cannot_append_a_block_naming_itself() {
         let w = world();
-        let to_b = w.root().attenuate(&to(B), &w.svid(A), at(20)).unwrap();
-        // T has stolen B's token and holds a valid SVID of its own.
-        let st = w.svid(T);
-        let stolen = forged_hop(&to_b, T, st.cert_chain(), &st, at(30));
-        refused(
-            w.check(&stolen, T, at(40)),
-            "is signed by `spiffe://example.org/agent/thief`, but the token it narrows is held by `spiffe://example.org/agent/b`",
-        );
+        let to_b = w.root().attenuate(&to(B), &w.key(A), at(20)).unwrap();
+        // T has stolen B's token and holds a valid SVID and delegation key of its own.
+        let kt = w.key(T);
+        let stolen = forged_hop(&to_b, T, &kt, kt.signing_key(), at(30));
+        let thief = "is signed by `spiffe://example.org/agent/thief`, but the token it narrows is held by `spiffe://example.org/agent/b`";
+        refused(w.check(&stolen, T, at(40)), thief);
+        // Once T's key is known to the verifier (T delegated honestly before), still refused.
+        let t_root = w
+            .issuer
+            .mint(&id(T), &["fs/read".to_owned()], at(10), at(36_000))
+            .unwrap();
+        let honest = t_root.attenuate(&to(C), &kt, at(20)).unwrap();
+        assert!(w.check(&honest, C, at(40)).is_ok());
+        // A's key (from the first check) and T's.
+        assert_eq!(w.verifier.key_cache.lock().entries.len(), 2);
+        let stolen = forged_hop(&to_b, T, &kt, kt.signing_key(), at(31));
+        refused(w.check(&stolen, T, at(40)), thief);
         // `attenuate` refuses to build it in the first place.
         refused(
-            to_b.attenuate(&to(T), &st, at(30)).map(|_| unreachable!()),
+            to_b.attenuate(&to(T), &kt, at(30)).map(|_| unreachable!()),
             "not by the delegator",
         );
         // Presenting B's token itself is refused too.
@@ -946,25 +1151,14 @@ mod tests {
     #[test]
     fn a_signed_block_asserting_rights_does_not_widen() {
         let w = world();
-        let sa = w.svid(A);
-        let context = HopContext {
-            holder: B.to_owned(),
-            issued: unix_seconds(at(20)).unwrap(),
-            svid: sa
-                .cert_chain()
-                .iter()
-                .map(|c| STANDARD.encode(c.as_ref()))
-                .collect(),
-        };
+        let ka = w.key(A);
+        let context = hop_context(&id(B), &ka, at(20)).unwrap();
         // Properly signed by A, but asserting a right and a rule deriving rights.
         let block = BlockBuilder::new()
             .code(r#"right("shell/exec"); right($t) <- tool($t);"#)
             .unwrap()
             .context(encode_context(&context).unwrap());
-        let wide = w
-            .root()
-            .append_signed(block, &svid_signing_key(&sa).unwrap())
-            .unwrap();
+        let wide = w.root().append_signed(block, ka.signing_key()).unwrap();
         let b = id(B);
         let p = |tool| Presentation {
             presenter: &b,
@@ -987,6 +1181,7 @@ mod tests {
             holder: B.to_owned(),
             issued: unix_seconds(at(20)).unwrap(),
             svid: Vec::new(),
+            key: None,
         };
         let block = narrowing_block(&to(B))
             .unwrap()
@@ -996,12 +1191,8 @@ mod tests {
             w.check(&plain, B, at(30)),
             "block 1 is not signed by its delegator",
         );
-        // Even carrying A's SVID chain it is not signed by A.
-        let sa = w.svid(A);
-        let context = HopContext {
-            svid: vec![STANDARD.encode(sa.cert_chain()[0].as_ref())],
-            ..context
-        };
+        // Even carrying A's SVID chain and statement it is not signed by A.
+        let context = hop_context(&id(B), &w.key(A), at(20)).unwrap();
         let block = narrowing_block(&to(B))
             .unwrap()
             .context(encode_context(&context).unwrap());
@@ -1010,21 +1201,36 @@ mod tests {
     }
 
     #[test]
+    fn a_block_without_a_statement_is_refused() {
+        let w = world();
+        let ka = w.key(A);
+        let mut context = hop_context(&id(B), &ka, at(20)).unwrap();
+        context.key = None;
+        let block = narrowing_block(&to(B))
+            .unwrap()
+            .context(encode_context(&context).unwrap());
+        let token = w.root().append_signed(block, ka.signing_key()).unwrap();
+        refused(
+            w.check(&token, B, at(30)),
+            "block 1 carries no delegation key statement",
+        );
+    }
+
+    #[test]
     fn an_svid_from_a_foreign_ca_is_refused() {
         let w = world();
         let other = world();
         // Same trust domain name, other CA: its SVID for A does not chain to the bundle.
-        let foreign = other.svid(A);
-        let to_b = w.root().attenuate(&to(B), &foreign, at(20)).unwrap();
+        let to_b = w.root().attenuate(&to(B), &other.key(A), at(20)).unwrap();
         refused(w.check(&to_b, B, at(30)), "block 1: delegator SVID refused");
     }
 
     #[test]
     fn an_svid_of_someone_else_than_the_holder_is_refused() {
         let w = world();
-        // C signs the block of A's token with C's valid SVID.
-        let sc = w.svid(C);
-        let to_b = forged_hop(&w.root(), B, sc.cert_chain(), &sc, at(20));
+        // C signs the block of A's token with its own valid SVID and key.
+        let kc = w.key(C);
+        let to_b = forged_hop(&w.root(), B, &kc, kc.signing_key(), at(20));
         refused(
             w.check(&to_b, B, at(30)),
             "is signed by `spiffe://example.org/agent/c`, but the token it narrows is held by `spiffe://example.org/agent/a`",
@@ -1032,38 +1238,166 @@ mod tests {
     }
 
     #[test]
-    fn a_key_other_than_the_svid_key_is_refused() {
+    fn a_block_signed_by_another_ed25519_key_is_refused() {
         let w = world();
-        // A's certificate, but the block is signed with another (valid) key.
-        let sa = w.svid(A);
-        let other_key = w.svid(A);
-        let to_b = forged_hop(&w.root(), B, sa.cert_chain(), &other_key, at(20));
-        refused(w.check(&to_b, B, at(30)), "is not signed with the key of");
-        // With the matching key the same block passes.
-        let to_b = forged_hop(&w.root(), B, sa.cert_chain(), &sa, at(20));
+        let ka = w.key(A);
+        // A's chain and statement, but the block is signed with another key (A's other key, or
+        // an unbound one).
+        for signer in [w.key(A).signing_key().clone(), ed25519()] {
+            let to_b = forged_hop(&w.root(), B, &ka, &signer, at(20));
+            refused(
+                w.check(&to_b, B, at(30)),
+                "block 1 is not signed with the delegation key of `spiffe://example.org/agent/a`",
+            );
+        }
+        // With the statement's key the same block passes.
+        let to_b = forged_hop(&w.root(), B, &ka, ka.signing_key(), at(20));
         assert!(w.check(&to_b, B, at(30)).is_ok());
+    }
+
+    #[test]
+    fn a_statement_signed_by_another_svid_key_is_refused() {
+        let w = world();
+        let sa = w.svid(A);
+        // A second SVID of A (another key) signs the statement; the block carries the first.
+        let key = ed25519();
+        let other = bound(&w.svid(A), A, key.clone(), sa.expiry());
+        let mut context = hop_context(&id(B), &other, at(20)).unwrap();
+        context.svid = sa
+            .cert_chain()
+            .iter()
+            .map(|c| STANDARD.encode(c.as_ref()))
+            .collect();
+        let block = narrowing_block(&to(B))
+            .unwrap()
+            .context(encode_context(&context).unwrap());
+        let token = w.root().append_signed(block, &key).unwrap();
+        refused(
+            w.check(&token, B, at(30)),
+            "block 1: the delegation key statement is not signed by the SVID's key",
+        );
+        // Signed by the SVID it travels with, the same statement passes.
+        let good = bound(&sa, A, key.clone(), sa.expiry());
+        let token = forged_hop(&w.root(), B, &good, &key, at(20));
+        assert!(w.check(&token, B, at(30)).is_ok());
+    }
+
+    #[test]
+    fn a_statement_naming_another_id_is_refused() {
+        let w = world();
+        let sa = w.svid(A);
+        let key = ed25519();
+        // A's SVID key signs a statement naming C.
+        let lying = bound(&sa, C, key.clone(), sa.expiry());
+        let token = forged_hop(&w.root(), B, &lying, &key, at(20));
+        refused(
+            w.check(&token, B, at(30)),
+            "the delegation key statement names `spiffe://example.org/agent/c`, not the SVID's `spiffe://example.org/agent/a`",
+        );
+    }
+
+    #[test]
+    fn a_block_issued_after_the_statements_not_after_is_refused() {
+        let w = world();
+        let sa = w.svid(A);
+        let key = ed25519();
+        let short = bound(&sa, A, key.clone(), at(100));
+        let late = forged_hop(&w.root(), B, &short, &key, at(101));
+        refused(
+            w.check(&late, B, at(200)),
+            "block 1 is issued after its delegation key's not-after",
+        );
+        // Also when the key is already known (cached) from an earlier, timely block.
+        let timely = forged_hop(&w.root(), B, &short, &key, at(100));
+        assert!(w.check(&timely, B, at(200)).is_ok());
+        refused(
+            w.check(&late, B, at(200)),
+            "block 1 is issued after its delegation key's not-after",
+        );
+        // `attenuate` refuses to sign with an expired key.
+        assert!(w.root().attenuate(&to(B), &short, at(101)).is_err());
+    }
+
+    #[test]
+    fn a_statement_outliving_its_svid_is_refused() {
+        let w = world();
+        let sa = w.svid(A);
+        let key = ed25519();
+        let long = bound(&sa, A, key.clone(), sa.expiry() + Duration::from_secs(1));
+        let token = forged_hop(&w.root(), B, &long, &key, at(20));
+        refused(
+            w.check(&token, B, at(30)),
+            "the delegation key outlives the SVID that signed it",
+        );
     }
 
     #[test]
     fn an_svid_expired_at_the_issue_time_is_refused() {
         let w = world();
-        let sa = w.svid(A); // valid [t0 - backdate, t0 + 1 h]
-        let to_b = w.root().attenuate(&to(B), &sa, at(2 * 3600)).unwrap();
+        let ka = w.key(A); // SVID valid [t0 - backdate, t0 + 1 h], key until t0 + 1 h
+        assert!(w.root().attenuate(&to(B), &ka, at(2 * 3600)).is_err());
+        // Forged past the key's life: the chain check refuses it first.
+        let to_b = forged_hop(&w.root(), B, &ka, ka.signing_key(), at(2 * 3600));
         refused(
             w.check(&to_b, B, at(2 * 3600 + 10)),
             "delegator SVID refused",
         );
-        // Issued within its validity, the same SVID is fine.
-        let to_b = w.root().attenuate(&to(B), &sa, at(3000)).unwrap();
+        // Issued within its validity, the same key is fine.
+        let to_b = w.root().attenuate(&to(B), &ka, at(3000)).unwrap();
         assert!(w.check(&to_b, B, at(2 * 3600 + 10)).is_ok());
+        // Once cached, the chain is still not trusted before its validity: a block issued a
+        // day before the SVID existed (under a root token issued then) is refused.
+        let day_before = t0() - Duration::from_secs(86_400);
+        let old_root = w
+            .issuer
+            .mint(&id(A), &["fs/read".to_owned()], day_before, at(36_000))
+            .unwrap();
+        let early = forged_hop(&old_root, B, &ka, ka.signing_key(), day_before);
+        refused(w.check(&early, B, at(30)), "delegator SVID refused");
+    }
+
+    #[test]
+    fn delegation_keys_survive_a_file_and_refuse_tampering() {
+        let w = world();
+        let ka = w.key(A);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("delegation.json");
+        ka.save(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let loaded = DelegationKey::load(&path).unwrap();
+        assert_eq!(loaded.public_key(), ka.public_key());
+        assert_eq!(loaded.spiffe_id(), &id(A));
+        let to_b = w.root().attenuate(&to(B), &loaded, at(20)).unwrap();
+        assert!(w.check(&to_b, B, at(30)).is_ok());
+        // Another private key under the same statement is refused on load.
+        let json: serde_json::Value = serde_json::from_str(&ka.to_json().unwrap()).unwrap();
+        let mut other = json.clone();
+        other["private_key"] = hex::encode(&*ed25519().to_bytes()).into();
+        refused(
+            DelegationKey::from_json(&other.to_string()).map(|_| unreachable!()),
+            "does not name this key",
+        );
+        let mut resigned = json;
+        resigned["signature"] = serde_json::to_value(
+            serde_json::from_str::<serde_json::Value>(&w.key(A).to_json().unwrap()).unwrap()
+                ["signature"]
+                .clone(),
+        )
+        .unwrap();
+        refused(
+            DelegationKey::from_json(&resigned.to_string()).map(|_| unreachable!()),
+            "not signed by the SVID's key",
+        );
     }
 
     #[test]
     fn issue_times_in_the_future_or_decreasing_are_refused() {
         let w = world();
-        let sa = w.svid(A);
-        let sb = w.svid(B);
-        let ahead = w.root().attenuate(&to(B), &sa, at(1000)).unwrap();
+        let ka = w.key(A);
+        let kb = w.key(B);
+        let ahead = w.root().attenuate(&to(B), &ka, at(1000)).unwrap();
         refused(w.check(&ahead, B, at(1000 - 61)), "issued in the future");
         assert!(w.check(&ahead, B, at(1000 - 59)).is_ok());
         // Cached after that success, it is still refused when presented with an earlier clock.
@@ -1077,13 +1411,13 @@ mod tests {
             "block 0 is issued in the future",
         );
 
-        let to_b = w.root().attenuate(&to(B), &sa, at(300)).unwrap();
-        let back = to_b.attenuate(&to(C), &sb, at(200)).unwrap();
+        let to_b = w.root().attenuate(&to(B), &ka, at(300)).unwrap();
+        let back = to_b.attenuate(&to(C), &kb, at(200)).unwrap();
         refused(
             w.check(&back, C, at(400)),
             "block 2 is issued before the block it narrows",
         );
-        let before_root = w.root().attenuate(&to(B), &sa, at(5)).unwrap();
+        let before_root = w.root().attenuate(&to(B), &ka, at(5)).unwrap();
         refused(
             w.check(&before_root, B, at(400)),
             "block 1 is issued before",
@@ -1093,7 +1427,8 @@ mod tests {
     #[test]
     fn a_bundle_change_empties_the_cache() {
         let w = world();
-        let to_b = w.root().attenuate(&to(B), &w.svid(A), at(20)).unwrap();
+        let ka = w.key(A);
+        let to_b = w.root().attenuate(&to(B), &ka, at(20)).unwrap();
         assert!(w.check(&to_b, B, at(30)).is_ok());
         // The CA that signed A's SVID leaves the bundle: the cached chain is not used.
         w.verifier.trust().set(world().ca.bundle());
@@ -1106,39 +1441,45 @@ mod tests {
         w.ca.rotate().unwrap();
         w.verifier.trust().set(w.ca.bundle());
         assert!(w.check(&to_b, B, at(90)).is_ok());
+
+        // The key cache alone (no token cache): a new token from a known key is accepted from
+        // the cache, and refused once the bundle changes.
+        let keys_only = w.verifier.clone().with_cache_capacity(0);
+        let fresh = |s| w.root().attenuate(&to(B), &ka, at(s)).unwrap();
+        assert!(w.check_with(&keys_only, &fresh(21), B, at(90)).is_ok());
+        assert_eq!(keys_only.key_cache.lock().entries.len(), 1);
+        assert!(w.check_with(&keys_only, &fresh(22), B, at(90)).is_ok());
+        assert_eq!(keys_only.key_cache.lock().entries.len(), 1);
+        keys_only.trust().set(world().ca.bundle());
+        refused(
+            w.check_with(&keys_only, &fresh(23), B, at(90)),
+            "delegator SVID refused",
+        );
     }
 
     #[test]
-    fn the_cache_is_bounded_and_can_be_off() {
+    fn the_caches_are_bounded_and_can_be_off() {
         let w = world();
-        let sa = w.svid(A);
-        let verifier = w.verifier.clone().with_cache_capacity(2);
+        let verifier = w
+            .verifier
+            .clone()
+            .with_cache_capacity(2)
+            .with_key_cache_capacity(2);
         for i in 0..5 {
-            let t = w.root().attenuate(&to(B), &sa, at(20 + i)).unwrap();
-            let b = id(B);
-            verifier
-                .authorize(
-                    &t.to_base64().unwrap(),
-                    &Presentation {
-                        presenter: &b,
-                        tool: "fs/read",
-                        args: &[],
-                        now: at(100),
-                    },
-                )
-                .unwrap();
+            let t = w.root().attenuate(&to(B), &w.key(A), at(20 + i)).unwrap();
+            w.check_with(&verifier, &t, B, at(100)).unwrap();
             assert!(verifier.cache.lock().entries.len() <= 2);
+            assert!(verifier.key_cache.lock().entries.len() <= 2);
         }
-        let off = w.verifier.clone().with_cache_capacity(0);
-        let t = w.root().attenuate(&to(B), &sa, at(20)).unwrap();
-        let b = id(B);
-        let p = Presentation {
-            presenter: &b,
-            tool: "fs/read",
-            args: &[],
-            now: at(100),
-        };
-        off.authorize(&t.to_base64().unwrap(), &p).unwrap();
+        let off = w
+            .verifier
+            .clone()
+            .with_cache_capacity(0)
+            .with_key_cache_capacity(0);
+        let t = w.root().attenuate(&to(B), &w.key(A), at(20)).unwrap();
+        w.check_with(&off, &t, B, at(100)).unwrap();
+        w.check_with(&off, &t, B, at(100)).unwrap();
         assert!(off.cache.lock().entries.is_empty());
+        assert!(off.key_cache.lock().entries.is_empty());
     }
 }

@@ -11,8 +11,9 @@
 //! - [`tls`]: rustls configurations that verify the peer's chain against the bundle and then
 //!   authorize its SPIFFE ID.
 //! - [`delegation`]: Biscuit tokens that an agent narrows for a sub-agent, each hop a block signed
-//!   with the delegator's X.509-SVID key, verified with the root key and the trust bundle, bound
-//!   to the last hop's holder, depth-limited.
+//!   with the delegator's Ed25519 delegation key, which its X.509-SVID key bound to its SPIFFE ID
+//!   by a signed statement; verified with the root key and the trust bundle, bound to the last
+//!   hop's holder, depth-limited.
 //!
 //! What it does not: federation with other trust domains, revocation lists, and attestation
 //! stronger than the kernel's view of the calling process (see `docs/SECURITY.md`).
@@ -25,6 +26,7 @@ mod bundle;
 mod ca;
 mod config;
 pub mod delegation;
+mod delegation_key;
 mod env;
 mod error;
 mod files;

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use biscuit_auth::BlockBuilder;
 use common::id;
 use warden_identity::delegation::{
-    ArgConstraint, ArgValue, Attenuation, DelegationIssuer, DelegationToken, DelegationVerifier,
-    Presentation,
+    ArgConstraint, ArgValue, Attenuation, DelegationIssuer, DelegationKey, DelegationToken,
+    DelegationVerifier, Presentation,
 };
 use warden_identity::tls::TrustStore;
 
@@ -34,9 +34,11 @@ struct Setup {
 }
 
 impl Setup {
-    /// A fresh X.509-SVID of `who`, the key its delegation blocks are signed with.
-    fn svid(&self, who: &warden_identity::SpiffeId) -> warden_identity::X509Svid {
-        self.ca.mint_x509_svid(who).unwrap()
+    /// A fresh delegation key of `who`, bound to a fresh X.509-SVID: the key its delegation
+    /// blocks are signed with.
+    fn svid(&self, who: &warden_identity::SpiffeId) -> DelegationKey {
+        let svid = self.ca.mint_x509_svid(who).unwrap();
+        DelegationKey::new(&svid, SystemTime::now(), &warden_identity::OsRandom::new()).unwrap()
     }
 }
 

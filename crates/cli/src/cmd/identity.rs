@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use warden_identity::delegation::{ArgConstraint, Attenuation, DelegationIssuer, DelegationToken};
+use warden_identity::delegation::{
+    ArgConstraint, Attenuation, DelegationIssuer, DelegationKey, DelegationToken,
+};
 use warden_identity::workload::{EntryStore, SharedAuthority, WorkloadApi};
 use warden_identity::{
     CaPolicy, CertificateAuthority, IdentityConfig, OsRandom, RegistrationEntry, Selector,
@@ -90,6 +92,11 @@ enum IdentityCommand {
         /// The delegator's SVID private key (PKCS#8 PEM: `svid.key`).
         #[arg(long, requires = "svid_cert")]
         svid_key: Option<PathBuf>,
+        /// A file keeping the delegator's Ed25519 delegation key and its statement signed by
+        /// the SVID (0600): reused while it names the token's holder and is valid for another
+        /// minute, replaced otherwise. Without it, a fresh key is made for this run.
+        #[arg(long)]
+        delegation_key: Option<PathBuf>,
     },
     /// Serves the Workload API on a unix socket until interrupted.
     Serve {
@@ -280,6 +287,7 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
             args,
             svid_cert,
             svid_key,
+            delegation_key,
         } => {
             let holder = SpiffeId::new(&to)?;
             let now = SystemTime::now();
@@ -302,14 +310,28 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
                             .with_context(|| format!("reading `{}`", file.display()))?
                     };
                     let parent = DelegationToken::from_base64(text.trim(), &issuer.public_key())?;
-                    let delegator = match (svid_cert, svid_key) {
-                        (Some(cert), Some(key)) => X509Svid::from_pem(
-                            &std::fs::read(&cert)
-                                .with_context(|| format!("reading `{}`", cert.display()))?,
-                            &std::fs::read(&key)
-                                .with_context(|| format!("reading `{}`", key.display()))?,
-                        )?,
-                        _ => workload_svid()?,
+                    let current = parent
+                        .holders()?
+                        .pop()
+                        .context("the token names no holder")?;
+                    let delegator = match reusable_key(delegation_key.as_deref(), &current, now)? {
+                        Some(key) => key,
+                        None => {
+                            let svid = match (svid_cert, svid_key) {
+                                (Some(cert), Some(key)) => X509Svid::from_pem(
+                                    &std::fs::read(&cert)
+                                        .with_context(|| format!("reading `{}`", cert.display()))?,
+                                    &std::fs::read(&key)
+                                        .with_context(|| format!("reading `{}`", key.display()))?,
+                                )?,
+                                _ => workload_svid()?,
+                            };
+                            let key = DelegationKey::new(&svid, now, &OsRandom::new())?;
+                            if let Some(path) = &delegation_key {
+                                key.save(path)?;
+                            }
+                            key
+                        }
                     };
                     parent.attenuate(
                         &Attenuation {
@@ -330,6 +352,27 @@ fn execute(args: IdentityArgs) -> anyhow::Result<()> {
         }
         IdentityCommand::Serve { socket, config } => serve(&dir, &socket, config.as_deref()),
     }
+}
+
+/// The delegation key kept at `path`, if there is one naming `holder` that stays valid for
+/// another minute. A key file naming someone else is an error (it is not ours to replace).
+fn reusable_key(
+    path: Option<&Path>,
+    holder: &SpiffeId,
+    now: SystemTime,
+) -> anyhow::Result<Option<DelegationKey>> {
+    let Some(path) = path.filter(|p| p.exists()) else {
+        return Ok(None);
+    };
+    let key = DelegationKey::load(path)?;
+    if key.spiffe_id() != holder {
+        bail!(
+            "the delegation key in `{}` belongs to `{}`, not to the token's holder `{holder}`",
+            path.display(),
+            key.spiffe_id()
+        );
+    }
+    Ok((key.not_after() > now + Duration::from_secs(60)).then_some(key))
 }
 
 /// The caller's own X.509-SVID from the Workload API at `SPIFFE_ENDPOINT_SOCKET`.
