@@ -6,7 +6,7 @@
 //! calls, so it is off by default).
 //!
 //! Full run: `cargo bench -p warden-gateway --bench gateway` (5 rounds × 500 calls each way,
-//! p50/p99 printed and written to `target/gateway-bench.txt`). `cargo bench -- --test` runs each
+//! p50/p99 printed and written to `target/gateway-bench.txt`). `cargo test --benches` runs each
 //! part once with a handful of calls. Needs the peers (`bash scripts/install-peers`).
 #![allow(
     clippy::unwrap_used,

@@ -6,7 +6,7 @@
 //! same with a `std::process::Stdio`; `warden_full_sandbox_cold` includes starting the zygote
 //! each time.
 //!
-//! `cargo bench -p warden-sandbox --bench startup`; under `cargo bench -- --test` each runs once.
+//! `cargo bench -p warden-sandbox --bench startup`; under `cargo test --benches` each runs once.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
