@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestLog, authority_with_tools, peers};
+use common::{TestLog, authority_with_tools, free_port, peers, tool_specs, wait_listening};
 use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 
 /// Scenarios of the 2026-07-28 run that may score lower through the gateway, each for one reason:
@@ -32,61 +32,6 @@ const KNOWN_GAPS: [&str; 3] = [
     // `tasks-sync-tool-call`: calls unlisted `greet`.
     "tasks-lifecycle",
 ];
-
-/// The upstream's tools (one stateless 2026-07-28 `tools/list`), so that `every/*` validates.
-async fn list_tools(url: &str) -> Vec<warden_kernel::ToolSpec> {
-    let meta = serde_json::json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}});
-    let resp = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/list")
-        .body(serde_json::to_vec(&body).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&resp)
-        .or_else(|_| {
-            resp.lines()
-                .rev()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(serde_json::from_str)
-                .unwrap()
-        })
-        .unwrap();
-    v["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| warden_kernel::ToolSpec::from_mcp_definition("every", t).ok())
-        .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server on port {port} did not start");
-}
 
 /// Runs the suite; returns scenario → (passed, failed).
 async fn suite(url: &str, revision: &str, label: &str) -> BTreeMap<String, (u32, u32)> {
@@ -166,7 +111,7 @@ async fn conformance_through_the_gateway_matches_direct() {
     let log = TestLog::new();
     let gw = Gateway::new(
         cfg,
-        authority_with_tools(&text, &log, list_tools(&direct_url).await),
+        authority_with_tools(&text, &log, tool_specs(&direct_url, "every").await),
     )
     .unwrap();
     let face = HttpFace::new(gw).unwrap();

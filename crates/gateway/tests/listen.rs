@@ -15,36 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestLog, authority_with_tools, error_code, peers};
+use common::{
+    TestLog, authority_with_tools, call, error_code, free_port, meta, peers, tool_specs,
+    wait_listening,
+};
 use serde_json::{Value, json};
 use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 
 const SUB: &str = "io.modelcontextprotocol/subscriptionId";
-
-fn meta() -> Value {
-    json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}})
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server on port {port} did not start");
-}
 
 /// A Python upstream on a free port; returns it (killed on drop) and its `/mcp` URL.
 async fn start_upstream(program: PathBuf, args: &[String]) -> (tokio::process::Child, String) {
@@ -78,47 +56,6 @@ async fn mutable_server() -> (tokio::process::Child, String) {
 }
 
 /// A modern request to `url` (JSON or SSE answer); returns the response frame.
-async fn call(url: &str, id: Value, method: &str, mut params: Value) -> Value {
-    params["_meta"] = meta();
-    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-    let mut req = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", method);
-    if let Some(name) = body.pointer("/params/name").and_then(Value::as_str) {
-        req = req.header("mcp-name", name);
-    }
-    let text = req
-        .body(serde_json::to_vec(&body).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|_| {
-        text.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|f| f.get("id") == Some(&id))
-            .unwrap()
-    })
-}
-
-/// The upstream's tools, as the kernel's specs of server `server`.
-async fn tool_specs(url: &str, server: &str) -> Vec<warden_kernel::ToolSpec> {
-    call(url, json!(1), "tools/list", json!({}))
-        .await
-        .pointer("/result/tools")
-        .and_then(Value::as_array)
-        .unwrap()
-        .iter()
-        .filter_map(|t| warden_kernel::ToolSpec::from_mcp_definition(server, t).ok())
-        .collect()
-}
-
 /// A gateway's HTTP face in front of `upstream` (server `every`, bare tool names, every tool
 /// allowed); returns its URL.
 async fn gateway(upstream: &str, dir: &std::path::Path, log: &TestLog) -> String {

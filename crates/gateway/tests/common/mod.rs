@@ -292,3 +292,74 @@ impl PyDriver {
 pub fn py_bin(name: &str) -> String {
     peers().join("venv/bin").join(name).display().to_string()
 }
+
+/// The `_meta` a stateless 2026-07-28 request carries.
+pub fn meta() -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}})
+}
+
+/// A loopback TCP port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (up to 10 s) until something accepts connections on loopback `port`.
+pub async fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server on port {port} did not start");
+}
+
+/// One stateless 2026-07-28 request over Streamable HTTP with the MCP headers; returns the
+/// response (the frame with `id` when the answer is an event stream).
+pub async fn call(url: &str, id: Value, method: &str, mut params: Value) -> Value {
+    params["_meta"] = meta();
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = body.pointer("/params/name").and_then(Value::as_str) {
+        req = req.header("mcp-name", name);
+    }
+    let text = req
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|f| f.get("id") == Some(&id))
+            .unwrap()
+    })
+}
+
+/// The upstream's tools, as the kernel's specs of server `server`.
+pub async fn tool_specs(url: &str, server: &str) -> Vec<warden_kernel::ToolSpec> {
+    call(url, json!(1), "tools/list", json!({}))
+        .await
+        .pointer("/result/tools")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .filter_map(|t| warden_kernel::ToolSpec::from_mcp_definition(server, t).ok())
+        .collect()
+}
