@@ -65,14 +65,42 @@ impl Default for LogOptions {
 }
 
 /// An acknowledged append: the record is durable at `index`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Appended {
     /// The record's index.
     pub index: u64,
     /// The signed checkpoint of the batch that made it durable.
     pub checkpoint: Arc<SignedCheckpoint>,
-    /// Its `tlog-proof` receipt against that checkpoint.
-    pub receipt: Receipt,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Appended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appended")
+            .field("index", &self.index)
+            .field("checkpoint", &self.checkpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Appended {
+    /// The record's `tlog-proof` receipt against [`Appended::checkpoint`]. Made on request, not
+    /// on every acknowledgement: most appenders (the gateway's decisions) never ask for it.
+    pub fn receipt(&self) -> Result<Receipt, LogError> {
+        let size = self.checkpoint.checkpoint().size;
+        let proof = self
+            .shared
+            .tree
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .inclusion_proof(self.index, size)?;
+        Ok(Receipt {
+            extra: None,
+            index: self.index,
+            proof,
+            checkpoint: self.checkpoint.note().to_vec(),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -230,24 +258,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn finish(&self, result: Result<Committed, LogError>) -> Result<Appended, LogError> {
+    fn finish(self: &Arc<Self>, result: Result<Committed, LogError>) -> Result<Appended, LogError> {
         let c = result?;
-        let size = c.checkpoint.checkpoint().size;
-        let proof = self
-            .tree
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .inclusion_proof(c.index, size)?;
-        let receipt = Receipt {
-            extra: None,
-            index: c.index,
-            proof,
-            checkpoint: c.checkpoint.note().to_vec(),
-        };
         Ok(Appended {
             index: c.index,
             checkpoint: c.checkpoint,
-            receipt,
+            shared: Arc::clone(self),
         })
     }
 

@@ -61,7 +61,7 @@ fn concurrent_appends_are_durable_with_verifiable_receipts() {
                     .map(|i| {
                         let rec = record(t * 1000 + i);
                         let a = w.append(rec.clone()).unwrap();
-                        a.receipt.verify(&rec, &verifier()).unwrap();
+                        a.receipt().unwrap().verify(&rec, &verifier()).unwrap();
                         (a.index, rec)
                     })
                     .collect::<Vec<_>>()
@@ -492,7 +492,10 @@ fn tickets_can_be_awaited() {
     for (i, t) in tickets.into_iter().enumerate() {
         let a = block_on(t).unwrap();
         assert_eq!(a.index, i as u64);
-        a.receipt.verify(&record(i as u64), &verifier()).unwrap();
+        a.receipt()
+            .unwrap()
+            .verify(&record(i as u64), &verifier())
+            .unwrap();
     }
     // Closing resolves pending and later appends with an error instead of hanging.
     log.close().unwrap();
@@ -514,7 +517,11 @@ fn an_idle_log_commits_on_the_calling_thread() {
         let mut t = std::pin::pin!(ticket);
         match t.as_mut().poll(&mut Context::from_waker(&waker)) {
             Poll::Ready(a) => {
-                a.unwrap().receipt.verify(&record(i), &verifier()).unwrap();
+                a.unwrap()
+                    .receipt()
+                    .unwrap()
+                    .verify(&record(i), &verifier())
+                    .unwrap();
             }
             Poll::Pending => panic!("the ticket of an inline commit is not resolved"),
         }

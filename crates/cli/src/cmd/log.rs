@@ -157,7 +157,7 @@ fn run_inner(args: LogArgs) -> Result<ExitCode> {
             for f in files {
                 let record = fs::read(&f).with_context(|| format!("reading `{}`", f.display()))?;
                 let appended = log.append(record)?;
-                out.write_all(&appended.receipt.encode())?;
+                out.write_all(&appended.receipt()?.encode())?;
             }
             log.close()?;
         }
@@ -337,7 +337,7 @@ pub(crate) fn append_record(dir: &Path, record: Vec<u8>) -> Result<(u64, Vec<u8>
         .append(record)
         .with_context(|| format!("appending to log `{}`", dir.display()))?;
     log.close()?;
-    Ok((appended.index, appended.receipt.encode()))
+    Ok((appended.index, appended.receipt()?.encode()))
 }
 
 fn parse_key(key: &str) -> Result<NoteVerifier> {
