@@ -1,7 +1,8 @@
 //! Load generator: durable appends per second and acknowledgement latency with 1, 16 and 256
 //! concurrent appenders, group commit against a one-fsync-per-record baseline in the same run,
 //! and the storage overhead. `cargo bench -p warden-log --bench append` runs it in full (about
-//! a minute); with `-- --test` it runs each case for a few milliseconds as a smoke test.
+//! a minute); under `cargo test --benches` (or with `-- --test`) it runs each case for a few
+//! milliseconds as a smoke test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -120,7 +121,8 @@ fn raw_fdatasync(n: usize) -> (Duration, Duration) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--test");
+    // `cargo bench` passes `--bench`; `cargo test --benches` (CI) does not: a smoke run then.
+    let quick = std::env::args().all(|a| a != "--bench") || std::env::args().any(|a| a == "--test");
     let duration = if quick {
         Duration::from_millis(20)
     } else {
