@@ -215,6 +215,14 @@ fn reserved_space_is_the_end_of_the_log() {
     }
     let seg = segments(dir).pop().unwrap();
     let open_len = fs::metadata(&seg).unwrap().len();
+    // The reserve's zeros are written, not merely allocated: an unwritten extent (what
+    // `fallocate` makes) reads as a hole, and writing a frame into it would change metadata.
+    let file = fs::File::open(&seg).unwrap();
+    let hole = rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(0)).unwrap();
+    assert_eq!(
+        hole, open_len,
+        "the reserve has a hole (unwritten space) at {hole} of {open_len} bytes"
+    );
     log.close().unwrap();
     let closed_len = fs::metadata(&seg).unwrap().len();
     assert!(
