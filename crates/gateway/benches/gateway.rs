@@ -214,10 +214,48 @@ fn everything() -> tokio::process::Child {
         .unwrap()
 }
 
-/// A floor in the gateway's place: a bare line relay between the client and its own server
-/// process, on its own thread and current-thread runtime like the stdio face. With `journal`,
-/// each line from the client is first written to that file (pre-filled with zeros, as the log's
-/// reserve is) and `fdatasync`ed on the relay's thread, as the log's inline commit does.
+/// A floor in the gateway's place: a bare line relay between `input`/`output` (the client) and
+/// its own server process. With `journal`, each line from the client is first written to that
+/// file (pre-filled with zeros, as the log's reserve is) and `fdatasync`ed on the relay's thread
+/// before it is forwarded, as the log's inline commit does.
+async fn relay(
+    input: impl AsyncRead + Unpin,
+    mut output: impl AsyncWrite + Unpin + Send + 'static,
+    journal: Option<PathBuf>,
+) {
+    use std::os::unix::fs::FileExt as _;
+    let mut child = everything();
+    let (mut up_w, up_r) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let back = tokio::spawn(async move {
+        let mut up_r = BufReader::new(up_r);
+        let mut line = Vec::new();
+        while up_r.read_until(b'\n', &mut line).await.unwrap() > 0 {
+            output.write_all(&line).await.unwrap();
+            line.clear();
+        }
+    });
+    let file = journal.map(|path| {
+        let f = std::fs::File::create(path).unwrap();
+        f.write_all_at(&vec![0; 16 << 20], 0).unwrap();
+        f.sync_all().unwrap();
+        f
+    });
+    let (mut input, mut line, mut at) = (BufReader::new(input), Vec::new(), 0u64);
+    while input.read_until(b'\n', &mut line).await.unwrap() > 0 {
+        if let Some(f) = &file {
+            f.write_all_at(&line, at % (15 << 20)).unwrap();
+            f.sync_data().unwrap();
+            at += line.len() as u64;
+        }
+        up_w.write_all(&line).await.unwrap();
+        line.clear();
+    }
+    back.abort();
+    drop(child);
+}
+
+/// The relay on its own thread and current-thread runtime (as the stdio face runs in the
+/// bench), behind an in-memory pipe.
 async fn relay_client(journal: Option<PathBuf>) -> DuplexClient {
     let (client, server) = tokio::io::duplex(1 << 20);
     std::thread::spawn(move || {
@@ -225,43 +263,57 @@ async fn relay_client(journal: Option<PathBuf>) -> DuplexClient {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async move {
-            use std::os::unix::fs::FileExt as _;
-            let mut child = everything();
-            let (mut up_w, up_r) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
-            let (sr, mut sw) = tokio::io::split(server);
-            let back = tokio::spawn(async move {
-                let mut up_r = BufReader::new(up_r);
-                let mut line = Vec::new();
-                while up_r.read_until(b'\n', &mut line).await.unwrap() > 0 {
-                    sw.write_all(&line).await.unwrap();
-                    line.clear();
-                }
-            });
-            let file = journal.map(|path| {
-                let f = std::fs::File::create(path).unwrap();
-                f.write_all_at(&vec![0; 16 << 20], 0).unwrap();
-                f.sync_all().unwrap();
-                f
-            });
-            let (mut sr, mut line, mut at) = (BufReader::new(sr), Vec::new(), 0u64);
-            while sr.read_until(b'\n', &mut line).await.unwrap() > 0 {
-                if let Some(f) = &file {
-                    f.write_all_at(&line, at % (15 << 20)).unwrap();
-                    f.sync_data().unwrap();
-                    at += line.len() as u64;
-                }
-                up_w.write_all(&line).await.unwrap();
-                line.clear();
-            }
-            back.abort();
-            drop(child);
-        })
+        let (sr, sw) = tokio::io::split(server);
+        rt.block_on(relay(sr, sw, journal));
     });
     let (cr, cw) = tokio::io::split(client);
     let mut c = Client::new(cr, cw);
     c.initialize().await;
     c
+}
+
+/// Set in the environment of this bench binary re-executed as a relay process (the value names
+/// its journal file).
+const RELAY_PROCESS: &str = "WARDEN_BENCH_RELAY_PROCESS";
+
+/// This binary, re-executed as the relay + `fdatasync` floor in a process of its own (as
+/// `warden mcp` runs), over real pipes.
+async fn relay_process_client(
+    journal: &std::path::Path,
+) -> Client<tokio::process::ChildStdout, tokio::process::ChildStdin> {
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .env(RELAY_PROCESS, journal)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    std::mem::forget(child); // killed with the process at the end of the bench
+    c.initialize().await;
+    c
+}
+
+/// Runs the relay process on standard input and output (non-blocking pipes, as `warden mcp`
+/// reads them), then exits.
+fn serve_relay_process(journal: PathBuf) -> ! {
+    use std::os::fd::AsFd as _;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let input = tokio::net::unix::pipe::Receiver::from_owned_fd(
+            std::io::stdin().as_fd().try_clone_to_owned().unwrap(),
+        )
+        .unwrap();
+        let output = tokio::net::unix::pipe::Sender::from_owned_fd(
+            std::io::stdout().as_fd().try_clone_to_owned().unwrap(),
+        )
+        .unwrap();
+        relay(input, output, Some(journal)).await;
+    });
+    std::process::exit(0)
 }
 
 /// `warden mcp` itself (the binary in `WARDEN_BENCH_BIN`) as the client's server process, on
@@ -310,12 +362,42 @@ async fn process_client(
 async fn stdio_client(gw: Arc<Gateway>) -> DuplexClient {
     let (client, server) = tokio::io::duplex(1 << 20);
     let (sr, sw) = tokio::io::split(server);
-    std::thread::spawn(move || {
-        let rt = gateway_runtime();
-        rt.block_on(async move { serve_stdio(gw, AGENT, sr, sw).await })
-    });
+    std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || {
+            let rt = gateway_runtime();
+            rt.block_on(async move { serve_stdio(gw, AGENT, sr, sw).await })
+        })
+        .unwrap();
     let (cr, cw) = tokio::io::split(client);
     let mut c = Client::new(cr, cw);
+    c.initialize().await;
+    c.request("tools/list", json!({})).await;
+    c
+}
+
+type PipeClient = Client<tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Sender>;
+
+/// As [`stdio_client`], over two OS pipes instead of the in-memory one.
+async fn stdio_pipe_client(gw: Arc<Gateway>) -> PipeClient {
+    use tokio::net::unix::pipe;
+    let (to_gw_r, to_gw_w) = std::io::pipe().unwrap();
+    let (from_gw_r, from_gw_w) = std::io::pipe().unwrap();
+    std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || {
+            let rt = gateway_runtime();
+            rt.block_on(async move {
+                let input = pipe::Receiver::from_owned_fd(to_gw_r.into()).unwrap();
+                let output = pipe::Sender::from_owned_fd(from_gw_w.into()).unwrap();
+                serve_stdio(gw, AGENT, input, output).await
+            })
+        })
+        .unwrap();
+    let mut c = Client::new(
+        pipe::Receiver::from_owned_fd(from_gw_r.into()).unwrap(),
+        pipe::Sender::from_owned_fd(to_gw_w.into()).unwrap(),
+    );
     c.initialize().await;
     c.request("tools/list", json!({})).await;
     c
@@ -331,6 +413,9 @@ fn us(d: Duration) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
+    if let Some(journal) = std::env::var_os(RELAY_PROCESS) {
+        serve_relay_process(journal.into());
+    }
     // `cargo bench` passes `--bench`; `cargo test --benches` (CI) does not: a quick run then.
     let quick = !std::env::args().any(|a| a == "--bench");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -350,7 +435,11 @@ fn bench(c: &mut Criterion) {
         let mut journal = relay_client(Some(dir.path().join("journal"))).await;
         let mut gwc = stdio_client(gw.clone()).await;
         let mut procc = match std::env::var_os("WARDEN_BENCH_BIN") {
-            Some(bin) => Some(process_client(bin.as_ref(), &dir.path().join("process")).await),
+            Some(bin) => Some((
+                stdio_pipe_client(gw.clone()).await,
+                relay_process_client(&dir.path().join("journal-process")).await,
+                process_client(bin.as_ref(), &dir.path().join("process")).await,
+            )),
             None => None,
         };
         // Warm all paths (JIT of the node servers, kernel's first compile of the tool).
@@ -359,7 +448,9 @@ fn bench(c: &mut Criterion) {
             relay.echo("echo").await;
             journal.echo("echo").await;
             gwc.echo("every/echo").await;
-            if let Some(p) = procc.as_mut() {
+            if let Some((g, r, p)) = procc.as_mut() {
+                g.echo("every/echo").await;
+                r.echo("echo").await;
                 p.echo("every/echo").await;
             }
         }
@@ -382,52 +473,86 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
-    // Interleaved percentiles: the four paths alternate call by call, so drift hits all alike.
-    let (rounds, calls) = if quick { (1, 5) } else { (5, 500) };
-    let mut all: [Vec<Duration>; 5] = Default::default();
-    rt.block_on(async {
-        for _ in 0..rounds {
-            for _ in 0..calls {
-                all[0].push(direct.lock().await.echo("echo").await);
-                all[1].push(relay.lock().await.echo("echo").await);
-                all[2].push(journal.lock().await.echo("echo").await);
-                all[3].push(gwc.lock().await.echo("every/echo").await);
-                if let Some(p) = procc.lock().await.as_mut() {
-                    all[4].push(p.echo("every/echo").await);
+    // One call on path `$i` (see `NAMES`); `None` when that path is not set up.
+    macro_rules! call {
+        ($i:expr) => {
+            async {
+                match $i {
+                    0 => Some(direct.lock().await.echo("echo").await),
+                    1 => Some(relay.lock().await.echo("echo").await),
+                    2 => Some(journal.lock().await.echo("echo").await),
+                    3 => Some(gwc.lock().await.echo("every/echo").await),
+                    i => match procc.lock().await.as_mut() {
+                        Some((g, _, _)) if i == 4 => Some(g.echo("every/echo").await),
+                        Some((_, r, _)) if i == 5 => Some(r.echo("echo").await),
+                        Some((_, _, p)) if i == 6 => Some(p.echo("every/echo").await),
+                        _ => None,
+                    },
                 }
             }
-        }
-    });
-    let mut report = format!(
-        "interleaved {rounds}x{calls} tools/call echo over stdio (gateway's durable log: {} records)\n",
-        log.size()
-    );
-    let mut direct_p = (0.0, 0.0);
-    for (i, name) in [
+        };
+    }
+    const NAMES: [&str; 7] = [
         "direct",
         "bare relay (floor)",
         "relay + fdatasync (floor)",
         "gateway",
+        "gateway, OS pipes",
+        "relay + fdatasync, process",
         "warden mcp (process)",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let v = &mut all[i];
+    ];
+    let (rounds, calls) = if quick { (1, 5) } else { (5, 500) };
+    // Rounds of blocks: each path makes `calls` calls in turn, `rounds` times over, so drift
+    // hits all alike while each path runs warm within its block (as one agent's calls do).
+    let mut blocks: [Vec<Duration>; 7] = Default::default();
+    // Call by call: direct and gateway alternate, each call finding the caches the other left.
+    let mut alternating: [Vec<Duration>; 2] = Default::default();
+    rt.block_on(async {
+        for _ in 0..rounds {
+            for (i, v) in blocks.iter_mut().enumerate() {
+                for _ in 0..calls {
+                    v.extend(call!(i).await);
+                }
+            }
+            for _ in 0..calls {
+                alternating[0].extend(call!(0).await);
+                alternating[1].extend(call!(3).await);
+            }
+        }
+    });
+    let mut report = format!(
+        "tools/call echo over stdio, {rounds} rounds of {calls} calls a path (the gateway's durable log: {} records)\n\
+         blocks (each path {calls} calls in turn):\n",
+        log.size()
+    );
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        (us(percentile(v, 0.5)), us(percentile(v, 0.99)))
+    };
+    let base = stats(&mut blocks[0]);
+    for (name, v) in NAMES.iter().zip(blocks.iter_mut()) {
         if v.is_empty() {
             continue;
         }
-        v.sort();
-        let (p50, p99) = (us(percentile(v, 0.5)), us(percentile(v, 0.99)));
-        if i == 0 {
-            direct_p = (p50, p99);
-        }
+        let (p50, p99) = stats(v);
         report += &format!(
             "  {name:26} p50 {p50:8.1} us  p99 {p99:8.1} us  added p50 {:8.1} us  p99 {:8.1} us\n",
-            p50 - direct_p.0,
-            p99 - direct_p.1
+            p50 - base.0,
+            p99 - base.1
         );
     }
+    let (d, g) = (stats(&mut alternating[0]), stats(&mut alternating[1]));
+    report += &format!(
+        "alternating call by call (direct, gateway):\n  \
+         direct p50 {:8.1} us  p99 {:8.1} us; gateway p50 {:8.1} us  p99 {:8.1} us; \
+         added p50 {:8.1} us  p99 {:8.1} us\n",
+        d.0,
+        d.1,
+        g.0,
+        g.1,
+        g.0 - d.0,
+        g.1 - d.1
+    );
 
     // Throughput: concurrent legacy sessions over Streamable HTTP, each with its own upstream.
     let (sessions, per_session) = if quick { (2, 2) } else { (32, 100) };
