@@ -505,3 +505,108 @@ async fn the_session_stream_reaches_an_http_agent_and_ends_with_its_delete() {
     assert_eq!(stats["delete"], 1, "{stats}");
     drop(face);
 }
+
+/// How a scripted server answers the GET of its session stream.
+#[derive(Clone, Copy)]
+enum GetAnswer {
+    /// 409 Conflict, every time.
+    Conflict,
+    /// An event stream whose first event is larger than any frame the gateway takes.
+    Huge,
+}
+
+/// A scripted legacy server for the failures no real server produces on demand: it opens a
+/// session, lists no tools, and answers every GET with `get`. Returns its URL and the count of
+/// GETs it received.
+async fn scripted_server(get: GetAnswer) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = gets.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            let frame: Value = serde_json::from_slice(&body).unwrap();
+            let result = match frame["method"].as_str() {
+                Some("initialize") => json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {"listChanged": true}}, "serverInfo": {"name": "scripted", "version": "0"}}),
+                Some("tools/list") => json!({"tools": []}),
+                _ => return StatusCode::ACCEPTED.into_response(),
+            };
+            let answer = json!({"jsonrpc": "2.0", "id": frame["id"], "result": result});
+            (
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::HeaderName::from_static("mcp-session-id"), "s1"),
+                ],
+                answer.to_string(),
+            )
+                .into_response()
+        })
+        .get(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                match get {
+                    GetAnswer::Conflict => StatusCode::CONFLICT.into_response(),
+                    GetAnswer::Huge => {
+                        let mut body = b"id: 1\ndata: ".to_vec();
+                        body.resize(body.len() + 17 * 1024 * 1024, b'a');
+                        body.extend_from_slice(b"\n\n");
+                        ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+                    }
+                }
+            }
+        })
+        .delete(|| async { StatusCode::OK }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, gets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_opens_is_retried_a_bounded_number_of_times_with_backoff() {
+    let (url, gets) = scripted_server(GetAnswer::Conflict).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let text = manifest(&url, dir.path());
+    let (mut a, _face) = StdioAgent::start(gateway(&text, &log)).await;
+    let started = tokio::time::Instant::now();
+    let r = a.request("tools/list", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let count = || gets.load(std::sync::atomic::Ordering::SeqCst);
+    // Backing off: far fewer than one attempt a second early on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!((1..=3).contains(&count()), "{} GETs in 2 s", count());
+    // Then it gives up: 6 attempts over about 15 s, none after.
+    while count() < 6 && started.elapsed() < Duration::from_secs(40) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count(), 6);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        count(),
+        6,
+        "the gateway kept asking for a stream it cannot get"
+    );
+    // The session itself still works.
+    let r = a.request("tools/list", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_limit_ends_the_stream_for_good() {
+    let (url, gets) = scripted_server(GetAnswer::Huge).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let text = manifest(&url, dir.path());
+    let (mut a, _face) = StdioAgent::start(gateway(&text, &log)).await;
+    let r = a.request("tools/list", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    // Not asked again (a resume would only fetch the same frame).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let r = a.request("tools/list", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+}
