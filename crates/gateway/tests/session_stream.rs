@@ -610,3 +610,67 @@ async fn a_frame_over_the_limit_ends_the_stream_for_good() {
     let r = a.request("tools/list", json!({})).await;
     assert!(r.get("result").is_some(), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modern_listener_gets_the_changes_of_a_legacy_http_upstream() {
+    let up = Upstream::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let text = manifest(&up.url(), dir.path());
+    let face = HttpFace::new(gateway(&text, &log)).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", l.local_addr().unwrap());
+    let face2 = face.clone();
+    tokio::spawn(async move { face2.serve(l).await });
+
+    let listen = json!({"jsonrpc": "2.0", "id": "L1", "method": "subscriptions/listen", "params": {"_meta": common::meta(), "notifications": {"toolsListChanged": true}}});
+    let mut stream = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .body(serde_json::to_vec(&listen).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut parser = warden_gateway::sse::SseParser::new();
+    let mut frames: Vec<Value> = Vec::new();
+    let mut next = async || loop {
+        if !frames.is_empty() {
+            return frames.remove(0);
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(15), stream.chunk())
+            .await
+            .expect("a frame on the listen stream in time")
+            .unwrap()
+            .expect("the listen stream is open");
+        for event in parser.push(&chunk).unwrap() {
+            frames.push(serde_json::from_str(&event).unwrap());
+        }
+    };
+    let ack = next().await;
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    let r = common::call(
+        &url,
+        json!(2),
+        "tools/call",
+        json!({"name": "up/mutate", "arguments": {}}),
+    )
+    .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let changed = next().await;
+    assert_eq!(
+        changed["method"], "notifications/tools/list_changed",
+        "{changed}"
+    );
+    assert_eq!(
+        changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "L1"
+    );
+    drop(face);
+}
