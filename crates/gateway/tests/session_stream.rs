@@ -674,3 +674,46 @@ async fn a_modern_listener_gets_the_changes_of_a_legacy_http_upstream() {
     );
     drop(face);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_everythings_session_log_messages_reach_the_agent() {
+    // A second real server: the npm server-everything in its Streamable HTTP mode logs on the
+    // session stream every few seconds once simulated logging is on.
+    let port = free_port();
+    let _srv = tokio::process::Command::new(common::npm_bin("mcp-server-everything"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let text = manifest(&format!("http://127.0.0.1:{port}/mcp"), dir.path());
+    let (mut a, _face) = StdioAgent::start(gateway(&text, &log)).await;
+    let r = a.call("up/toggle-simulated-logging", json!({})).await;
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Started simulated")),
+        "{r}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(f) = a.frame(left).await else {
+            panic!("no session log message in time; saw {seen:?}");
+        };
+        if f["method"] == "notifications/message"
+            && f["params"]["data"]
+                .as_str()
+                .is_some_and(|d| d.contains("SessionId"))
+        {
+            break;
+        }
+        seen.push(f);
+    }
+}
