@@ -198,6 +198,9 @@ impl Upstream {
             }
             (None, Some(url)) => Transport::Http {
                 client: reqwest::Client::builder()
+                    // A session stream idles for hours: a server that vanished without closing
+                    // the connection must still end it (then the stream is reopened or given up).
+                    .tcp_keepalive(SESSION_STREAM_KEEPALIVE)
                     .build()
                     .map_err(|e| upstream_err(name, e))?,
                 url: url.clone(),
@@ -911,6 +914,9 @@ const SESSION_STREAM_HEALTHY: Duration = Duration::from_secs(30);
 /// How long a server may take to answer the GET that opens its session stream.
 const SESSION_STREAM_CONNECT: Duration = Duration::from_secs(30);
 
+/// TCP keepalive of HTTP upstream connections (probes after this much idle time).
+const SESSION_STREAM_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// How long the DELETE that ends an upstream session may take.
 const SESSION_DELETE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -1012,7 +1018,10 @@ impl SessionStream {
             let Ok(events) = parser.push(&chunk) else {
                 return StreamEnd::Over("a frame over the size limit");
             };
-            *retry_hint = parser.retry_ms().map(Duration::from_millis);
+            // Like the last event id, the server's reconnection time outlives the connection.
+            if let Some(ms) = parser.retry_ms() {
+                *retry_hint = Some(Duration::from_millis(ms));
+            }
             if let Some(id) = parser.last_event_id()
                 && last_id.as_deref() != Some(id)
             {
