@@ -1,13 +1,16 @@
 //! Added latency of the gateway per `tools/call` (server-everything's `echo` over stdio, a native
-//! Rust client, the real kernel and the durable log), interleaved with direct calls in one run;
-//! and throughput with 32 concurrent Streamable HTTP sessions. With `WARDEN_BENCH_BASELINE=1` a
-//! second gateway, whose log hands every record to its writer thread and publishes tiles after
-//! every commit, is interleaved too (it perturbs the others: its publisher runs during their
-//! calls, so it is off by default).
+//! Rust client, the real kernel and the durable log), interleaved in one run with three
+//! baselines: the server called directly, and two floors in the gateway's place (its own thread
+//! and current-thread runtime, the same in-memory pipe to the client, its own server process):
+//! a bare line relay, and the same relay writing each request line to a file and `fdatasync`ing
+//! it before forwarding (the least any proxy that makes a record durable before the call pays
+//! on this disk). Also the throughput of 32 concurrent Streamable HTTP sessions.
 //!
 //! Full run: `cargo bench -p warden-gateway --bench gateway` (5 rounds × 500 calls each way,
 //! p50/p99 printed and written to `target/gateway-bench.txt`). `cargo test --benches` runs each
 //! part once with a handful of calls. Needs the peers (`bash scripts/install-peers`).
+//! `WARDEN_BENCH_SINK=memory` keeps the gateway's records in memory instead of the log, to tell
+//! the log's share from the rest (not a configuration Warden offers).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -128,49 +131,24 @@ fn manifest(dir: &std::path::Path) -> String {
     )
 }
 
-/// A sink that hands every record to the log's writer thread and waits to be woken by it (the
-/// path before inline commits): the baseline of the same run. `WARDEN_BENCH_BASELINE_INLINE=1`
-/// gives the baseline inline commits too (to tell the two changes apart).
-struct HandOff(warden_log::LogWriter);
+/// `WARDEN_BENCH_SINK=memory`: records are kept in memory, not made durable (to tell the log's
+/// share of the added latency from the rest of the gateway's; not a configuration Warden offers).
+struct Memory(std::sync::Mutex<Vec<Vec<u8>>>);
 
-impl RecordSink for HandOff {
+impl RecordSink for Memory {
     fn append(&self, entry: &[u8]) -> Result<(), String> {
-        self.0
-            .submit(entry.to_vec())
-            .and_then(warden_log::Ticket::wait)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.0.lock().unwrap().push(entry.to_vec());
+        Ok(())
     }
 
     fn submit(&self, entry: Vec<u8>) -> RecordAck {
-        match self.0.submit(entry) {
-            Ok(ticket) => {
-                Box::pin(async move { ticket.await.map(|_| ()).map_err(|e| e.to_string()) })
-            }
-            Err(e) => Box::pin(std::future::ready(Err(e.to_string()))),
-        }
+        self.0.lock().unwrap().push(entry);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
-/// The log's options: the defaults, or for the baseline a publication after every commit (as
-/// before publications were coalesced). `WARDEN_BENCH_PUBLISH_MS=N` sets the interval of both.
-fn log_options(baseline: bool) -> warden_log::LogOptions {
-    let mut o = warden_log::LogOptions::default();
-    if baseline {
-        o.publish_interval = Duration::ZERO;
-    }
-    if let Some(ms) = std::env::var("WARDEN_BENCH_PUBLISH_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        o.publish_interval = Duration::from_millis(ms);
-    }
-    o
-}
-
-/// The gateway with the real kernel and a durable log in `dir`; `hand_off` makes it the
-/// baseline (its sink and its log's options).
-fn gateway(dir: &std::path::Path, hand_off: bool) -> (Arc<Gateway>, warden_log::Log) {
+/// The gateway with the real kernel and a durable log in `dir`.
+fn gateway(dir: &std::path::Path) -> (Arc<Gateway>, warden_log::Log) {
     std::fs::create_dir_all(dir).unwrap();
     let text = manifest(dir);
     let m = warden_kernel::Manifest::from_toml_str(&text).unwrap();
@@ -185,12 +163,12 @@ fn gateway(dir: &std::path::Path, hand_off: bool) -> (Arc<Gateway>, warden_log::
         &dir.join("log"),
         "warden.bench/gateway",
         &mut warden_log::os_entropy,
-        log_options(hand_off),
+        warden_log::LogOptions::default(),
     )
     .unwrap();
-    let hand_off = hand_off && std::env::var_os("WARDEN_BENCH_BASELINE_INLINE").is_none();
-    let sink: Arc<dyn RecordSink> = if hand_off {
-        Arc::new(HandOff(log.writer()))
+    let sink: Arc<dyn RecordSink> = if std::env::var("WARDEN_BENCH_SINK").as_deref() == Ok("memory")
+    {
+        Arc::new(Memory(std::sync::Mutex::new(Vec::new())))
     } else {
         Arc::new(log.writer())
     };
@@ -219,14 +197,117 @@ fn gateway_runtime() -> tokio::runtime::Runtime {
     b.enable_all().build().unwrap()
 }
 
-/// Starts `gw`'s stdio face on its own thread and runtime (as in its own process; only the
-/// pipe to the agent is an in-memory duplex) and returns an initialized client.
-async fn stdio_client(
-    gw: Arc<Gateway>,
-) -> Client<
+type DuplexClient = Client<
     tokio::io::ReadHalf<tokio::io::DuplexStream>,
     tokio::io::WriteHalf<tokio::io::DuplexStream>,
-> {
+>;
+
+/// Starts server-everything over stdio, killed when the child handle is dropped.
+fn everything() -> tokio::process::Child {
+    tokio::process::Command::new(peers().join("node/node_modules/.bin/mcp-server-everything"))
+        .arg("stdio")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A floor in the gateway's place: a bare line relay between the client and its own server
+/// process, on its own thread and current-thread runtime like the stdio face. With `journal`,
+/// each line from the client is first written to that file (pre-filled with zeros, as the log's
+/// reserve is) and `fdatasync`ed on the relay's thread, as the log's inline commit does.
+async fn relay_client(journal: Option<PathBuf>) -> DuplexClient {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use std::os::unix::fs::FileExt as _;
+            let mut child = everything();
+            let (mut up_w, up_r) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+            let (sr, mut sw) = tokio::io::split(server);
+            let back = tokio::spawn(async move {
+                let mut up_r = BufReader::new(up_r);
+                let mut line = Vec::new();
+                while up_r.read_until(b'\n', &mut line).await.unwrap() > 0 {
+                    sw.write_all(&line).await.unwrap();
+                    line.clear();
+                }
+            });
+            let file = journal.map(|path| {
+                let f = std::fs::File::create(path).unwrap();
+                f.write_all_at(&vec![0; 16 << 20], 0).unwrap();
+                f.sync_all().unwrap();
+                f
+            });
+            let (mut sr, mut line, mut at) = (BufReader::new(sr), Vec::new(), 0u64);
+            while sr.read_until(b'\n', &mut line).await.unwrap() > 0 {
+                if let Some(f) = &file {
+                    f.write_all_at(&line, at % (15 << 20)).unwrap();
+                    f.sync_data().unwrap();
+                    at += line.len() as u64;
+                }
+                up_w.write_all(&line).await.unwrap();
+                line.clear();
+            }
+            back.abort();
+            drop(child);
+        })
+    });
+    let (cr, cw) = tokio::io::split(client);
+    let mut c = Client::new(cr, cw);
+    c.initialize().await;
+    c
+}
+
+/// `warden mcp` itself (the binary in `WARDEN_BENCH_BIN`) as the client's server process, on
+/// a configuration of its own in `dir` (same manifest, durable log, a fresh signing key).
+async fn process_client(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+) -> Client<tokio::process::ChildStdout, tokio::process::ChildStdin> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    let mut key = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("keys/cert.key"))
+        .unwrap();
+    std::io::Write::write_all(&mut key, hex::encode(seed).as_bytes()).unwrap();
+    let text = manifest(dir).replacen(
+        "[agents.bench]",
+        "[certificates]\nsigning_key = \"keys/cert.key\"\n[agents.bench]",
+        1,
+    );
+    let text = text.replacen("[gateway]", "[gateway]\nlog = \"log\"", 1);
+    std::fs::write(dir.join("warden.toml"), text).unwrap();
+    let mut child = tokio::process::Command::new(bin)
+        .arg("mcp")
+        .arg("--config")
+        .arg(dir.join("warden.toml"))
+        .args(["--agent", "bench"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    std::mem::forget(child); // killed with the process at the end of the bench
+    c.initialize().await;
+    c.request("tools/list", json!({})).await;
+    c
+}
+
+/// Starts `gw`'s stdio face on its own thread and runtime (as in its own process; only the
+/// pipe to the agent is an in-memory duplex) and returns an initialized client.
+async fn stdio_client(gw: Arc<Gateway>) -> DuplexClient {
     let (client, server) = tokio::io::duplex(1 << 20);
     let (sr, sw) = tokio::io::split(server);
     std::thread::spawn(move || {
@@ -258,43 +339,36 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (gw, log) = gateway(&dir.path().join("inline"), false);
-    // `WARDEN_BENCH_BASELINE=1`: a second gateway of the previous path, in the same run.
-    let base = std::env::var_os("WARDEN_BENCH_BASELINE")
-        .is_some()
-        .then(|| gateway(&dir.path().join("hand-off"), true));
+    let (gw, log) = gateway(&dir.path().join("gateway"));
 
-    let (direct, gwc, basec) = rt.block_on(async {
-        let mut child = tokio::process::Command::new(
-            peers().join("node/node_modules/.bin/mcp-server-everything"),
-        )
-        .arg("stdio")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (direct, relay, journal, gwc, procc) = rt.block_on(async {
+        let mut child = everything();
         let mut direct = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
         direct.initialize().await;
         std::mem::forget(child); // killed with the process at the end of the bench
+        let mut relay = relay_client(None).await;
+        let mut journal = relay_client(Some(dir.path().join("journal"))).await;
         let mut gwc = stdio_client(gw.clone()).await;
-        let mut basec = match &base {
-            Some((g, _)) => Some(stdio_client(g.clone()).await),
+        let mut procc = match std::env::var_os("WARDEN_BENCH_BIN") {
+            Some(bin) => Some(process_client(bin.as_ref(), &dir.path().join("process")).await),
             None => None,
         };
         // Warm all paths (JIT of the node servers, kernel's first compile of the tool).
         for _ in 0..20 {
             direct.echo("echo").await;
+            relay.echo("echo").await;
+            journal.echo("echo").await;
             gwc.echo("every/echo").await;
-            if let Some(b) = basec.as_mut() {
-                b.echo("every/echo").await;
+            if let Some(p) = procc.as_mut() {
+                p.echo("every/echo").await;
             }
         }
         (
             tokio::sync::Mutex::new(direct),
+            tokio::sync::Mutex::new(relay),
+            tokio::sync::Mutex::new(journal),
             tokio::sync::Mutex::new(gwc),
-            tokio::sync::Mutex::new(basec),
+            tokio::sync::Mutex::new(procc),
         )
     });
 
@@ -306,62 +380,54 @@ fn bench(c: &mut Criterion) {
     group.bench_function("tools_call_echo/through_gateway", |b| {
         b.iter(|| rt.block_on(async { gwc.lock().await.echo("every/echo").await }))
     });
-    if base.is_some() {
-        group.bench_function("tools_call_echo/through_gateway_log_hand_off", |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    basec
-                        .lock()
-                        .await
-                        .as_mut()
-                        .unwrap()
-                        .echo("every/echo")
-                        .await
-                })
-            })
-        });
-    }
     group.finish();
 
-    // Interleaved percentiles: direct, gateway and baseline calls alternate, so drift hits all
-    // alike.
+    // Interleaved percentiles: the four paths alternate call by call, so drift hits all alike.
     let (rounds, calls) = if quick { (1, 5) } else { (5, 500) };
-    let (mut d_all, mut g_all, mut b_all) = (Vec::new(), Vec::new(), Vec::new());
+    let mut all: [Vec<Duration>; 5] = Default::default();
     rt.block_on(async {
         for _ in 0..rounds {
             for _ in 0..calls {
-                d_all.push(direct.lock().await.echo("echo").await);
-                g_all.push(gwc.lock().await.echo("every/echo").await);
-                if let Some(b) = basec.lock().await.as_mut() {
-                    b_all.push(b.echo("every/echo").await);
+                all[0].push(direct.lock().await.echo("echo").await);
+                all[1].push(relay.lock().await.echo("echo").await);
+                all[2].push(journal.lock().await.echo("echo").await);
+                all[3].push(gwc.lock().await.echo("every/echo").await);
+                if let Some(p) = procc.lock().await.as_mut() {
+                    all[4].push(p.echo("every/echo").await);
                 }
             }
         }
     });
-    d_all.sort();
-    g_all.sort();
-    b_all.sort();
-    let p = |v: &[Duration]| (us(percentile(v, 0.5)), us(percentile(v, 0.99)));
-    let ((d50, d99), (g50, g99)) = (p(&d_all), p(&g_all));
     let mut report = format!(
-        "interleaved {rounds}x{calls} tools/call echo over stdio (durable log on, {} records):\n  \
-         direct   p50 {d50:8.1} us  p99 {d99:8.1} us\n  \
-         gateway  p50 {g50:8.1} us  p99 {g99:8.1} us\n  \
-         added    p50 {:8.1} us  p99 {:8.1} us\n",
-        log.size(),
-        g50 - d50,
-        g99 - d99,
+        "interleaved {rounds}x{calls} tools/call echo over stdio (gateway's durable log: {} records)\n",
+        log.size()
     );
-    if !b_all.is_empty() {
-        let (b50, b99) = p(&b_all);
+    let mut direct_p = (0.0, 0.0);
+    for (i, name) in [
+        "direct",
+        "bare relay (floor)",
+        "relay + fdatasync (floor)",
+        "gateway",
+        "warden mcp (process)",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = &mut all[i];
+        if v.is_empty() {
+            continue;
+        }
+        v.sort();
+        let (p50, p99) = (us(percentile(v, 0.5)), us(percentile(v, 0.99)));
+        if i == 0 {
+            direct_p = (p50, p99);
+        }
         report += &format!(
-            "  baseline (log hand-off to the writer thread, a publication per commit) p50 \
-             {b50:8.1} us  p99 {b99:8.1} us, added p50 {:8.1} us  p99 {:8.1} us\n",
-            b50 - d50,
-            b99 - d99,
+            "  {name:26} p50 {p50:8.1} us  p99 {p99:8.1} us  added p50 {:8.1} us  p99 {:8.1} us\n",
+            p50 - direct_p.0,
+            p99 - direct_p.1
         );
     }
-    drop(base);
 
     // Throughput: concurrent legacy sessions over Streamable HTTP, each with its own upstream.
     let (sessions, per_session) = if quick { (2, 2) } else { (32, 100) };

@@ -758,3 +758,68 @@ fn concurrent_appends_share_frames_unless_batching_is_off() {
     let r = verify_dir(tmp.path(), &verifier(), &mut |_, _| {}).unwrap();
     assert_eq!((r.size, r.frames), (40, 40));
 }
+
+/// Waits up to `limit` for record `id` to be published (indexed); how long it took, if it was.
+fn published_within(
+    log: &Log,
+    id: &str,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if log.find_id(id).is_some() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
+
+/// An idle log publishes a commit at once; commits made less than the interval after a
+/// publication wait for the interval's end and go together, without another commit or a close
+/// to wake the publisher; after an idle interval the next commit is published at once again.
+#[test]
+fn publication_is_immediate_when_idle_and_coalesced_otherwise() {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let interval = Duration::from_secs(2);
+    let log = Log::create(
+        tmp.path(),
+        signer(),
+        LogOptions {
+            publish_interval: interval,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    log.append(record(0)).unwrap();
+    assert!(
+        published_within(&log, "rec-0", Duration::from_millis(1500)).is_some(),
+        "an idle log's commit was not published at once"
+    );
+    log.append(record(1)).unwrap();
+    log.append(record(2)).unwrap();
+    assert!(
+        published_within(&log, "rec-1", Duration::from_millis(500)).is_none(),
+        "a commit right after a publication was published before the interval"
+    );
+    assert!(
+        published_within(&log, "rec-2", Duration::from_secs(5)).is_some(),
+        "commits within the interval were never published"
+    );
+    assert!(log.find_id("rec-1").is_some());
+    std::thread::sleep(interval + Duration::from_millis(200));
+    log.append(record(3)).unwrap();
+    assert!(
+        published_within(&log, "rec-3", Duration::from_millis(1500)).is_some(),
+        "a commit after an idle interval was not published at once"
+    );
+    log.append(record(4)).unwrap();
+    log.close().unwrap();
+    let published = fs::read_to_string(tmp.path().join("tiles/checkpoint")).unwrap();
+    assert_eq!(
+        published.lines().nth(1),
+        Some("5"),
+        "close publishes what is pending: {published}"
+    );
+}
