@@ -823,3 +823,30 @@ fn publication_is_immediate_when_idle_and_coalesced_otherwise() {
         "close publishes what is pending: {published}"
     );
 }
+
+/// A verifier that read a published checkpoint just before the publisher superseded it finds
+/// that checkpoint's partial tiles deleted (as `tlog-tiles` allows) and reads the full or wider
+/// tiles in their place; a wider tile whose prefix differs still fails.
+#[test]
+fn a_superseded_checkpoint_verifies_from_the_wider_tiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fill(dir, 300, LogOptions::default());
+    let old = fs::read(dir.join("tiles/checkpoint")).unwrap();
+    let log = Log::open(dir, signer(), LogOptions::default()).unwrap();
+    for i in 300..512 {
+        log.append(record(i)).unwrap();
+    }
+    log.close().unwrap();
+    for gone in ["tile/0/001.p/44", "tile/1/000.p/1", "tile/entries/001.p/44"] {
+        assert!(!dir.join("tiles").join(gone).exists(), "{gone} was kept");
+    }
+    fs::write(dir.join("tiles/checkpoint"), &old).unwrap();
+    let report = verify_dir(dir, &verifier(), &mut |_, _| {}).unwrap();
+    assert_eq!(report.size, 512);
+
+    // The full tile standing in for `001.p/44` must start with that partial tile's hashes.
+    flip(&dir.join("tiles/tile/0/001"), 5);
+    let err = verify_dir(dir, &verifier(), &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("tile/0/001.p/44"), "{err}");
+}
