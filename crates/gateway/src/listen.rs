@@ -37,7 +37,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::config::Era;
 use crate::jsonrpc::{self, Kind};
 use crate::session::Session;
-use crate::upstream::META_SUBSCRIPTION_ID;
+use crate::upstream::{LISTEN_BUFFER, META_SUBSCRIPTION_ID};
 
 /// The acknowledgement that opens every listen stream.
 pub(crate) const ACKNOWLEDGED: &str = "notifications/subscriptions/acknowledged";
@@ -161,6 +161,53 @@ impl Listens {
         }
     }
 }
+
+/// The gateway's own listen on the servers behind a modern session, for tool changes only:
+/// it re-pins a server's tools when the server announces a change although no agent relay is
+/// open (a modern server announces only on listen streams). Nothing reaches the agent. Opened
+/// again after a server ends its stream, waiting longer each time it ends early; stops when
+/// `stop` is notified. `meta` is the `_meta` of the agent's modern request.
+pub(crate) async fn watch_tools(
+    session: Arc<Session>,
+    servers: Vec<String>,
+    meta: Value,
+    stop: Arc<Notify>,
+) {
+    // The agent asked for nothing: the relay sends only its acknowledgement and end frame.
+    let frame = json!({"jsonrpc": "2.0", "id": "dev.warden/watch", "method": "subscriptions/listen", "params": {"notifications": {}, "_meta": meta}});
+    let mut wait = WATCH_RETRY;
+    loop {
+        let (tx, mut rx) = mpsc::channel(LISTEN_BUFFER);
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let started = tokio::time::Instant::now();
+        let outcome = relay(
+            session.clone(),
+            servers.clone(),
+            frame.clone(),
+            tx,
+            stop.clone(),
+        )
+        .await;
+        drain.abort();
+        if outcome == Outcome::Cancelled {
+            return;
+        }
+        wait = if started.elapsed() > WATCH_RETRY_MAX {
+            WATCH_RETRY
+        } else {
+            (wait * 2).min(WATCH_RETRY_MAX)
+        };
+        tokio::select! {
+            () = stop.notified() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The first wait before the gateway's own listen is opened again.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait before it is opened again; a stream that lasted longer resets the wait.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Puts `frame` on the agent's sink, or says why the relay must end.
 fn send(sink: &mpsc::Sender<Value>, frame: Value) -> Result<(), Outcome> {
@@ -479,7 +526,7 @@ fn finished(id: &Value, error: Option<Value>) -> Value {
 mod tests {
     use super::*;
     use crate::authority::{Approval, Authority, AuthorityError, CallRequest, Verdict};
-    use crate::upstream::{LISTEN_BUFFER, Recorded, Upstream, UpstreamEvent};
+    use crate::upstream::{Recorded, Upstream, UpstreamEvent};
 
     /// The relay never asks for a decision; anything that does is refused.
     struct NoCalls;

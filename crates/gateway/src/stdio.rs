@@ -8,18 +8,20 @@
 //! `io.modelcontextprotocol/subscriptionId`. All relays of the face write through one channel of
 //! [`LISTEN_BUFFER`] frames in front of the pipe: an agent that stops reading its stdout makes
 //! its relays give up (each then answers its listen request with an error once there is room),
-//! not the gateway's memory grow.
+//! not the gateway's memory grow. From the first modern request on, the face also keeps the
+//! gateway's own tools-only listen open ([`crate::listen::watch_tools`]), so a server's tool
+//! change is re-pinned even while the agent holds no relay.
 
 use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::MODERN_VERSION;
 use crate::error::Error;
 use crate::jsonrpc::{self, Kind, MAX_FRAME};
-use crate::listen::{Listens, Outcome};
+use crate::listen::{Listens, Outcome, watch_tools};
 use crate::session::{Gateway, Session};
 use crate::upstream::LISTEN_BUFFER;
 
@@ -56,6 +58,8 @@ where
         }
     });
     let listens = Arc::new(Listens::default());
+    let watch = Arc::new(Notify::new());
+    let mut watching = false;
     let servers: Vec<String> = gw.config().servers.keys().cloned().collect();
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
@@ -91,6 +95,18 @@ where
         };
         let kind = jsonrpc::classify(&frame);
         let method = jsonrpc::method(&frame).unwrap_or_default();
+        if !watching && kind == Kind::Request && is_modern(&frame) {
+            watching = true;
+            // Before the watch opens any upstream connection: they follow the modern era.
+            session.adopt_modern(&frame);
+            let meta = frame.pointer("/params/_meta").cloned().unwrap_or_default();
+            tokio::spawn(watch_tools(
+                session.clone(),
+                servers.clone(),
+                meta,
+                watch.clone(),
+            ));
+        }
         if kind == Kind::Request && method == "subscriptions/listen" && is_modern(&frame) {
             listen(&listens, &session, servers.clone(), frame, &relay_tx, &tx);
             continue;
@@ -115,6 +131,7 @@ where
     }
     // The agent is gone: its relays stop (they hold the session, and with it the writer).
     listens.stop_all();
+    watch.notify_one();
     drop(relay_tx);
     drop(tx);
     drop(session);

@@ -367,3 +367,25 @@ async fn an_agent_that_stops_reading_its_stdout_loses_its_relay_not_our_memory()
     // Its place is free: the agent listens again.
     f.open("L1", json!({"toolsListChanged": true})).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modern_agent_without_a_relay_still_has_changes_re_pinned() {
+    // Modern servers announce only on listen streams, and this agent opens none: the gateway's
+    // own listen hears the change, re-pins, and tells the agent nothing unasked.
+    let mut f = Fixture::start("modern", "modern").await;
+    let r = f.call("two/mutable", json!({"text": "hi"})).await;
+    assert!(r.get("result").is_some(), "pinned and allowed: {r}");
+    let r = f.call("two/mutate", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    assert!(
+        f.flagged("two/mutable").await,
+        "no `changed` pin event without a relay"
+    );
+    let r = f.call("two/mutable", json!({"text": "hi"})).await;
+    assert_eq!(error_code(&r), Some(TOOL_CHANGED), "{r}");
+    let told = f
+        .agent
+        .frame_where(Duration::from_millis(500), |o| o.get("method").is_some())
+        .await;
+    assert!(told.is_none(), "{told:?}");
+}
