@@ -389,3 +389,46 @@ async fn a_modern_agent_without_a_relay_still_has_changes_re_pinned() {
         .await;
     assert!(told.is_none(), "{told:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_face_ends_with_its_input_although_relays_are_open() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let text = manifest("modern", "legacy", dir.path());
+    let log = TestLog::new();
+    let gw = warden_gateway::Gateway::new(
+        GatewayConfig::parse(&text).unwrap(),
+        common::authority(&text, &log),
+    )
+    .unwrap();
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let (sr, sw) = tokio::io::split(server);
+    let face = tokio::spawn(async move { warden_gateway::serve_stdio(gw, AGENT, sr, sw).await });
+    let (cr, mut cw) = tokio::io::split(client);
+    let mut lines = tokio::io::BufReader::new(cr).lines();
+    for id in ["A", "B"] {
+        let listen = json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen", "params": {"_meta": meta(), "notifications": {"toolsListChanged": true}}});
+        cw.write_all(format!("{listen}\n").as_bytes())
+            .await
+            .unwrap();
+        let ack: Value = loop {
+            let line = tokio::time::timeout(SOON, lines.next_line())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["method"] == ACK {
+                break v;
+            }
+        };
+        assert_eq!(ack["params"]["_meta"][SUB], id);
+    }
+    // The agent closes its end of the pipe: the relays, the gateway's own listen and the face
+    // all end.
+    cw.shutdown().await.unwrap();
+    drop(cw);
+    let ended = tokio::time::timeout(Duration::from_secs(10), face).await;
+    assert!(ended.is_ok(), "the face outlived its input");
+    ended.unwrap().unwrap().unwrap();
+}
