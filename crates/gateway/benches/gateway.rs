@@ -1,13 +1,16 @@
 //! Added latency of the gateway per `tools/call` (server-everything's `echo` over stdio, a native
-//! Rust client, the real kernel and the durable log), interleaved with direct calls in one run;
-//! and throughput with 32 concurrent Streamable HTTP sessions. With `WARDEN_BENCH_BASELINE=1` a
-//! second gateway, whose log hands every record to its writer thread and publishes tiles after
-//! every commit, is interleaved too (it perturbs the others: its publisher runs during their
-//! calls, so it is off by default).
+//! Rust client, the real kernel and the durable log), interleaved in one run with three
+//! baselines: the server called directly, and two floors in the gateway's place (its own thread
+//! and current-thread runtime, the same in-memory pipe to the client, its own server process):
+//! a bare line relay, and the same relay writing each request line to a file and `fdatasync`ing
+//! it before forwarding (the least any proxy that makes a record durable before the call pays
+//! on this disk). Also the throughput of 32 concurrent Streamable HTTP sessions.
 //!
 //! Full run: `cargo bench -p warden-gateway --bench gateway` (5 rounds × 500 calls each way,
 //! p50/p99 printed and written to `target/gateway-bench.txt`). `cargo test --benches` runs each
 //! part once with a handful of calls. Needs the peers (`bash scripts/install-peers`).
+//! `WARDEN_BENCH_SINK=memory` keeps the gateway's records in memory instead of the log, to tell
+//! the log's share from the rest (not a configuration Warden offers).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -128,49 +131,24 @@ fn manifest(dir: &std::path::Path) -> String {
     )
 }
 
-/// A sink that hands every record to the log's writer thread and waits to be woken by it (the
-/// path before inline commits): the baseline of the same run. `WARDEN_BENCH_BASELINE_INLINE=1`
-/// gives the baseline inline commits too (to tell the two changes apart).
-struct HandOff(warden_log::LogWriter);
+/// `WARDEN_BENCH_SINK=memory`: records are kept in memory, not made durable (to tell the log's
+/// share of the added latency from the rest of the gateway's; not a configuration Warden offers).
+struct Memory(std::sync::Mutex<Vec<Vec<u8>>>);
 
-impl RecordSink for HandOff {
+impl RecordSink for Memory {
     fn append(&self, entry: &[u8]) -> Result<(), String> {
-        self.0
-            .submit(entry.to_vec())
-            .and_then(warden_log::Ticket::wait)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.0.lock().unwrap().push(entry.to_vec());
+        Ok(())
     }
 
     fn submit(&self, entry: Vec<u8>) -> RecordAck {
-        match self.0.submit(entry) {
-            Ok(ticket) => {
-                Box::pin(async move { ticket.await.map(|_| ()).map_err(|e| e.to_string()) })
-            }
-            Err(e) => Box::pin(std::future::ready(Err(e.to_string()))),
-        }
+        self.0.lock().unwrap().push(entry);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
-/// The log's options: the defaults, or for the baseline a publication after every commit (as
-/// before publications were coalesced). `WARDEN_BENCH_PUBLISH_MS=N` sets the interval of both.
-fn log_options(baseline: bool) -> warden_log::LogOptions {
-    let mut o = warden_log::LogOptions::default();
-    if baseline {
-        o.publish_interval = Duration::ZERO;
-    }
-    if let Some(ms) = std::env::var("WARDEN_BENCH_PUBLISH_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        o.publish_interval = Duration::from_millis(ms);
-    }
-    o
-}
-
-/// The gateway with the real kernel and a durable log in `dir`; `hand_off` makes it the
-/// baseline (its sink and its log's options).
-fn gateway(dir: &std::path::Path, hand_off: bool) -> (Arc<Gateway>, warden_log::Log) {
+/// The gateway with the real kernel and a durable log in `dir`.
+fn gateway(dir: &std::path::Path) -> (Arc<Gateway>, warden_log::Log) {
     std::fs::create_dir_all(dir).unwrap();
     let text = manifest(dir);
     let m = warden_kernel::Manifest::from_toml_str(&text).unwrap();
@@ -185,12 +163,12 @@ fn gateway(dir: &std::path::Path, hand_off: bool) -> (Arc<Gateway>, warden_log::
         &dir.join("log"),
         "warden.bench/gateway",
         &mut warden_log::os_entropy,
-        log_options(hand_off),
+        warden_log::LogOptions::default(),
     )
     .unwrap();
-    let hand_off = hand_off && std::env::var_os("WARDEN_BENCH_BASELINE_INLINE").is_none();
-    let sink: Arc<dyn RecordSink> = if hand_off {
-        Arc::new(HandOff(log.writer()))
+    let sink: Arc<dyn RecordSink> = if std::env::var("WARDEN_BENCH_SINK").as_deref() == Ok("memory")
+    {
+        Arc::new(Memory(std::sync::Mutex::new(Vec::new())))
     } else {
         Arc::new(log.writer())
     };
@@ -219,22 +197,207 @@ fn gateway_runtime() -> tokio::runtime::Runtime {
     b.enable_all().build().unwrap()
 }
 
-/// Starts `gw`'s stdio face on its own thread and runtime (as in its own process; only the
-/// pipe to the agent is an in-memory duplex) and returns an initialized client.
-async fn stdio_client(
-    gw: Arc<Gateway>,
-) -> Client<
+type DuplexClient = Client<
     tokio::io::ReadHalf<tokio::io::DuplexStream>,
     tokio::io::WriteHalf<tokio::io::DuplexStream>,
-> {
+>;
+
+/// Starts server-everything over stdio, killed when the child handle is dropped.
+fn everything() -> tokio::process::Child {
+    tokio::process::Command::new(peers().join("node/node_modules/.bin/mcp-server-everything"))
+        .arg("stdio")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A floor in the gateway's place: a bare line relay between `input`/`output` (the client) and
+/// its own server process. With `journal`, each line from the client is first written to that
+/// file (pre-filled with zeros, as the log's reserve is) and `fdatasync`ed on the relay's thread
+/// before it is forwarded, as the log's inline commit does.
+async fn relay(
+    input: impl AsyncRead + Unpin,
+    mut output: impl AsyncWrite + Unpin + Send + 'static,
+    journal: Option<PathBuf>,
+) {
+    use std::os::unix::fs::FileExt as _;
+    let mut child = everything();
+    let (mut up_w, up_r) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let back = tokio::spawn(async move {
+        let mut up_r = BufReader::new(up_r);
+        let mut line = Vec::new();
+        while up_r.read_until(b'\n', &mut line).await.unwrap() > 0 {
+            output.write_all(&line).await.unwrap();
+            line.clear();
+        }
+    });
+    let file = journal.map(|path| {
+        let f = std::fs::File::create(path).unwrap();
+        f.write_all_at(&vec![0; 16 << 20], 0).unwrap();
+        f.sync_all().unwrap();
+        f
+    });
+    let (mut input, mut line, mut at) = (BufReader::new(input), Vec::new(), 0u64);
+    while input.read_until(b'\n', &mut line).await.unwrap() > 0 {
+        if let Some(f) = &file {
+            f.write_all_at(&line, at % (15 << 20)).unwrap();
+            f.sync_data().unwrap();
+            at += line.len() as u64;
+        }
+        up_w.write_all(&line).await.unwrap();
+        line.clear();
+    }
+    back.abort();
+    drop(child);
+}
+
+/// The relay on its own thread and current-thread runtime (as the stdio face runs in the
+/// bench), behind an in-memory pipe.
+async fn relay_client(journal: Option<PathBuf>) -> DuplexClient {
     let (client, server) = tokio::io::duplex(1 << 20);
-    let (sr, sw) = tokio::io::split(server);
     std::thread::spawn(move || {
-        let rt = gateway_runtime();
-        rt.block_on(async move { serve_stdio(gw, AGENT, sr, sw).await })
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (sr, sw) = tokio::io::split(server);
+        rt.block_on(relay(sr, sw, journal));
     });
     let (cr, cw) = tokio::io::split(client);
     let mut c = Client::new(cr, cw);
+    c.initialize().await;
+    c
+}
+
+/// Set in the environment of this bench binary re-executed as a relay process (the value names
+/// its journal file).
+const RELAY_PROCESS: &str = "WARDEN_BENCH_RELAY_PROCESS";
+
+/// This binary, re-executed as the relay + `fdatasync` floor in a process of its own (as
+/// `warden mcp` runs), over real pipes.
+async fn relay_process_client(
+    journal: &std::path::Path,
+) -> Client<tokio::process::ChildStdout, tokio::process::ChildStdin> {
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .env(RELAY_PROCESS, journal)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    std::mem::forget(child); // killed with the process at the end of the bench
+    c.initialize().await;
+    c
+}
+
+/// Runs the relay process on standard input and output (non-blocking pipes, as `warden mcp`
+/// reads them), then exits.
+fn serve_relay_process(journal: PathBuf) -> ! {
+    use std::os::fd::AsFd as _;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let input = tokio::net::unix::pipe::Receiver::from_owned_fd(
+            std::io::stdin().as_fd().try_clone_to_owned().unwrap(),
+        )
+        .unwrap();
+        let output = tokio::net::unix::pipe::Sender::from_owned_fd(
+            std::io::stdout().as_fd().try_clone_to_owned().unwrap(),
+        )
+        .unwrap();
+        relay(input, output, Some(journal)).await;
+    });
+    std::process::exit(0)
+}
+
+/// `warden mcp` itself (the binary in `WARDEN_BENCH_BIN`) as the client's server process, on
+/// a configuration of its own in `dir` (same manifest, durable log, a fresh signing key).
+async fn process_client(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+) -> Client<tokio::process::ChildStdout, tokio::process::ChildStdin> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    let mut key = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("keys/cert.key"))
+        .unwrap();
+    std::io::Write::write_all(&mut key, hex::encode(seed).as_bytes()).unwrap();
+    let text = manifest(dir).replacen(
+        "[agents.bench]",
+        "[certificates]\nsigning_key = \"keys/cert.key\"\n[agents.bench]",
+        1,
+    );
+    let text = text.replacen("[gateway]", "[gateway]\nlog = \"log\"", 1);
+    std::fs::write(dir.join("warden.toml"), text).unwrap();
+    let mut child = tokio::process::Command::new(bin)
+        .arg("mcp")
+        .arg("--config")
+        .arg(dir.join("warden.toml"))
+        .args(["--agent", "bench"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    std::mem::forget(child); // killed with the process at the end of the bench
+    c.initialize().await;
+    c.request("tools/list", json!({})).await;
+    c
+}
+
+/// Starts `gw`'s stdio face on its own thread and runtime (as in its own process; only the
+/// pipe to the agent is an in-memory duplex) and returns an initialized client.
+async fn stdio_client(gw: Arc<Gateway>) -> DuplexClient {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let (sr, sw) = tokio::io::split(server);
+    std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || {
+            let rt = gateway_runtime();
+            rt.block_on(async move { serve_stdio(gw, AGENT, sr, sw).await })
+        })
+        .unwrap();
+    let (cr, cw) = tokio::io::split(client);
+    let mut c = Client::new(cr, cw);
+    c.initialize().await;
+    c.request("tools/list", json!({})).await;
+    c
+}
+
+type PipeClient = Client<tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Sender>;
+
+/// As [`stdio_client`], over two OS pipes instead of the in-memory one.
+async fn stdio_pipe_client(gw: Arc<Gateway>) -> PipeClient {
+    use tokio::net::unix::pipe;
+    let (to_gw_r, to_gw_w) = std::io::pipe().unwrap();
+    let (from_gw_r, from_gw_w) = std::io::pipe().unwrap();
+    std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || {
+            let rt = gateway_runtime();
+            rt.block_on(async move {
+                let input = pipe::Receiver::from_owned_fd(to_gw_r.into()).unwrap();
+                let output = pipe::Sender::from_owned_fd(from_gw_w.into()).unwrap();
+                serve_stdio(gw, AGENT, input, output).await
+            })
+        })
+        .unwrap();
+    let mut c = Client::new(
+        pipe::Receiver::from_owned_fd(from_gw_r.into()).unwrap(),
+        pipe::Sender::from_owned_fd(to_gw_w.into()).unwrap(),
+    );
     c.initialize().await;
     c.request("tools/list", json!({})).await;
     c
@@ -250,6 +413,9 @@ fn us(d: Duration) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
+    if let Some(journal) = std::env::var_os(RELAY_PROCESS) {
+        serve_relay_process(journal.into());
+    }
     // `cargo bench` passes `--bench`; `cargo test --benches` (CI) does not: a quick run then.
     let quick = !std::env::args().any(|a| a == "--bench");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -258,43 +424,42 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (gw, log) = gateway(&dir.path().join("inline"), false);
-    // `WARDEN_BENCH_BASELINE=1`: a second gateway of the previous path, in the same run.
-    let base = std::env::var_os("WARDEN_BENCH_BASELINE")
-        .is_some()
-        .then(|| gateway(&dir.path().join("hand-off"), true));
+    let (gw, log) = gateway(&dir.path().join("gateway"));
 
-    let (direct, gwc, basec) = rt.block_on(async {
-        let mut child = tokio::process::Command::new(
-            peers().join("node/node_modules/.bin/mcp-server-everything"),
-        )
-        .arg("stdio")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (direct, relay, journal, gwc, procc) = rt.block_on(async {
+        let mut child = everything();
         let mut direct = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
         direct.initialize().await;
         std::mem::forget(child); // killed with the process at the end of the bench
+        let mut relay = relay_client(None).await;
+        let mut journal = relay_client(Some(dir.path().join("journal"))).await;
         let mut gwc = stdio_client(gw.clone()).await;
-        let mut basec = match &base {
-            Some((g, _)) => Some(stdio_client(g.clone()).await),
+        let mut procc = match std::env::var_os("WARDEN_BENCH_BIN") {
+            Some(bin) => Some((
+                stdio_pipe_client(gw.clone()).await,
+                relay_process_client(&dir.path().join("journal-process")).await,
+                process_client(bin.as_ref(), &dir.path().join("process")).await,
+            )),
             None => None,
         };
         // Warm all paths (JIT of the node servers, kernel's first compile of the tool).
         for _ in 0..20 {
             direct.echo("echo").await;
+            relay.echo("echo").await;
+            journal.echo("echo").await;
             gwc.echo("every/echo").await;
-            if let Some(b) = basec.as_mut() {
-                b.echo("every/echo").await;
+            if let Some((g, r, p)) = procc.as_mut() {
+                g.echo("every/echo").await;
+                r.echo("echo").await;
+                p.echo("every/echo").await;
             }
         }
         (
             tokio::sync::Mutex::new(direct),
+            tokio::sync::Mutex::new(relay),
+            tokio::sync::Mutex::new(journal),
             tokio::sync::Mutex::new(gwc),
-            tokio::sync::Mutex::new(basec),
+            tokio::sync::Mutex::new(procc),
         )
     });
 
@@ -306,62 +471,88 @@ fn bench(c: &mut Criterion) {
     group.bench_function("tools_call_echo/through_gateway", |b| {
         b.iter(|| rt.block_on(async { gwc.lock().await.echo("every/echo").await }))
     });
-    if base.is_some() {
-        group.bench_function("tools_call_echo/through_gateway_log_hand_off", |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    basec
-                        .lock()
-                        .await
-                        .as_mut()
-                        .unwrap()
-                        .echo("every/echo")
-                        .await
-                })
-            })
-        });
-    }
     group.finish();
 
-    // Interleaved percentiles: direct, gateway and baseline calls alternate, so drift hits all
-    // alike.
+    // One call on path `$i` (see `NAMES`); `None` when that path is not set up.
+    macro_rules! call {
+        ($i:expr) => {
+            async {
+                match $i {
+                    0 => Some(direct.lock().await.echo("echo").await),
+                    1 => Some(relay.lock().await.echo("echo").await),
+                    2 => Some(journal.lock().await.echo("echo").await),
+                    3 => Some(gwc.lock().await.echo("every/echo").await),
+                    i => match procc.lock().await.as_mut() {
+                        Some((g, _, _)) if i == 4 => Some(g.echo("every/echo").await),
+                        Some((_, r, _)) if i == 5 => Some(r.echo("echo").await),
+                        Some((_, _, p)) if i == 6 => Some(p.echo("every/echo").await),
+                        _ => None,
+                    },
+                }
+            }
+        };
+    }
+    const NAMES: [&str; 7] = [
+        "direct",
+        "bare relay (floor)",
+        "relay + fdatasync (floor)",
+        "gateway",
+        "gateway, OS pipes",
+        "relay + fdatasync, process",
+        "warden mcp (process)",
+    ];
     let (rounds, calls) = if quick { (1, 5) } else { (5, 500) };
-    let (mut d_all, mut g_all, mut b_all) = (Vec::new(), Vec::new(), Vec::new());
+    // Rounds of blocks: each path makes `calls` calls in turn, `rounds` times over, so drift
+    // hits all alike while each path runs warm within its block (as one agent's calls do).
+    let mut blocks: [Vec<Duration>; 7] = Default::default();
+    // Call by call: direct and gateway alternate, each call finding the caches the other left.
+    let mut alternating: [Vec<Duration>; 2] = Default::default();
     rt.block_on(async {
         for _ in 0..rounds {
-            for _ in 0..calls {
-                d_all.push(direct.lock().await.echo("echo").await);
-                g_all.push(gwc.lock().await.echo("every/echo").await);
-                if let Some(b) = basec.lock().await.as_mut() {
-                    b_all.push(b.echo("every/echo").await);
+            for (i, v) in blocks.iter_mut().enumerate() {
+                for _ in 0..calls {
+                    v.extend(call!(i).await);
                 }
+            }
+            for _ in 0..calls {
+                alternating[0].extend(call!(0).await);
+                alternating[1].extend(call!(3).await);
             }
         }
     });
-    d_all.sort();
-    g_all.sort();
-    b_all.sort();
-    let p = |v: &[Duration]| (us(percentile(v, 0.5)), us(percentile(v, 0.99)));
-    let ((d50, d99), (g50, g99)) = (p(&d_all), p(&g_all));
     let mut report = format!(
-        "interleaved {rounds}x{calls} tools/call echo over stdio (durable log on, {} records):\n  \
-         direct   p50 {d50:8.1} us  p99 {d99:8.1} us\n  \
-         gateway  p50 {g50:8.1} us  p99 {g99:8.1} us\n  \
-         added    p50 {:8.1} us  p99 {:8.1} us\n",
-        log.size(),
-        g50 - d50,
-        g99 - d99,
+        "tools/call echo over stdio, {rounds} rounds of {calls} calls a path (the gateway's durable log: {} records)\n\
+         blocks (each path {calls} calls in turn):\n",
+        log.size()
     );
-    if !b_all.is_empty() {
-        let (b50, b99) = p(&b_all);
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        (us(percentile(v, 0.5)), us(percentile(v, 0.99)))
+    };
+    let base = stats(&mut blocks[0]);
+    for (name, v) in NAMES.iter().zip(blocks.iter_mut()) {
+        if v.is_empty() {
+            continue;
+        }
+        let (p50, p99) = stats(v);
         report += &format!(
-            "  baseline (log hand-off to the writer thread, a publication per commit) p50 \
-             {b50:8.1} us  p99 {b99:8.1} us, added p50 {:8.1} us  p99 {:8.1} us\n",
-            b50 - d50,
-            b99 - d99,
+            "  {name:26} p50 {p50:8.1} us  p99 {p99:8.1} us  added p50 {:8.1} us  p99 {:8.1} us\n",
+            p50 - base.0,
+            p99 - base.1
         );
     }
-    drop(base);
+    let (d, g) = (stats(&mut alternating[0]), stats(&mut alternating[1]));
+    report += &format!(
+        "alternating call by call (direct, gateway):\n  \
+         direct p50 {:8.1} us  p99 {:8.1} us; gateway p50 {:8.1} us  p99 {:8.1} us; \
+         added p50 {:8.1} us  p99 {:8.1} us\n",
+        d.0,
+        d.1,
+        g.0,
+        g.1,
+        g.0 - d.0,
+        g.1 - d.1
+    );
 
     // Throughput: concurrent legacy sessions over Streamable HTTP, each with its own upstream.
     let (sessions, per_session) = if quick { (2, 2) } else { (32, 100) };

@@ -102,6 +102,45 @@ pub struct Upstream {
     timeout: Duration,
     /// Tool → (argument, header) pairs mirrored into `Mcp-Param-*` headers (modern HTTP).
     param_headers: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// The task reading a legacy HTTP session's GET stream; ended when the connection goes.
+    session_stream: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Upstream {
+    /// The session ends with its connection: its GET stream closes, and a legacy HTTP server is
+    /// told (DELETE) that the session it assigned is no longer needed.
+    fn drop(&mut self) {
+        if let Some(task) = self.session_stream.get_mut().ok().and_then(std::mem::take) {
+            task.abort();
+        }
+        if self.era.get_mut().map(|e| *e).unwrap_or(Era::Legacy) != Era::Legacy {
+            return;
+        }
+        let Transport::Http {
+            client,
+            url,
+            session_id,
+        } = &mut self.transport
+        else {
+            return;
+        };
+        let Some(sid) = session_id.get_mut().ok().and_then(std::mem::take) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let request = client
+            .delete(url.as_str())
+            .header("mcp-session-id", sid)
+            .header("mcp-protocol-version", LEGACY_VERSION)
+            .timeout(SESSION_DELETE_TIMEOUT)
+            .send();
+        // Best effort: a server that misses it expires the session on its own.
+        runtime.spawn(async move {
+            let _ = request.await;
+        });
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -159,6 +198,9 @@ impl Upstream {
             }
             (None, Some(url)) => Transport::Http {
                 client: reqwest::Client::builder()
+                    // A session stream idles for hours: a server that vanished without closing
+                    // the connection must still end it (then the stream is reopened or given up).
+                    .tcp_keepalive(SESSION_STREAM_KEEPALIVE)
                     .build()
                     .map_err(|e| upstream_err(name, e))?,
                 url: url.clone(),
@@ -177,6 +219,7 @@ impl Upstream {
             events,
             timeout: Duration::from_secs(cfg.gateway.upstream_timeout_secs),
             param_headers: Mutex::default(),
+            session_stream: Mutex::default(),
         });
         up.open(server.era, prefer_modern).await?;
         Ok(up)
@@ -402,7 +445,41 @@ impl Upstream {
         })?;
         self.set_info(result);
         self.notify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await
+            .await?;
+        self.open_session_stream();
+        Ok(())
+    }
+
+    /// Opens the GET stream of a legacy HTTP session, on which the server sends what belongs to
+    /// no request: list-changed and other notifications, server→client requests. Its frames are
+    /// routed as those of a stdio server's pipe. Nothing to do for stdio, or for a server that
+    /// assigned no session (there is no session for a stream to belong to).
+    fn open_session_stream(&self) {
+        let Transport::Http {
+            client,
+            url,
+            session_id,
+        } = &self.transport
+        else {
+            return;
+        };
+        let Some(sid) = session_id.lock().ok().and_then(|s| s.clone()) else {
+            return;
+        };
+        let stream = SessionStream {
+            server: self.name.clone(),
+            client: client.clone(),
+            url: url.clone(),
+            session_id: sid,
+            pending: self.pending.clone(),
+            events: self.events.clone(),
+        };
+        let task = tokio::spawn(stream.run()).abort_handle();
+        if let Ok(mut slot) = self.session_stream.lock()
+            && let Some(old) = slot.replace(task)
+        {
+            old.abort();
+        }
     }
 
     fn set_era(&self, era: Era) {
@@ -644,6 +721,7 @@ impl Upstream {
             events,
             timeout: Duration::from_secs(1),
             param_headers: Mutex::default(),
+            session_stream: Mutex::default(),
         })
     }
 
@@ -818,6 +896,161 @@ const LISTEN_MAX_FRAME: usize = 64 * 1024;
 
 /// The `_meta` key naming the listen stream a notification belongs to.
 pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// How long the first reconnection of a session stream waits (doubling after each attempt that
+/// got nothing, up to [`SESSION_STREAM_MAX_BACKOFF`]), unless the server asked for longer.
+const SESSION_STREAM_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The longest wait between two attempts to (re)open a session stream.
+const SESSION_STREAM_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How many attempts in a row may get nothing (no event, not open for
+/// [`SESSION_STREAM_HEALTHY`]) before the gateway stops asking for a session stream.
+const SESSION_STREAM_ATTEMPTS: u32 = 6;
+
+/// A session stream that stayed open this long was healthy, even if it carried nothing.
+const SESSION_STREAM_HEALTHY: Duration = Duration::from_secs(30);
+
+/// How long a server may take to answer the GET that opens its session stream.
+const SESSION_STREAM_CONNECT: Duration = Duration::from_secs(30);
+
+/// TCP keepalive of HTTP upstream connections (probes after this much idle time).
+const SESSION_STREAM_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// How long the DELETE that ends an upstream session may take.
+const SESSION_DELETE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The GET stream of one legacy Streamable HTTP session (2025-11-25, "Listening for Messages
+/// from the Server"). It holds no reference to its [`Upstream`]: the connection aborts it when
+/// it goes, which closes the HTTP connection.
+struct SessionStream {
+    server: String,
+    client: reqwest::Client,
+    url: String,
+    session_id: String,
+    pending: Pending,
+    events: mpsc::UnboundedSender<UpstreamEvent>,
+}
+
+/// How one attempt at the session stream ended.
+#[derive(Debug, PartialEq, Eq)]
+enum StreamEnd {
+    /// The stream ran and ended (or broke) after it carried events or stayed open a while:
+    /// reconnect promptly, resuming after the last event.
+    Dropped,
+    /// Nothing came of the attempt (refused, conflict, error, ended at once): back off.
+    Failed,
+    /// 405: the server offers no session stream. Not an error, and not asked again.
+    NotOffered,
+    /// No stream now or later: 404 (the session is gone), or a frame over the size limit.
+    Over(&'static str),
+}
+
+impl SessionStream {
+    /// Opens the stream and keeps it open while the session lives: a dropped stream is resumed
+    /// with `Last-Event-ID`, with a growing wait between attempts that get nothing and a bound on
+    /// how many may fail in a row.
+    async fn run(self) {
+        let mut last_id: Option<String> = None;
+        let mut retry_hint: Option<Duration> = None;
+        let mut failures = 0u32;
+        loop {
+            let end = self.attempt(&mut last_id, &mut retry_hint).await;
+            let base = retry_hint
+                .unwrap_or(SESSION_STREAM_BACKOFF)
+                .clamp(SESSION_STREAM_BACKOFF, SESSION_STREAM_MAX_BACKOFF);
+            let wait = match end {
+                StreamEnd::NotOffered => return,
+                StreamEnd::Over(why) => {
+                    self.report(why);
+                    return;
+                }
+                StreamEnd::Dropped => {
+                    failures = 0;
+                    base
+                }
+                StreamEnd::Failed => {
+                    failures += 1;
+                    if failures >= SESSION_STREAM_ATTEMPTS {
+                        self.report("no stream after repeated attempts");
+                        return;
+                    }
+                    base.saturating_mul(1 << failures.min(8))
+                        .min(SESSION_STREAM_MAX_BACKOFF)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One GET: reads the stream until it ends, routing every frame.
+    async fn attempt(
+        &self,
+        last_id: &mut Option<String>,
+        retry_hint: &mut Option<Duration>,
+    ) -> StreamEnd {
+        let mut req = self
+            .client
+            .get(self.url.as_str())
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", self.session_id.as_str())
+            .header("mcp-protocol-version", LEGACY_VERSION);
+        if let Some(id) = last_id.as_deref() {
+            req = req.header("last-event-id", id);
+        }
+        let Ok(Ok(mut resp)) = tokio::time::timeout(SESSION_STREAM_CONNECT, req.send()).await
+        else {
+            return StreamEnd::Failed;
+        };
+        match resp.status() {
+            reqwest::StatusCode::METHOD_NOT_ALLOWED => return StreamEnd::NotOffered,
+            reqwest::StatusCode::NOT_FOUND => return StreamEnd::Over("the session ended"),
+            s if !s.is_success() || !is_sse(&resp) => return StreamEnd::Failed,
+            _ => {}
+        }
+        let opened = tokio::time::Instant::now();
+        let mut parser = crate::sse::SseParser::new();
+        let mut carried = false;
+        loop {
+            let Ok(Some(chunk)) = resp.chunk().await else {
+                break;
+            };
+            let Ok(events) = parser.push(&chunk) else {
+                return StreamEnd::Over("a frame over the size limit");
+            };
+            // Like the last event id, the server's reconnection time outlives the connection.
+            if let Some(ms) = parser.retry_ms() {
+                *retry_hint = Some(Duration::from_millis(ms));
+            }
+            if let Some(id) = parser.last_event_id()
+                && last_id.as_deref() != Some(id)
+            {
+                *last_id = Some(id.to_owned());
+                carried = true;
+            }
+            for event in events {
+                carried = true;
+                if let Ok(frame) = serde_json::from_str::<Value>(&event) {
+                    route(&self.server, frame, &self.pending, &self.events);
+                }
+            }
+        }
+        if carried || opened.elapsed() >= SESSION_STREAM_HEALTHY {
+            StreamEnd::Dropped
+        } else {
+            StreamEnd::Failed
+        }
+    }
+
+    fn report(&self, why: &str) {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "warden gateway: upstream `{}`: session stream closed: {why}",
+            self.server
+        );
+    }
+}
 
 /// Moves an HTTP listen stream's frames to `tx` until the server or the reader ends it. Waits
 /// for the reader when `tx` is full: the server's socket fills, memory does not.

@@ -9,7 +9,6 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -113,6 +112,9 @@ struct Committed {
 struct SlotState {
     result: Option<Result<Committed, LogError>>,
     waker: Option<Waker>,
+    /// A thread blocks in [`Ticket::wait`]: only then is the condition variable notified (a
+    /// notification is a system call even with nobody waiting, on every commit).
+    blocked: bool,
 }
 
 #[derive(Default)]
@@ -130,7 +132,9 @@ impl Slot {
         if let Some(w) = st.waker.take() {
             w.wake();
         }
-        self.ready.notify_all();
+        if st.blocked {
+            self.ready.notify_all();
+        }
     }
 }
 
@@ -176,6 +180,7 @@ impl Ticket {
                 if let Some(r) = st.result.take() {
                     break r;
                 }
+                st.blocked = true;
                 st = self
                     .slot
                     .ready
@@ -233,6 +238,69 @@ struct Queue {
 struct Published {
     records: Vec<Vec<u8>>,
     checkpoint: Arc<SignedCheckpoint>,
+}
+
+/// Commits waiting for the publisher. A commit wakes the publisher only when it sleeps with
+/// nothing to do; while it waits out the interval between publications, commits just add to
+/// the batch. (A channel would wake the publisher thread at every commit, a system call on the
+/// committing thread and a thread competing for a CPU right when the call goes upstream.)
+#[derive(Default)]
+struct PublishQueue {
+    state: Mutex<PublishState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct PublishState {
+    pending: Vec<Published>,
+    /// The publisher sleeps until a commit comes.
+    idle: bool,
+    /// No more commits: publish what is pending and stop.
+    closed: bool,
+}
+
+impl PublishQueue {
+    fn send(&self, published: Published) {
+        let mut st = self.state.lock().unwrap_or_else(lock_poisoned);
+        st.pending.push(published);
+        if st.idle {
+            st.idle = false;
+            self.wake.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(lock_poisoned).closed = true;
+        self.wake.notify_one();
+    }
+
+    /// The next batch: waits for a commit, then until `not_before` (unless closed) gathering
+    /// what else is committed; `None` once closed with nothing pending.
+    fn next_batch(&self, not_before: Option<Instant>) -> Option<Vec<Published>> {
+        let mut st = self.state.lock().unwrap_or_else(lock_poisoned);
+        while st.pending.is_empty() {
+            if st.closed {
+                return None;
+            }
+            st.idle = true;
+            st = self.wake.wait(st).unwrap_or_else(lock_poisoned);
+        }
+        st.idle = false;
+        if let Some(at) = not_before {
+            loop {
+                let now = Instant::now();
+                if now >= at || st.closed {
+                    break;
+                }
+                st = self
+                    .wake
+                    .wait_timeout(st, at - now)
+                    .unwrap_or_else(lock_poisoned)
+                    .0;
+            }
+        }
+        Some(std::mem::take(&mut st.pending))
+    }
 }
 
 struct Shared {
@@ -295,7 +363,7 @@ impl Shared {
                     }));
                 }
                 if let Some(p) = &writer.publish {
-                    let _ = p.send(Published {
+                    p.send(Published {
                         records,
                         checkpoint,
                     });
@@ -368,7 +436,9 @@ impl Shared {
                         // reserve is read as the end at the next open all the same).
                         drop(q);
                         let mut w = self.writer.lock().unwrap_or_else(lock_poisoned);
-                        w.publish = None;
+                        if let Some(p) = w.publish.take() {
+                            p.close();
+                        }
                         let _ = w.seg.trim();
                         return;
                     }
@@ -655,12 +725,7 @@ impl Log {
         })?;
         let seg = SegmentFile::open(&last_path, last_first, last_len)?;
 
-        let (ptx, prx) = if options.publish {
-            let (t, r) = mpsc::channel::<Published>();
-            (Some(t), Some(r))
-        } else {
-            (None, None)
-        };
+        let publish_queue = options.publish.then(|| Arc::new(PublishQueue::default()));
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             verifier,
@@ -680,13 +745,13 @@ impl Log {
                 signer,
                 seg,
                 options,
-                publish: ptx,
+                publish: publish_queue.clone(),
                 frames_written: 0,
             }),
         });
 
-        let publisher = match prx {
-            Some(prx) => {
+        let publisher = match publish_queue {
+            Some(queue) => {
                 let interval = shared
                     .writer
                     .lock()
@@ -698,7 +763,7 @@ impl Log {
                 Some(
                     std::thread::Builder::new()
                         .name("warden-log-publish".into())
-                        .spawn(move || publisher_loop(&sh, tiles, &prx, interval))
+                        .spawn(move || publisher_loop(&sh, tiles, &queue, interval))
                         .map_err(|e| LogError::io("starting the publisher thread", e))?,
                 )
             }
@@ -941,7 +1006,7 @@ struct Writer {
     signer: NoteSigner,
     seg: SegmentFile,
     options: LogOptions,
-    publish: Option<Sender<Published>>,
+    publish: Option<Arc<PublishQueue>>,
     frames_written: u64,
 }
 
@@ -1156,7 +1221,7 @@ fn rewrite_id_index(shared: &Shared) -> Result<(), LogError> {
 fn publisher_loop(
     shared: &Shared,
     mut tiles: TileWriter,
-    rx: &Receiver<Published>,
+    queue: &PublishQueue,
     interval: Duration,
 ) {
     let index_path = id_index_path(&shared.dir);
@@ -1166,25 +1231,9 @@ fn publisher_loop(
         .open(&index_path)
         .ok();
     let mut last_published: Option<Instant> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        // Coalesce what is committed until the interval since the last publication is over
-        // (at once when the log was idle that long); the channel closing ends the wait.
-        if let Some(next) = last_published.map(|t| t + interval) {
-            loop {
-                let now = Instant::now();
-                if now >= next {
-                    break;
-                }
-                match rx.recv_timeout(next - now) {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
-                }
-            }
-        }
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
+    // Coalesce what is committed until the interval since the last publication is over (at
+    // once when the log was idle that long); closing ends the wait.
+    while let Some(batch) = queue.next_batch(last_published.map(|t| t + interval)) {
         last_published = Some(Instant::now());
         if shared
             .publish_error

@@ -758,3 +758,95 @@ fn concurrent_appends_share_frames_unless_batching_is_off() {
     let r = verify_dir(tmp.path(), &verifier(), &mut |_, _| {}).unwrap();
     assert_eq!((r.size, r.frames), (40, 40));
 }
+
+/// Waits up to `limit` for record `id` to be published (indexed); how long it took, if it was.
+fn published_within(
+    log: &Log,
+    id: &str,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if log.find_id(id).is_some() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
+
+/// An idle log publishes a commit at once; commits made less than the interval after a
+/// publication wait for the interval's end and go together, without another commit or a close
+/// to wake the publisher; after an idle interval the next commit is published at once again.
+#[test]
+fn publication_is_immediate_when_idle_and_coalesced_otherwise() {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let interval = Duration::from_secs(2);
+    let log = Log::create(
+        tmp.path(),
+        signer(),
+        LogOptions {
+            publish_interval: interval,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    log.append(record(0)).unwrap();
+    assert!(
+        published_within(&log, "rec-0", Duration::from_millis(1500)).is_some(),
+        "an idle log's commit was not published at once"
+    );
+    log.append(record(1)).unwrap();
+    log.append(record(2)).unwrap();
+    assert!(
+        published_within(&log, "rec-1", Duration::from_millis(500)).is_none(),
+        "a commit right after a publication was published before the interval"
+    );
+    assert!(
+        published_within(&log, "rec-2", Duration::from_secs(5)).is_some(),
+        "commits within the interval were never published"
+    );
+    assert!(log.find_id("rec-1").is_some());
+    std::thread::sleep(interval + Duration::from_millis(200));
+    log.append(record(3)).unwrap();
+    assert!(
+        published_within(&log, "rec-3", Duration::from_millis(1500)).is_some(),
+        "a commit after an idle interval was not published at once"
+    );
+    log.append(record(4)).unwrap();
+    log.close().unwrap();
+    let published = fs::read_to_string(tmp.path().join("tiles/checkpoint")).unwrap();
+    assert_eq!(
+        published.lines().nth(1),
+        Some("5"),
+        "close publishes what is pending: {published}"
+    );
+}
+
+/// A verifier that read a published checkpoint just before the publisher superseded it finds
+/// that checkpoint's partial tiles deleted (as `tlog-tiles` allows) and reads the full or wider
+/// tiles in their place; a wider tile whose prefix differs still fails.
+#[test]
+fn a_superseded_checkpoint_verifies_from_the_wider_tiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fill(dir, 300, LogOptions::default());
+    let old = fs::read(dir.join("tiles/checkpoint")).unwrap();
+    let log = Log::open(dir, signer(), LogOptions::default()).unwrap();
+    for i in 300..512 {
+        log.append(record(i)).unwrap();
+    }
+    log.close().unwrap();
+    for gone in ["tile/0/001.p/44", "tile/1/000.p/1", "tile/entries/001.p/44"] {
+        assert!(!dir.join("tiles").join(gone).exists(), "{gone} was kept");
+    }
+    fs::write(dir.join("tiles/checkpoint"), &old).unwrap();
+    let report = verify_dir(dir, &verifier(), &mut |_, _| {}).unwrap();
+    assert_eq!(report.size, 512);
+
+    // The full tile standing in for `001.p/44` must start with that partial tile's hashes.
+    flip(&dir.join("tiles/tile/0/001"), 5);
+    let err = verify_dir(dir, &verifier(), &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("tile/0/001.p/44"), "{err}");
+}
