@@ -47,7 +47,7 @@ fn manifest(one: &str, two: &str, dir: &std::path::Path) -> String {
          [gateway]\npins = \"{}\"\nupstream_timeout_secs = 30\n\
          [gateway.eras]\none = \"{one}\"\ntwo = \"{two}\"\n{}{}\
          [[allow]]\nid = \"all\"\nagents = [\"a\"]\n\
-         tools = [\"one/mutate\", \"one/mutable\", \"two/mutate\", \"two/mutable\"]\n",
+         tools = [\"one/mutate\", \"one/mutable\", \"two/mutate\", \"two/mutable\", \"two/quit\"]\n",
         dir.join("pins.json").display(),
         server("one"),
         server("two"),
@@ -98,7 +98,12 @@ impl Fixture {
     /// A modern `tools/call` and its response.
     async fn call(&mut self, name: &str, arguments: Value) -> Value {
         let id = self.send_call(name, arguments).await;
-        self.agent.response(id).await
+        // Looks among the frames set aside too: a response may have been read while waiting
+        // for something else.
+        self.agent
+            .frame_where(SOON, |o| o["id"] == id && o.get("method").is_none())
+            .await
+            .unwrap_or_else(|| panic!("no response to call {id}"))
     }
 
     /// Sends a modern `subscriptions/listen` with request id `id`.
@@ -431,4 +436,31 @@ async fn the_face_ends_with_its_input_although_relays_are_open() {
     let ended = tokio::time::timeout(Duration::from_secs(10), face).await;
     assert!(ended.is_ok(), "the face outlived its input");
     ended.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_exits_ends_the_agents_stream_and_a_re_listen_is_served() {
+    let mut f = Fixture::start("modern", "modern").await;
+    f.open("L1", json!({"toolsListChanged": true})).await;
+    // `two` exits: its listen stream ends unanswered, so must the agent's (with an error).
+    let id = f.send_call("two/quit", json!({})).await;
+    let end = f
+        .answer("L1", SOON)
+        .await
+        .unwrap_or_else(|| panic!("the stream outlived its server: {:?}", f.agent.other));
+    assert!(end.get("error").is_some(), "{end}");
+    // The call got an answer too (it may have come first).
+    let quit = f
+        .agent
+        .frame_where(SOON, |o| o["id"] == id && o.get("method").is_none())
+        .await;
+    assert!(
+        quit.is_some(),
+        "the call to the exiting server was not answered"
+    );
+    // The agent re-listens: served by the server still there.
+    f.open("L2", json!({"toolsListChanged": true})).await;
+    let r = f.call("one/mutate", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    assert!(f.changed("L2", SOON).await.is_some());
 }
