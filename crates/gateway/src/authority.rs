@@ -23,8 +23,9 @@ pub struct CallRequest {
     pub server: String,
     /// Tool name on that server.
     pub tool: String,
-    /// The pinned definition of the tool (its `inputSchema` drives strict argument parsing).
-    pub definition: Value,
+    /// The pinned definition of the tool (its `inputSchema` drives strict argument parsing);
+    /// shared with the session's tool view, not copied per call.
+    pub definition: std::sync::Arc<Value>,
     /// `sha256:<hex>` of the pinned definition.
     pub definition_hash: String,
     /// The arguments exactly as they will be forwarded (a JSON object).

@@ -130,7 +130,7 @@ impl Gateway {
 /// What the session knows about one tool.
 #[derive(Debug, Clone)]
 struct ToolEntry {
-    definition: Value,
+    definition: Arc<Value>,
     hash: String,
     changed: Option<(String, String)>,
 }
@@ -529,6 +529,7 @@ impl Session {
             }
         }
         let mut visible = Vec::new();
+        let mut entries = HashMap::new();
         for def in tools {
             let Some(name) = def.get("name").and_then(Value::as_str).map(str::to_owned) else {
                 continue;
@@ -560,16 +561,21 @@ impl Session {
                 }
                 visible.push(shown);
             }
-            if let Ok(mut t) = self.tools.lock() {
-                t.insert(
-                    k,
-                    ToolEntry {
-                        definition: def,
-                        hash,
-                        changed,
-                    },
-                );
-            }
+            entries.insert(
+                k,
+                ToolEntry {
+                    definition: Arc::new(def),
+                    hash,
+                    changed,
+                },
+            );
+        }
+        // The server's view is replaced in one step: a call looking its tool up meanwhile sees
+        // the old listing or the new one, never none (which would read as an unknown tool).
+        if let Ok(mut t) = self.tools.lock() {
+            let prefix = format!("{server}/");
+            t.retain(|k, _| !k.starts_with(&prefix));
+            t.extend(entries);
         }
         Ok(visible)
     }
@@ -577,10 +583,13 @@ impl Session {
     /// `server` announced that its tools changed: re-lists them at once, so that changed
     /// definitions are flagged (and refused) before the agent re-fetches the list.
     pub(crate) async fn tools_changed(&self, server: &str) {
-        if let Ok(mut t) = self.tools.lock() {
-            t.retain(|k, _| !k.starts_with(&format!("{server}/")));
+        if self.list_server(server).await.is_err() {
+            // Not re-listed, so not re-checked against the pins: the old view goes (fail
+            // closed), and the next call lists again.
+            if let Ok(mut t) = self.tools.lock() {
+                t.retain(|k, _| !k.starts_with(&format!("{server}/")));
+            }
         }
-        let _ = self.list_server(server).await;
     }
 
     /// Change notifications of servers whose connection has no listen stream (legacy era).
@@ -659,7 +668,7 @@ impl Session {
         out
     }
 
-    async fn tools_call(self: &Arc<Self>, frame: Value) -> Value {
+    async fn tools_call(self: &Arc<Self>, mut frame: Value) -> Value {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);
         let Some(name) = frame.pointer("/params/name").and_then(Value::as_str) else {
             return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "missing tool name", None);
@@ -700,9 +709,10 @@ impl Session {
                 Some(json!({"rules": ["tool-pin"], "pinned": pinned, "observed": observed})),
             );
         }
+        // Moved out of the frame: `forward_call` puts back exactly what was decided.
         let arguments = frame
-            .pointer("/params/arguments")
-            .cloned()
+            .pointer_mut("/params/arguments")
+            .map(Value::take)
             .unwrap_or_else(|| json!({}));
         let Some(args) = arguments.as_object() else {
             return jsonrpc::error(
@@ -738,8 +748,8 @@ impl Session {
             tool: tool.clone(),
             definition: entry.definition.clone(),
             definition_hash: entry.hash.clone(),
-            arguments: arguments.clone(),
-            labels: labels.clone(),
+            arguments,
+            labels,
             intent,
             refusal: None,
         };
