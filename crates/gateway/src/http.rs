@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use crate::auth::BearerVerifier;
 use crate::error::Error;
 use crate::jsonrpc::{self, Kind};
+use crate::listen::{Listens, Refusal};
 use crate::session::{Gateway, Session};
 use crate::tls::Peer;
 use crate::{LEGACY_VERSIONS, MODERN_VERSION, SUPPORTED_VERSIONS};
@@ -50,9 +51,8 @@ pub struct HttpFace {
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
     /// Implicit sessions of modern agents, by identity.
     modern: Mutex<HashMap<String, Arc<Session>>>,
-    /// Open `subscriptions/listen` relays, by (agent, request id as JSON text): how to stop one
-    /// when its agent cancels the request.
-    listens: Mutex<HashMap<(String, String), Arc<tokio::sync::Notify>>>,
+    /// Open `subscriptions/listen` relays.
+    listens: Arc<Listens>,
 }
 
 impl std::fmt::Debug for HttpFace {
@@ -84,7 +84,7 @@ impl HttpFace {
             verifier,
             sessions: Mutex::default(),
             modern: Mutex::default(),
-            listens: Mutex::default(),
+            listens: Arc::default(),
         }))
     }
 
@@ -194,51 +194,17 @@ impl HttpFace {
     }
 
     /// Answers a modern `subscriptions/listen` with the relay's event stream (see `listen.rs`).
-    fn listen(self: &Arc<Self>, session: Arc<Session>, agent: &str, frame: Value) -> Response {
-        let key = (
-            agent.to_owned(),
-            frame.get("id").cloned().unwrap_or(Value::Null).to_string(),
-        );
-        let stop = Arc::new(tokio::sync::Notify::new());
-        {
-            let mut listens = self
-                .listens
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if listens.keys().filter(|(a, _)| a == agent).count() >= MAX_LISTENS_PER_AGENT {
-                return rpc_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    frame.get("id").cloned().unwrap_or(Value::Null),
-                    jsonrpc::INTERNAL_ERROR,
-                    &format!("at most {MAX_LISTENS_PER_AGENT} open listen streams per agent"),
-                    None,
-                );
-            }
-            if listens.contains_key(&key) {
-                // Ids of requests in flight are unique; a reused one would also slip past the cap.
-                return rpc_error(
-                    StatusCode::BAD_REQUEST,
-                    frame.get("id").cloned().unwrap_or(Value::Null),
-                    jsonrpc::INVALID_REQUEST,
-                    &format!("request id `{}` names an open listen stream", key.1),
-                    None,
-                );
-            }
-            listens.insert(key.clone(), stop.clone());
-        }
+    fn listen(&self, session: Arc<Session>, frame: Value) -> Response {
+        let id = frame.get("id").cloned().unwrap_or(Value::Null);
         let (tx, rx) = mpsc::channel(crate::upstream::LISTEN_BUFFER);
         let servers = self.gw.config().servers.keys().cloned().collect();
-        let face = self.clone();
-        tokio::spawn(async move {
-            crate::listen::relay(session, servers, frame, tx, stop.clone()).await;
-            let mut listens = face
-                .listens
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if listens.get(&key).is_some_and(|s| Arc::ptr_eq(s, &stop)) {
-                listens.remove(&key);
-            }
-        });
+        if let Err(refusal) = self.listens.open(session, servers, frame, tx) {
+            let code = match refusal {
+                Refusal::TooMany => StatusCode::TOO_MANY_REQUESTS,
+                Refusal::Reused(_) => StatusCode::BAD_REQUEST,
+            };
+            return (code, axum::Json(refusal.to_error(id))).into_response();
+        }
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             let frame = rx.recv().await?;
             let text = format!(
@@ -248,19 +214,6 @@ impl HttpFace {
             Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), rx))
         });
         sse_response(Body::from_stream(stream))
-    }
-
-    /// Stops the listen relay a `notifications/cancelled` of `agent` names; false if none.
-    fn cancel_listen(&self, agent: &str, frame: &Value) -> bool {
-        let Some(request) = frame.pointer("/params/requestId") else {
-            return false;
-        };
-        let stop = self
-            .listens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(agent.to_owned(), request.to_string()));
-        stop.inspect(|s| s.notify_one()).is_some()
     }
 
     fn modern_session(&self, agent: &str) -> Arc<Session> {
@@ -485,11 +438,11 @@ async fn post_mcp(
             if !header_str(&headers, "accept").is_some_and(|a| a.contains("text/event-stream")) {
                 return StatusCode::NOT_ACCEPTABLE.into_response();
             }
-            return face.listen(session, &agent, frame);
+            return face.listen(session, frame);
         }
         if method == "notifications/cancelled"
             && kind == Kind::Notification
-            && face.cancel_listen(&agent, &frame)
+            && face.listens.cancel(&agent, &frame)
         {
             return StatusCode::ACCEPTED.into_response();
         }
@@ -617,10 +570,6 @@ async fn respond(
     }
     sse(rx, Some(first))
 }
-
-/// How many `subscriptions/listen` streams one agent may hold open at once (each holds upstream
-/// streams and bounded buffers).
-const MAX_LISTENS_PER_AGENT: usize = 16;
 
 /// MCP 2026-07-28: the request needs a client capability it did not declare.
 const MISSING_CAPABILITY: i64 = -32021;

@@ -1171,9 +1171,10 @@ impl Session {
                 }
                 if crate::listen::is_change(method) {
                     let _ = self.changes.send((server.clone(), frame.clone()));
-                    if self.out.is_closed() {
-                        // No session stream (a modern agent over HTTP): change notifications
-                        // travel on its listen streams only, never on a request's stream.
+                    if self.out.is_closed() || self.modern.lock().map(|m| *m).unwrap_or(false) {
+                        // A modern agent gets change notifications on its listen streams only
+                        // (it asked for their kinds there), never unsolicited: not on a
+                        // request's stream over HTTP, not on the pipe over stdio.
                         return;
                     }
                 }

@@ -2,16 +2,28 @@
 //!
 //! One line, one JSON-RPC frame. Requests are handled concurrently, so a long call neither
 //! blocks a cancellation nor the agent's answer to a server→client request.
+//!
+//! A modern agent's `subscriptions/listen` opens the same relay as on the HTTP face (see
+//! `listen.rs`); its frames share the pipe with everything else, told apart by
+//! `io.modelcontextprotocol/subscriptionId`. All relays of the face write through one channel of
+//! [`LISTEN_BUFFER`] frames in front of the pipe: an agent that stops reading its stdout makes
+//! its relays give up (each then answers its listen request with an error once there is room),
+//! not the gateway's memory grow. From the first modern request on, the face also keeps the
+//! gateway's own tools-only listen open ([`crate::listen::watch_tools`]), so a server's tool
+//! change is re-pinned even while the agent holds no relay.
 
 use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
+use crate::MODERN_VERSION;
 use crate::error::Error;
-use crate::jsonrpc::{self, MAX_FRAME};
+use crate::jsonrpc::{self, Kind, MAX_FRAME};
+use crate::listen::{Listens, Outcome, watch_tools};
 use crate::session::{Gateway, Session};
+use crate::upstream::LISTEN_BUFFER;
 
 /// Serves one agent on `input`/`output` as `agent` until the input ends.
 pub async fn serve_stdio<R, W>(
@@ -25,10 +37,17 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    // Relay frames only: bounded, so a relay notices an agent that stopped reading.
+    let (relay_tx, mut relay_rx) = mpsc::channel::<Value>(LISTEN_BUFFER);
     let session = Session::new(&gw, agent, Vec::new(), tx.clone());
     let writer = tokio::spawn(async move {
         let mut output = output;
-        while let Some(frame) = rx.recv().await {
+        loop {
+            let frame = tokio::select! {
+                Some(frame) = rx.recv() => frame,
+                Some(frame) = relay_rx.recv() => frame,
+                else => break,
+            };
             let Ok(mut bytes) = serde_json::to_vec(&frame) else {
                 continue;
             };
@@ -38,6 +57,10 @@ where
             }
         }
     });
+    let listens = Arc::new(Listens::default());
+    let watch = Arc::new(Notify::new());
+    let mut watching = false;
+    let servers: Vec<String> = gw.config().servers.keys().cloned().collect();
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
     loop {
@@ -70,9 +93,33 @@ where
                 continue;
             }
         };
+        let kind = jsonrpc::classify(&frame);
+        let method = jsonrpc::method(&frame).unwrap_or_default();
+        if !watching && kind == Kind::Request && is_modern(&frame) {
+            watching = true;
+            // Before the watch opens any upstream connection: they follow the modern era.
+            session.adopt_modern(&frame);
+            let meta = frame.pointer("/params/_meta").cloned().unwrap_or_default();
+            tokio::spawn(watch_tools(
+                session.clone(),
+                servers.clone(),
+                meta,
+                watch.clone(),
+            ));
+        }
+        if kind == Kind::Request && method == "subscriptions/listen" && is_modern(&frame) {
+            listen(&listens, &session, servers.clone(), frame, &relay_tx, &tx);
+            continue;
+        }
+        if kind == Kind::Notification
+            && method == "notifications/cancelled"
+            && listens.cancel(session.agent(), &frame)
+        {
+            continue;
+        }
         let session = session.clone();
         let tx = tx.clone();
-        if jsonrpc::classify(&frame) == jsonrpc::Kind::Request {
+        if kind == Kind::Request {
             tokio::spawn(async move {
                 if let Some(resp) = session.handle(frame).await {
                     let _ = tx.send(resp);
@@ -82,8 +129,56 @@ where
             let _ = tx.send(resp);
         }
     }
+    // The agent is gone: its relays stop (they hold the session, and with it the writer).
+    listens.stop_all();
+    watch.notify_one();
+    drop(relay_tx);
     drop(tx);
     drop(session);
     let _ = writer.await;
     Ok(())
+}
+
+/// Whether a request names the modern revision (any other named revision is refused by the
+/// session with the supported list; none at all is a legacy agent's request, passed through).
+fn is_modern(frame: &Value) -> bool {
+    frame
+        .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+        .and_then(Value::as_str)
+        == Some(MODERN_VERSION)
+}
+
+/// Opens a relay for the listen request `frame` on the face's relay channel; a refusal, or the
+/// news that the agent fell behind, is answered on the pipe like any response.
+fn listen(
+    listens: &Arc<Listens>,
+    session: &Arc<Session>,
+    servers: Vec<String>,
+    frame: Value,
+    relay_tx: &mpsc::Sender<Value>,
+    tx: &mpsc::UnboundedSender<Value>,
+) {
+    // The session (and the upstream connections the relay opens) follow the modern era.
+    session.adopt_modern(&frame);
+    let id = frame.get("id").cloned().unwrap_or(Value::Null);
+    match listens.open(session.clone(), servers, frame, relay_tx.clone()) {
+        Ok(relay) => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok(Outcome::Overrun) = relay.await {
+                    let _ = tx.send(jsonrpc::error(
+                        id,
+                        jsonrpc::INTERNAL_ERROR,
+                        &format!(
+                            "the agent fell {LISTEN_BUFFER} frames behind on its listen stream; listen again"
+                        ),
+                        None,
+                    ));
+                }
+            });
+        }
+        Err(refusal) => {
+            let _ = tx.send(refusal.to_error(id));
+        }
+    }
 }

@@ -356,6 +356,24 @@ impl Upstream {
             if let Ok(mut p) = pending.lock() {
                 p.clear();
             }
+            // And end its listen streams (each channel has another sender, which waits for the
+            // listener to go: dropping ours would leave the listener waiting for ever).
+            let subs = pending
+                .subscriptions
+                .lock()
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default();
+            for (id, tx) in subs {
+                // Waits for room behind a full buffer; fails at once if the listener is gone.
+                let _ = tx
+                    .send(jsonrpc::error(
+                        json!(id),
+                        jsonrpc::UPSTREAM_ERROR,
+                        &format!("upstream `{server_name}`: the server exited"),
+                        None,
+                    ))
+                    .await;
+            }
         });
     }
 

@@ -59,8 +59,18 @@ impl Agent {
         authority: Arc<dyn Authority>,
         agent: &str,
     ) -> (Self, Arc<Gateway>) {
+        Self::start_with_pipe(cfg, authority, agent, 1 << 20).await
+    }
+
+    /// As [`Agent::start`], over pipes that hold `pipe_bytes` unread bytes each way.
+    pub async fn start_with_pipe(
+        cfg: GatewayConfig,
+        authority: Arc<dyn Authority>,
+        agent: &str,
+        pipe_bytes: usize,
+    ) -> (Self, Arc<Gateway>) {
         let gw = Gateway::new(cfg, authority).unwrap();
-        let (client, server) = tokio::io::duplex(1 << 20);
+        let (client, server) = tokio::io::duplex(pipe_bytes);
         let (sr, sw) = tokio::io::split(server);
         let gw2 = gw.clone();
         let agent = agent.to_owned();
@@ -105,6 +115,31 @@ impl Agent {
             let v: Value = serde_json::from_str(&line).unwrap();
             if v.get("id") == Some(&json!(id)) && v.get("method").is_none() {
                 return v;
+            }
+            self.other.push(v);
+        }
+    }
+
+    /// The next frame from the gateway (kept ones first) for which `wanted` holds, within
+    /// `wait`; frames read on the way are kept in `other`. `None` if none came in time.
+    pub async fn frame_where(
+        &mut self,
+        wait: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        if let Some(at) = self.other.iter().position(&wanted) {
+            return Some(self.other.remove(at));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.r.next_line())
+                .await
+                .ok()?
+                .unwrap()
+                .expect("gateway still open");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if wanted(&v) {
+                return Some(v);
             }
             self.other.push(v);
         }

@@ -1,8 +1,9 @@
 """A Streamable HTTP MCP server (the real Python SDK) whose tool `mutable` changes its
 description when `mutate` is called, announcing it to `subscriptions/listen` streams (and, in
-the 2025-11-25 era, on the session).
+the 2025-11-25 era, on the session); `quit` exits the process.
 Usage: python mutable_server.py PORT (Streamable HTTP) | stdio"""
 
+import os
 import sys
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -25,6 +26,13 @@ async def mutate(ctx: Context) -> str:
     await ctx.notify_tools_changed()  # listen streams (2026-07-28)
     await ctx.session.send_tool_list_changed()  # the session (2025-11-25); dropped when modern
     return "mutated"
+
+
+@mcp.tool()
+async def quit() -> str:
+    """Exits the server at once (its connections, and their listen streams, end unanswered)."""
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
