@@ -133,6 +133,8 @@ struct ToolEntry {
     definition: Arc<Value>,
     hash: String,
     changed: Option<(String, String)>,
+    /// The server announced a tool change since this listing: the next call re-lists first.
+    stale: bool,
 }
 
 /// A request's own stream: (sequence, progress token, sink).
@@ -567,6 +569,7 @@ impl Session {
                     definition: Arc::new(def),
                     hash,
                     changed,
+                    stale: false,
                 },
             );
         }
@@ -584,10 +587,20 @@ impl Session {
     /// definitions are flagged (and refused) before the agent re-fetches the list.
     pub(crate) async fn tools_changed(&self, server: &str) {
         if self.list_server(server).await.is_err() {
-            // Not re-listed, so not re-checked against the pins: the old view goes (fail
-            // closed), and the next call lists again.
-            if let Ok(mut t) = self.tools.lock() {
-                t.retain(|k, _| !k.starts_with(&format!("{server}/")));
+            // Not re-listed, so not re-checked against the pins: the next call lists again
+            // first (and fails if it cannot).
+            self.mark_stale(server);
+        }
+    }
+
+    /// Marks `server`'s tools as announced changed: a call re-lists them before it is decided.
+    /// (Removing them instead would let a call that just listed find its tool gone and be told
+    /// it does not exist.)
+    fn mark_stale(&self, server: &str) {
+        if let Ok(mut t) = self.tools.lock() {
+            let prefix = format!("{server}/");
+            for (_, e) in t.iter_mut().filter(|(k, _)| k.starts_with(&prefix)) {
+                e.stale = true;
             }
         }
     }
@@ -631,7 +644,7 @@ impl Session {
     ) -> Result<Option<ToolEntry>, Error> {
         let k = key(server, tool);
         let known = self.tools.lock().ok().and_then(|t| t.get(&k).cloned());
-        if known.is_some() {
+        if known.as_ref().is_some_and(|e| !e.stale) {
             return Ok(known);
         }
         self.list_server_with(server, meta).await?;
@@ -1157,10 +1170,8 @@ impl Session {
             UpstreamEvent::Notification { server, frame } => {
                 let method = jsonrpc::method(&frame).unwrap_or_default();
                 if method == "notifications/tools/list_changed" {
-                    // Forget the server's tools: the next call re-lists and re-checks pins.
-                    if let Ok(mut t) = self.tools.lock() {
-                        t.retain(|k, _| !k.starts_with(&format!("{server}/")));
-                    }
+                    // The next call re-lists and re-checks pins first.
+                    self.mark_stale(&server);
                 }
                 if method == "notifications/tasks/status" {
                     let mut frame = frame;
