@@ -178,7 +178,21 @@ pub(crate) async fn watch_tools(
     let mut wait = WATCH_RETRY;
     loop {
         let (tx, mut rx) = mpsc::channel(LISTEN_BUFFER);
-        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let (watched, names) = (session.clone(), servers.clone());
+        let drain = tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if jsonrpc::method(&frame) == Some(ACKNOWLEDGED) {
+                    // A change made before the stream was open was announced to nobody: once
+                    // every server listens, re-list them all (notifications are level triggers).
+                    let (watched, names) = (watched.clone(), names.clone());
+                    tokio::spawn(async move {
+                        for server in &names {
+                            watched.tools_changed(server).await;
+                        }
+                    });
+                }
+            }
+        });
         let started = tokio::time::Instant::now();
         let outcome = relay(
             session.clone(),

@@ -148,7 +148,7 @@ pub struct Session {
     delegation: Vec<String>,
     /// Messages to the agent that are not responses to its requests.
     out: mpsc::UnboundedSender<Value>,
-    upstreams: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
+    upstreams: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Upstream>>>>>,
     events: mpsc::UnboundedSender<UpstreamEvent>,
     tools: Mutex<HashMap<String, ToolEntry>>,
     taint: Mutex<TaintIndex>,
@@ -207,7 +207,7 @@ impl Session {
             agent: agent.to_owned(),
             delegation,
             out,
-            upstreams: tokio::sync::Mutex::default(),
+            upstreams: Mutex::default(),
             events,
             tools: Mutex::default(),
             taint: Mutex::default(),
@@ -239,10 +239,12 @@ impl Session {
 
     /// Attaches an already open upstream connection (replay uses recorded ones).
     pub(crate) async fn attach(&self, server: &str, upstream: Arc<Upstream>) {
-        self.upstreams
-            .lock()
-            .await
-            .insert(server.to_owned(), upstream);
+        if let Ok(mut ups) = self.upstreams.lock() {
+            ups.insert(
+                server.to_owned(),
+                Arc::new(tokio::sync::OnceCell::new_with(Some(upstream))),
+            );
+        }
     }
 
     /// The sender upstream connections report their own messages to.
@@ -461,21 +463,32 @@ impl Session {
         })
     }
 
-    /// The session's connection to `server`, opened on first use.
+    /// The session's connection to `server`, opened on first use. Each server has its own
+    /// cell: callers for one server wait for its single connection attempt, never for another
+    /// server's start (a slow or unreachable server must not hold up calls to the others). A
+    /// failed attempt leaves the cell empty, so the next caller tries again.
     pub(crate) async fn upstream(&self, server: &str) -> Result<Arc<Upstream>, Error> {
-        let mut ups = self.upstreams.lock().await;
-        if let Some(up) = ups.get(server) {
-            return Ok(up.clone());
-        }
-        let caps = self
-            .client_caps
+        let cell = self
+            .upstreams
             .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default();
-        let modern = self.modern.lock().map(|m| *m).unwrap_or(false);
-        let up = Upstream::connect(&self.gw.cfg, server, caps, modern, self.events.clone()).await?;
-        ups.insert(server.to_owned(), up.clone());
-        Ok(up)
+            .map_err(|_| Error::Upstream {
+                server: server.to_owned(),
+                reason: "connection table poisoned".into(),
+            })?
+            .entry(server.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            let caps = self
+                .client_caps
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default();
+            let modern = self.modern.lock().map(|m| *m).unwrap_or(false);
+            Upstream::connect(&self.gw.cfg, server, caps, modern, self.events.clone()).await
+        })
+        .await
+        .cloned()
     }
 
     /// Lists `server`'s tools (all pages), pins them, refreshes the session's view.
@@ -1137,8 +1150,11 @@ impl Session {
                 }
             }
             Some("notifications/roots/list_changed") => {
-                let ups: Vec<Arc<Upstream>> =
-                    self.upstreams.lock().await.values().cloned().collect();
+                let ups: Vec<Arc<Upstream>> = self
+                    .upstreams
+                    .lock()
+                    .map(|u| u.values().filter_map(|c| c.get().cloned()).collect())
+                    .unwrap_or_default();
                 for up in ups {
                     let _ = up.notify(frame.clone()).await;
                 }
