@@ -15,10 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    TestLog, authority_with_tools, call, error_code, free_port, meta, peers, tool_specs,
-    wait_listening,
-};
+use common::{TestLog, authority_with_tools, call, error_code, meta, peers, tool_specs};
 use serde_json::{Value, json};
 use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 
@@ -26,22 +23,8 @@ const SUB: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// A Python upstream on a free port; returns it (killed on drop) and its `/mcp` URL.
 async fn start_upstream(program: PathBuf, args: &[String]) -> (tokio::process::Child, String) {
-    assert!(
-        program.exists(),
-        "`{}` missing: run `bash scripts/install-peers`",
-        program.display()
-    );
-    let port = free_port();
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .arg(port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_listening(port).await;
-    (child, format!("http://127.0.0.1:{port}/mcp"))
+    let (child, base) = common::start_http_server(&program, args).await;
+    (child, format!("{base}/mcp"))
 }
 
 async fn everything_server() -> (tokio::process::Child, String) {

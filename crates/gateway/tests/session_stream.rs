@@ -37,30 +37,16 @@ struct Upstream {
 impl Upstream {
     async fn start(offer_stream: bool) -> Self {
         let python = peers().join("mcp-everything/venv/bin/python");
-        assert!(
-            python.exists(),
-            "`{}` missing: run `bash scripts/install-peers`",
-            python.display()
-        );
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/session_stream_server.py");
-        let port = free_port();
-        let mut cmd = tokio::process::Command::new(python);
-        cmd.arg(script);
+        let mut args = vec![script.display().to_string()];
         if !offer_stream {
-            cmd.arg("--no-get");
+            args.push("--no-get".into());
         }
-        let child = cmd
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        wait_listening(port).await;
+        let (child, base) = common::start_http_server(&python, &args).await;
         Self {
             _child: child,
-            base: format!("http://127.0.0.1:{port}"),
+            base,
         }
     }
 
@@ -103,6 +89,15 @@ fn manifest(url: &str, dir: &std::path::Path) -> String {
          [[allow]]\nid = \"all\"\nagents = [\"a\"]\ntools = [\"up/*\"]\n",
         dir.join("pins.json").display()
     )
+}
+
+/// A real upstream (`get`: whether it offers a session stream), a log, and the configuration of
+/// a gateway in front of the upstream (its pins in the returned directory).
+async fn setup(get: bool) -> (Upstream, tempfile::TempDir, Arc<TestLog>, String) {
+    let up = Upstream::start(get).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = manifest(&up.url(), dir.path());
+    (up, dir, TestLog::new(), text)
 }
 
 fn gateway(text: &str, log: &TestLog) -> Arc<Gateway> {
@@ -214,10 +209,7 @@ fn pinned(log: &TestLog, status: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_stream_reaches_a_stdio_agent_and_the_change_is_re_pinned_at_once() {
-    let up = Upstream::start(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = TestLog::new();
-    let text = manifest(&up.url(), dir.path());
+    let (up, _dir, log, text) = setup(true).await;
     let (mut a, _face) = StdioAgent::start(gateway(&text, &log)).await;
 
     let r = a.call("up/mutable", json!({"text": "hi"})).await;
@@ -273,10 +265,7 @@ async fn the_session_stream_reaches_a_stdio_agent_and_the_change_is_re_pinned_at
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_session_stream_is_resumed_after_its_last_event() {
-    let up = Upstream::start(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = TestLog::new();
-    let text = manifest(&up.url(), dir.path());
+    let (up, _dir, log, text) = setup(true).await;
     let (mut a, _face) = StdioAgent::start(gateway(&text, &log)).await;
     // An event on the stream first, so the gateway has an id to resume after.
     let (r, seen) = a
@@ -303,10 +292,7 @@ async fn a_dropped_session_stream_is_resumed_after_its_last_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_closes_and_the_upstream_session_ends_when_the_agent_goes() {
-    let up = Upstream::start(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = TestLog::new();
-    let text = manifest(&up.url(), dir.path());
+    let (up, _dir, log, text) = setup(true).await;
     let (mut a, face) = StdioAgent::start(gateway(&text, &log)).await;
     let r = a.call("up/mutable", json!({"text": "hi"})).await;
     assert!(r.get("result").is_some(), "{r}");
@@ -336,10 +322,7 @@ async fn the_stream_closes_and_the_upstream_session_ends_when_the_agent_goes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_a_session_stream_still_serves_and_is_asked_once() {
-    let up = Upstream::start(false).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = TestLog::new();
-    let text = manifest(&up.url(), dir.path());
+    let (up, _dir, log, text) = setup(false).await;
     let (mut a, _face) = StdioAgent::start(gateway(&text, &log)).await;
     let r = a.call("up/mutable", json!({"text": "hi"})).await;
     assert_eq!(r["result"]["content"][0]["text"], "hi", "{r}");
@@ -448,10 +431,7 @@ impl HttpAgent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_stream_reaches_an_http_agent_and_ends_with_its_delete() {
-    let up = Upstream::start(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = TestLog::new();
-    let text = manifest(&up.url(), dir.path());
+    let (up, _dir, log, text) = setup(true).await;
     let face = HttpFace::new(gateway(&text, &log)).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", l.local_addr().unwrap());
@@ -613,10 +593,7 @@ async fn a_frame_over_the_limit_ends_the_stream_for_good() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_modern_listener_gets_the_changes_of_a_legacy_http_upstream() {
-    let up = Upstream::start(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = TestLog::new();
-    let text = manifest(&up.url(), dir.path());
+    let (_up, _dir, log, text) = setup(true).await;
     let face = HttpFace::new(gateway(&text, &log)).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", l.local_addr().unwrap());

@@ -356,6 +356,30 @@ pub async fn wait_listening(port: u16) {
     panic!("server on port {port} did not start");
 }
 
+/// Starts `program args… PORT` (an MCP server over Streamable HTTP) on a free loopback port and
+/// waits until it listens; returns it (killed on drop) and its base URL `http://127.0.0.1:PORT`.
+pub async fn start_http_server(
+    program: &std::path::Path,
+    args: &[String],
+) -> (tokio::process::Child, String) {
+    assert!(
+        program.exists(),
+        "`{}` missing: run `bash scripts/install-peers`",
+        program.display()
+    );
+    let port = free_port();
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(port).await;
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
 /// One stateless 2026-07-28 request over Streamable HTTP with the MCP headers; returns the
 /// response (the frame with `id` when the answer is an event stream).
 pub async fn call(url: &str, id: Value, method: &str, mut params: Value) -> Value {
