@@ -505,20 +505,21 @@ impl CertificateVerifier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
-    fn text() -> impl Strategy<Value = String> {
+    /// Any string, or a short one of the characters JSON escaping and our formats care about.
+    pub(crate) fn text() -> impl Strategy<Value = String> {
         prop_oneof![any::<String>(), "[a-z:/._ \"\\\\-]{0,12}"]
     }
 
-    fn opt_text() -> impl Strategy<Value = Option<String>> {
+    pub(crate) fn opt_text() -> impl Strategy<Value = Option<String>> {
         proptest::option::of(text())
     }
 
-    fn texts() -> impl Strategy<Value = Vec<String>> {
+    pub(crate) fn texts() -> impl Strategy<Value = Vec<String>> {
         proptest::collection::vec(text(), 0..4)
     }
 

@@ -189,20 +189,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::cert::tests::{opt_text, text, texts};
     use crate::json::canonical_bytes;
     use crate::{CertSigningKey, CertificateClaims, CertifiedTool};
-
-    fn text() -> impl Strategy<Value = String> {
-        prop_oneof![any::<String>(), "[a-z:/._ \"\\\\-]{0,12}"]
-    }
-
-    fn opt_text() -> impl Strategy<Value = Option<String>> {
-        proptest::option::of(text())
-    }
-
-    fn texts() -> impl Strategy<Value = Vec<String>> {
-        proptest::collection::vec(text(), 0..4)
-    }
 
     fn certificate(strings: &[String], labels: &BTreeMap<String, Vec<String>>) -> CallCertificate {
         let s = |i: usize| strings.get(i).cloned().unwrap_or_default();
