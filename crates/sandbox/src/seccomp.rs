@@ -154,6 +154,24 @@ fn errno(e: i32) -> u32 {
     RET_ERRNO | (u32::try_from(e).unwrap_or(1) & 0xffff)
 }
 
+/// The start of every filter: kill a process calling through another architecture, load the
+/// syscall number, and on x86_64 refuse the x32 ABI (`EPERM`).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn prologue() -> Vec<sock_filter> {
+    let mut p = vec![
+        stmt(BPF_LD_W_ABS, OFFSET_ARCH),
+        jump(BPF_JEQ_K, AUDIT_ARCH, 1, 0),
+        stmt(BPF_RET_K, RET_KILL_PROCESS),
+        stmt(BPF_LD_W_ABS, OFFSET_NR),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    p.extend([
+        jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(BPF_RET_K, errno(libc::EPERM)),
+    ]);
+    p
+}
+
 /// Builds the filter program, or `None` on an architecture this crate has no syscall table for.
 ///
 /// After the architecture and x32 checks, the syscall number is looked up in a binary search
@@ -168,17 +186,7 @@ pub(crate) fn program() -> Option<Vec<sock_filter>> {
     }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        let mut p = vec![
-            stmt(BPF_LD_W_ABS, OFFSET_ARCH),
-            jump(BPF_JEQ_K, AUDIT_ARCH, 1, 0),
-            stmt(BPF_RET_K, RET_KILL_PROCESS),
-            stmt(BPF_LD_W_ABS, OFFSET_NR),
-        ];
-        #[cfg(target_arch = "x86_64")]
-        p.extend([
-            jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
-            stmt(BPF_RET_K, errno(libc::EPERM)),
-        ]);
+        let mut p = prologue();
         let mut rules = rules()?;
         rules.sort_by_key(|(nr, _)| *nr);
         // INVARIANT: one rule per number (a second one would silently never apply).
@@ -332,17 +340,7 @@ mod tests {
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         {
             let nr = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-            let mut p = vec![
-                stmt(BPF_LD_W_ABS, OFFSET_ARCH),
-                jump(BPF_JEQ_K, AUDIT_ARCH, 1, 0),
-                stmt(BPF_RET_K, RET_KILL_PROCESS),
-                stmt(BPF_LD_W_ABS, OFFSET_NR),
-            ];
-            #[cfg(target_arch = "x86_64")]
-            p.extend([
-                jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
-                stmt(BPF_RET_K, errno(libc::EPERM)),
-            ]);
+            let mut p = prologue();
             for sys in denied_syscalls() {
                 p.push(jump(BPF_JEQ_K, nr(sys), 0, 1));
                 p.push(stmt(BPF_RET_K, errno(libc::EPERM)));
