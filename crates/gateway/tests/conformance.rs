@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestLog, authority_with_tools, free_port, peers, tool_specs, wait_listening};
+use common::{TestLog, authority_with_tools, free_port, peers, tool_specs};
 use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 
 /// Scenarios of the 2026-07-28 run that may score lower through the gateway, each for one reason:
@@ -89,14 +89,9 @@ async fn conformance_through_the_gateway_matches_direct() {
         "conformance everything-server missing: run `bash scripts/install-peers`"
     );
     let port = free_port();
-    let _srv = tokio::process::Command::new(server)
-        .args(["--port", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_listening(port).await;
+    let mut cmd = tokio::process::Command::new(server);
+    cmd.args(["--port", &port.to_string()]);
+    let _srv = common::spawn_listening(cmd, port).await;
     let direct_url = format!("http://127.0.0.1:{port}/mcp");
 
     let dir = tempfile::tempdir().unwrap();

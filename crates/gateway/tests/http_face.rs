@@ -11,7 +11,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{TestLog, authority, npm_bin};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
@@ -418,27 +418,10 @@ async fn modern_headers_must_match_the_body() {
 async fn bearer_never_goes_upstream_and_http_upstreams_work() {
     let (rec_url, seen) = recording_upstream().await;
     // The real server-everything over Streamable HTTP.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let _everything = tokio::process::Command::new(npm_bin("mcp-server-everything"))
-        .arg("streamableHttp")
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let port = common::free_port();
+    let mut cmd = tokio::process::Command::new(npm_bin("mcp-server-everything"));
+    cmd.arg("streamableHttp").env("PORT", port.to_string());
+    let _everything = common::spawn_listening(cmd, port).await;
     let f = face(
         "rec = \"legacy\"\nevery = \"legacy\"",
         &format!(

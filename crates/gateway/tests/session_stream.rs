@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestLog, free_port, peers, wait_listening};
+use common::{TestLog, free_port, peers};
 use serde_json::{Value, json};
 use tokio::io::{
     AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines, ReadHalf, WriteHalf,
@@ -657,15 +657,9 @@ async fn server_everythings_session_log_messages_reach_the_agent() {
     // A second real server: the npm server-everything in its Streamable HTTP mode logs on the
     // session stream every few seconds once simulated logging is on.
     let port = free_port();
-    let _srv = tokio::process::Command::new(common::npm_bin("mcp-server-everything"))
-        .arg("streamableHttp")
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_listening(port).await;
+    let mut cmd = tokio::process::Command::new(common::npm_bin("mcp-server-everything"));
+    cmd.arg("streamableHttp").env("PORT", port.to_string());
+    let _srv = common::spawn_listening(cmd, port).await;
     let dir = tempfile::tempdir().unwrap();
     let log = TestLog::new();
     let text = manifest(&format!("http://127.0.0.1:{port}/mcp"), dir.path());

@@ -368,16 +368,25 @@ pub async fn start_http_server(
         program.display()
     );
     let port = free_port();
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .arg(port.to_string())
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).arg(port.to_string());
+    (
+        spawn_listening(cmd, port).await,
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
+/// Starts `cmd` (a server told to listen on loopback `port`), quiet and killed on drop, and
+/// waits until it listens.
+pub async fn spawn_listening(mut cmd: tokio::process::Command, port: u16) -> tokio::process::Child {
+    let child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     wait_listening(port).await;
-    (child, format!("http://127.0.0.1:{port}"))
+    child
 }
 
 /// One stateless 2026-07-28 request over Streamable HTTP with the MCP headers; returns the
