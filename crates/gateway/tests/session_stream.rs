@@ -207,6 +207,17 @@ fn pinned(log: &TestLog, status: &str) -> bool {
     })
 }
 
+/// Whether `up/mutable` is flagged changed in the log within 5 s.
+async fn re_pinned(log: &TestLog) -> bool {
+    for _ in 0..100 {
+        if pinned(log, "changed") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pinned(log, "changed")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_stream_reaches_a_stdio_agent_and_the_change_is_re_pinned_at_once() {
     let (up, _dir, log, text) = setup(true).await;
@@ -227,14 +238,8 @@ async fn the_session_stream_reaches_a_stdio_agent_and_the_change_is_re_pinned_at
     a.notification("notifications/tools/list_changed", seen)
         .await;
     // The gateway re-listed at once: the changed description is flagged without another listing.
-    for _ in 0..100 {
-        if pinned(&log, "changed") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert!(
-        pinned(&log, "changed"),
+        re_pinned(&log).await,
         "the announced change was not re-pinned"
     );
     let refused = a.call("up/mutable", json!({"text": "hi"})).await;
@@ -448,14 +453,8 @@ async fn the_session_stream_reaches_an_http_agent_and_ends_with_its_delete() {
     if !body.contains("notifications/tools/list_changed") {
         agent.notification("notifications/tools/list_changed").await;
     }
-    for _ in 0..100 {
-        if pinned(&log, "changed") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert!(
-        pinned(&log, "changed"),
+        re_pinned(&log).await,
         "the announced change was not re-pinned"
     );
     // What the server sends on its session after the call is over reaches the agent's own
