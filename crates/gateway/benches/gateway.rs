@@ -278,20 +278,10 @@ const RELAY_PROCESS: &str = "WARDEN_BENCH_RELAY_PROCESS";
 
 /// This binary, re-executed as the relay + `fdatasync` floor in a process of its own (as
 /// `warden mcp` runs), over real pipes.
-async fn relay_process_client(
-    journal: &std::path::Path,
-) -> Client<tokio::process::ChildStdout, tokio::process::ChildStdin> {
-    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .env(RELAY_PROCESS, journal)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
-    std::mem::forget(child); // killed with the process at the end of the bench
-    c.initialize().await;
-    c
+async fn relay_process_client(journal: &std::path::Path) -> ProcessClient {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+    cmd.env(RELAY_PROCESS, journal);
+    process(cmd).await
 }
 
 /// Runs the relay process on standard input and output (non-blocking pipes, as `warden mcp`
@@ -316,12 +306,26 @@ fn serve_relay_process(journal: PathBuf) -> ! {
     std::process::exit(0)
 }
 
+type ProcessClient = Client<tokio::process::ChildStdout, tokio::process::ChildStdin>;
+
+/// Starts `cmd` as the client's server process over its stdin and stdout (it lives until the
+/// bench ends) and returns an initialized client.
+async fn process(mut cmd: tokio::process::Command) -> ProcessClient {
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    std::mem::forget(child); // killed with the process at the end of the bench
+    c.initialize().await;
+    c
+}
+
 /// `warden mcp` itself (the binary in `WARDEN_BENCH_BIN`) as the client's server process, on
 /// a configuration of its own in `dir` (same manifest, durable log, a fresh signing key).
-async fn process_client(
-    bin: &std::path::Path,
-    dir: &std::path::Path,
-) -> Client<tokio::process::ChildStdout, tokio::process::ChildStdin> {
+async fn process_client(bin: &std::path::Path, dir: &std::path::Path) -> ProcessClient {
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::create_dir_all(dir.join("keys")).unwrap();
     let mut seed = [0u8; 32];
@@ -340,19 +344,12 @@ async fn process_client(
     );
     let text = text.replacen("[gateway]", "[gateway]\nlog = \"log\"", 1);
     std::fs::write(dir.join("warden.toml"), text).unwrap();
-    let mut child = tokio::process::Command::new(bin)
-        .arg("mcp")
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("mcp")
         .arg("--config")
         .arg(dir.join("warden.toml"))
-        .args(["--agent", "bench"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
-    std::mem::forget(child); // killed with the process at the end of the bench
-    c.initialize().await;
+        .args(["--agent", "bench"]);
+    let mut c = process(cmd).await;
     c.request("tools/list", json!({})).await;
     c
 }
