@@ -67,8 +67,18 @@ impl Fixture {
     }
 
     async fn with_pipe(one: &str, two: &str, pipe_bytes: usize) -> Self {
+        Self::with(one, two, pipe_bytes, |text| text).await
+    }
+
+    /// As [`Fixture::with_pipe`], the manifest passed through `edit` first.
+    async fn with(
+        one: &str,
+        two: &str,
+        pipe_bytes: usize,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let text = manifest(one, two, dir.path());
+        let text = edit(manifest(one, two, dir.path()));
         let log = TestLog::new();
         let (agent, _gw) = Agent::start_with_pipe(
             GatewayConfig::parse(&text).unwrap(),
@@ -463,4 +473,26 @@ async fn a_server_that_exits_ends_the_agents_stream_and_a_re_listen_is_served() 
     let r = f.call("one/mutate", json!({})).await;
     assert!(r.get("result").is_some(), "{r}");
     assert!(f.changed("L2", SOON).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_announced_changed_is_re_listed_before_its_next_call() {
+    // `two` answers `tools/list` 5 s late once changed, so the gateway's own re-list after the
+    // announcement is still running when the next call comes: that call must not be decided
+    // on the definition pinned before the change.
+    let slow = "[servers.two]\nenv = { MUTABLE_SLOW_LIST_SECS = \"5\" }\n";
+    let mut f = Fixture::with("legacy", "legacy", 1 << 20, |t| {
+        t.replacen("[servers.two]\n", slow, 1)
+    })
+    .await;
+    let r = f.call("two/mutable", json!({"text": "hi"})).await;
+    assert!(r.get("result").is_some(), "pinned and allowed: {r}");
+    let r = f.call("two/mutate", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let r = f.call("two/mutable", json!({"text": "hi"})).await;
+    assert_eq!(
+        error_code(&r),
+        Some(TOOL_CHANGED),
+        "a call right after the announcement ran on the old definition: {r}"
+    );
 }
