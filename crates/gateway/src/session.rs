@@ -468,16 +468,17 @@ impl Session {
     /// server's start (a slow or unreachable server must not hold up calls to the others). A
     /// failed attempt leaves the cell empty, so the next caller tries again.
     pub(crate) async fn upstream(&self, server: &str) -> Result<Arc<Upstream>, Error> {
-        let cell = self
-            .upstreams
-            .lock()
-            .map_err(|_| Error::Upstream {
+        let cell = {
+            let mut ups = self.upstreams.lock().map_err(|_| Error::Upstream {
                 server: server.to_owned(),
                 reason: "connection table poisoned".into(),
-            })?
-            .entry(server.to_owned())
-            .or_default()
-            .clone();
+            })?;
+            // Looked up before inserting: no key allocated on every call.
+            match ups.get(server) {
+                Some(cell) => cell.clone(),
+                None => ups.entry(server.to_owned()).or_default().clone(),
+            }
+        };
         cell.get_or_try_init(|| async {
             let caps = self
                 .client_caps
