@@ -152,13 +152,10 @@ fn gateway(dir: &std::path::Path) -> (Arc<Gateway>, warden_log::Log) {
     std::fs::create_dir_all(dir).unwrap();
     let text = manifest(dir);
     let m = warden_kernel::Manifest::from_toml_str(&text).unwrap();
-    let kernel = warden_kernel::Kernel::new(
-        m,
-        Vec::new(),
-        Vec::new(),
-        warden_kernel::CertSigningKey::from_seed(&[9; 32]),
-    )
-    .unwrap();
+    // As `warden mcp` and `warden serve` run it: nonces presigned off the call path.
+    let mut key = warden_kernel::CertSigningKey::from_seed(&[9; 32]);
+    key.start_presigning(warden_presign::os_entropy()).unwrap();
+    let kernel = warden_kernel::Kernel::new(m, Vec::new(), Vec::new(), key).unwrap();
     let log = warden_log::Log::open_or_create(
         &dir.join("log"),
         "warden.bench/gateway",

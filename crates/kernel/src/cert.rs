@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use ed25519_dalek::hazmat::{ExpandedSecretKey, raw_sign};
 use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha256};
+use warden_presign::Presigner;
 
 use crate::json::{
     canonical_bytes, hex, jcs_key_order, parse_strict, sha256_tag, unhex, write_jcs_key,
@@ -335,22 +335,32 @@ impl CertificateClaims {
 /// The kernel's certificate signing key.
 pub struct CertSigningKey {
     key: SigningKey,
-    /// The secret scalar and nonce prefix derived from the seed (SHA-512, clamped) as Ed25519
-    /// does at every signature, derived once. Zeroed on drop like the seed.
-    expanded: ExpandedSecretKey,
+    /// Signs: RFC 8032 deterministic until [`CertSigningKey::start_presigning`], then with
+    /// nonces computed ahead of time off the call path (see `warden-presign`).
+    signer: Presigner,
 }
 
 impl CertSigningKey {
     /// A key from its 32-byte seed.
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         let key = SigningKey::from_bytes(seed);
-        let expanded = ExpandedSecretKey::from(key.as_bytes());
-        Self { key, expanded }
+        let signer = Presigner::new(&key);
+        Self { key, signer }
     }
 
-    /// The Ed25519 signature of `message` (RFC 8032, the same bytes `SigningKey::sign` gives).
+    /// From now on, certificates are signed with presigned nonces drawn from `entropy` by a
+    /// background thread: a certificate's signature then costs ~1 µs instead of ~14 µs on the
+    /// call path. The signatures verify as before; they are no longer RFC 8032's deterministic
+    /// bytes (two signatures of the same claims differ).
+    pub fn start_presigning(&mut self, entropy: warden_presign::Entropy) -> Result<(), Error> {
+        self.signer
+            .start(entropy)
+            .map_err(|e| Error::Key(e.to_string()))
+    }
+
+    /// The Ed25519 signature of `message`.
     fn sign(&self, message: &[u8]) -> [u8; 64] {
-        raw_sign::<Sha512>(&self.expanded, message, self.key.as_ref()).to_bytes()
+        self.signer.sign(message)
     }
 
     /// A fresh key.
@@ -578,6 +588,28 @@ pub(crate) mod tests {
             prop_assert_eq!(&via_serde, &cert.to_json_value());
             let back: CallCertificate = serde_json::from_value(via_serde).unwrap();
             prop_assert_eq!(back, cert);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// A presigning key's certificates carry valid Ed25519 signatures over the same message
+        /// (not RFC 8032's deterministic bytes: two signatures of the same claims differ), and
+        /// a signature over other claims does not verify.
+        #[test]
+        fn presigned_certificates_verify(c in claims(), seed in any::<[u8; 32]>()) {
+            let mut key = CertSigningKey::from_seed(&seed);
+            key.start_presigning(warden_presign::os_entropy()).unwrap();
+            let public = key.verifying_key();
+            let (a, b) = (CallCertificate::sign(c.clone(), &key), CallCertificate::sign(c.clone(), &key));
+            for cert in [&a, &b] {
+                let sig = Signature::from_bytes(&cert.0.signature);
+                prop_assert!(public.0.verify_strict(&cert.0.message, &sig).is_ok());
+                let mut other = cert.0.message.clone();
+                if let Some(last) = other.last_mut() { *last ^= 1; }
+                prop_assert!(public.0.verify_strict(&other, &sig).is_err());
+            }
+            prop_assert_eq!(&a.0.message, &b.0.message);
         }
     }
 

@@ -6,7 +6,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use sha2::{Digest as _, Sha256};
 
 use crate::LogError;
@@ -47,6 +47,8 @@ pub struct NoteSigner {
     name: String,
     key: SigningKey,
     id: u32,
+    /// Signs: RFC 8032 deterministic until [`NoteSigner::start_presigning`].
+    signer: warden_presign::Presigner,
 }
 
 impl fmt::Debug for NoteSigner {
@@ -63,11 +65,22 @@ impl NoteSigner {
     pub fn new(name: &str, key: SigningKey) -> Result<Self, LogError> {
         check_key_name(name)?;
         let id = key_id(name, &key.verifying_key());
+        let signer = warden_presign::Presigner::new(&key);
         Ok(Self {
             name: name.to_owned(),
             key,
             id,
+            signer,
         })
+    }
+
+    /// From now on, notes are signed with nonces drawn ahead of time from `entropy` by a
+    /// background thread (see `warden-presign`): ~1 µs per signature instead of ~14 µs. The
+    /// signatures verify as before; they are no longer RFC 8032's deterministic bytes.
+    pub fn start_presigning(&mut self, entropy: warden_presign::Entropy) -> Result<(), LogError> {
+        self.signer
+            .start(entropy)
+            .map_err(|e| LogError::io("starting the checkpoint presign thread", e.into_io()))
     }
 
     /// Parses a signer key string `PRIVATE+KEY+name+hex8+base64(0x01 ‖ seed)`.
@@ -128,11 +141,10 @@ impl NoteSigner {
 
     /// The 68 bytes `key id ‖ Ed25519 signature` of the signature line over `text`.
     pub(crate) fn signature_blob(&self, text: &[u8]) -> [u8; 68] {
-        let sig: Signature = self.key.sign(text);
         let mut out = [0u8; 68];
         let (id, rest) = out.split_at_mut(4);
         id.copy_from_slice(&self.id.to_be_bytes());
-        rest.copy_from_slice(&sig.to_bytes());
+        rest.copy_from_slice(&self.signer.sign(text));
         out
     }
 

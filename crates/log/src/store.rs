@@ -45,6 +45,11 @@ pub struct LogOptions {
     /// competes with the commits' `fdatasync`; an idle log publishes at once. The published
     /// checkpoint and the id index lag the durable log by at most this much.
     pub publish_interval: Duration,
+    /// Sign checkpoints with nonces a background thread computes ahead of time (see
+    /// `warden-presign`): the signature in each commit then costs ~1 µs on the appender's path
+    /// instead of ~14 µs. The signatures verify as before; they are not RFC 8032's
+    /// deterministic bytes.
+    pub presign: bool,
     /// Fault injection for tests: after this many successful frames every write fails as if the
     /// disk returned an I/O error. Never set it outside tests.
     pub danger_fail_writes_after: Option<u64>,
@@ -58,6 +63,7 @@ impl Default for LogOptions {
             segment_bytes: 64 * 1024 * 1024,
             publish: true,
             publish_interval: Duration::from_millis(100),
+            presign: true,
             danger_fail_writes_after: None,
         }
     }
@@ -658,7 +664,7 @@ impl Log {
 
     /// Opens an existing log: cuts a torn tail, recomputes the tree from the records, and refuses
     /// to start if the last stored signature or the published checkpoint disagrees with it.
-    pub fn open(dir: &Path, signer: NoteSigner, options: LogOptions) -> Result<Self, LogError> {
+    pub fn open(dir: &Path, mut signer: NoteSigner, options: LogOptions) -> Result<Self, LogError> {
         if !segments_dir(dir).is_dir() {
             return Err(LogError::Mismatch(format!(
                 "`{}` holds no log (no `segments` directory)",
@@ -678,6 +684,9 @@ impl Log {
                 dir.display()
             ))
         })?;
+        if options.presign {
+            signer.start_presigning(Box::new(|buf| crate::keys::os_entropy(buf).is_ok()))?;
+        }
         let origin = signer.name().to_owned();
         let verifier = signer.verifier();
         let mut tree = MerkleTree::new();
