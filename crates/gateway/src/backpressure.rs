@@ -103,9 +103,11 @@ pub(crate) const STREAM_STALL: Duration = Duration::from_secs(5);
 pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Server→client requests a session answers with an error at a time (each answer is a write to
-/// the server, made from its own task); beyond that a refused request is left unanswered and the
-/// server's own timeout ends it.
-pub(crate) const MAX_REFUSALS: usize = 16;
+/// the server, made from its own small task, so the pump never waits for a server); beyond that a
+/// refused request is left unanswered and the server's own timeout ends it. Each answer is
+/// written at once unless the server stopped reading its input, so this only caps the tasks a
+/// server that also stopped reading can make the gateway hold (256 × well under 1 KiB).
+pub(crate) const MAX_REFUSALS: usize = 256;
 
 /// Whether a message may be dropped when it has nowhere to go: progress and log notifications,
 /// which are advisory (see the module docs).

@@ -176,6 +176,10 @@ pub struct Session {
     tasks: Mutex<HashMap<String, (String, Label)>>,
 }
 
+/// Server→client requests a session forwards to its agent that may wait for the agent's
+/// answer at once; a server asking more gets an error (see `backpressure.rs`).
+const MAX_SERVER_REQUESTS: usize = 1024;
+
 /// How many tasks a session remembers; past that the oldest are forgotten, and their results
 /// are labelled as those of unknown tasks (untrusted).
 const MAX_TASKS: usize = 4096;
@@ -1322,8 +1326,26 @@ impl Session {
                     "warden-{}",
                     self.next_server_request.fetch_add(1, Ordering::Relaxed)
                 );
-                if let Ok(mut m) = self.server_requests.lock() {
-                    m.insert(ours.clone(), (server, upstream_id));
+                let open = self.server_requests.lock().map(|mut m| {
+                    // An agent that reads server requests but never answers them does not make
+                    // the table grow without bound: past the cap the server gets an error.
+                    let room = m.len() < MAX_SERVER_REQUESTS;
+                    if room {
+                        m.insert(ours.clone(), (server.clone(), upstream_id.clone()));
+                    }
+                    room
+                });
+                if !open.unwrap_or(false) {
+                    self.answer_server(
+                        &server,
+                        jsonrpc::error(
+                            upstream_id,
+                            jsonrpc::INTERNAL_ERROR,
+                            "too many requests to the agent are waiting for an answer",
+                            None,
+                        ),
+                    );
+                    return;
                 }
                 self.deliver(with_id(frame, json!(ours))).await;
             }

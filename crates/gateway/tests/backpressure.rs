@@ -6,6 +6,8 @@
 //!   flat; then the agent reads every notification, in order, and the result after them;
 //! - stdio: while that direction is full, the agent's `notifications/cancelled` still reaches
 //!   the server;
+//! - stdio: an agent that reads the server's requests but never answers them holds at most
+//!   1024 of them; the server's further requests are answered with an error;
 //! - HTTP: a legacy session with no GET stream open keeps a bounded backlog that drops the
 //!   oldest progress notifications, keeps what may not be dropped, and still answers requests.
 #![allow(
@@ -65,7 +67,7 @@ fn manifest(dir: &Path) -> String {
         [[allow]]
         id = "flood"
         agents = ["alice"]
-        tools = ["flood/flood", "flood/flood_later", "flood/echo"]
+        tools = ["flood/flood", "flood/flood_later", "flood/ask", "flood/echo"]
         "#,
         pins = dir.join("pins.json").display(),
         python = python.display(),
@@ -120,7 +122,7 @@ async fn stdio_agent(dir: &Path, log: &TestLog) -> Agent {
     let tools = agent.request("tools/list", json!({})).await;
     assert_eq!(
         tools["result"]["tools"].as_array().unwrap().len(),
-        3,
+        4,
         "{tools}"
     );
     agent
@@ -335,4 +337,32 @@ async fn with_no_session_stream_open_the_backlog_drops_the_oldest_progress_not_t
     // The oldest went: what is kept is the newest, without a gap, in order.
     let first = LATER - kept + 1;
     assert_eq!(progress, (first..=LATER).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_answers_holds_a_bounded_number_of_server_requests() {
+    const ASKED: u64 = 1100;
+    const HELD: u64 = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let mut agent = stdio_agent(dir.path(), &log).await;
+    let resp = agent.call("flood/ask", json!({"count": ASKED})).await;
+    assert_eq!(common::text(&resp), "asked", "{resp}");
+    let asked = agent
+        .other
+        .iter()
+        .filter(|f| f["method"] == "roots/list")
+        .count() as u64;
+    assert_eq!(
+        asked, HELD,
+        "the agent holds at most {HELD} unanswered requests"
+    );
+    let refused = || state(dir.path(), "refused").map(|r| r.trim().to_owned());
+    assert!(
+        until(Duration::from_secs(10), || refused()
+            == Some((ASKED - HELD).to_string()))
+        .await,
+        "the server's other requests were answered with an error: {:?}",
+        refused()
+    );
 }

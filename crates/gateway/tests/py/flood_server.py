@@ -8,13 +8,15 @@ Tools:
 - `flood_later` {count, size}: answers at once; then, 0.2 s later, writes `count` progress
   notifications for the token "later" and a final `notifications/resources/updated` for
   `flood://done`, outside any request.
+- `ask` {count}: sends `count` `roots/list` requests to the client, then its result.
 - `echo` {text}: answers its text.
 
 With FLOOD_STATE set to a directory, the server writes there `written` (how many flood
 notifications it has written so far, updated every 100 and at the end), `done` once
 `flood_later` sent its last notification, and `cancelled` (the id of
 a cancelled request, the moment the cancellation is read: the reader is its own thread, so it
-reads while a flood is blocked on a full stdout).
+reads while a flood is blocked on a full stdout), and `refused` (how many of its requests to
+the client were answered with an error).
 Usage: python flood_server.py"""
 
 import json
@@ -45,6 +47,15 @@ TOOLS = [
             "type": "object",
             "properties": {"count": {"type": "integer"}, "size": {"type": "integer"}},
             "required": ["count", "size"],
+        },
+    },
+    {
+        "name": "ask",
+        "description": "Sends requests to the client.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"count": {"type": "integer"}},
+            "required": ["count"],
         },
     },
     {
@@ -102,6 +113,10 @@ def call(rid, params):
     args = params.get("arguments") or {}
     if name == "echo":
         result(rid, args.get("text", ""))
+    elif name == "ask":
+        for i in range(int(args["count"])):
+            send({"jsonrpc": "2.0", "id": "ask-%d" % i, "method": "roots/list"})
+        result(rid, "asked")
     elif name == "flood":
         token = (params.get("_meta") or {}).get("progressToken", "flood")
         n = flood(rid, token, int(args["count"]), int(args["size"]))
@@ -117,6 +132,7 @@ def call(rid, params):
 
 
 def main():
+    refused = 0
     for line in sys.stdin.buffer:
         try:
             msg = json.loads(line)
@@ -140,6 +156,9 @@ def main():
         elif method == "notifications/cancelled":
             CANCELLED.add(params.get("requestId"))
             note("cancelled", json.dumps(params.get("requestId")))
+        elif method is None and "error" in msg:
+            refused += 1
+            note("refused", refused)
         elif rid is not None and method is not None:
             send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "method not found"}})
 
