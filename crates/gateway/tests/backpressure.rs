@@ -8,6 +8,8 @@
 //!   the server;
 //! - stdio: an agent that reads the server's requests but never answers them holds at most
 //!   1024 of them; the server's further requests are answered with an error;
+//! - HTTP: a request's event stream the client does not read stops that session's server the
+//!   same way, while another session's calls go on;
 //! - HTTP: a legacy session with no GET stream open keeps a bounded backlog that drops the
 //!   oldest progress notifications, keeps what may not be dropped, and still answers requests.
 #![allow(
@@ -42,6 +44,10 @@ const RSS_BOUND_KIB: u64 = 64 * 1024;
 /// How many notifications the server may get written while the agent does not read: the pipes
 /// and queues above hold a few hundred; 20,000 is a tenth of the flood.
 const WRITTEN_BOUND: u64 = 20_000;
+
+/// As [`WRITTEN_BOUND`], over loopback TCP, whose socket buffers grow to several MiB each way
+/// (kernel memory, not the gateway's).
+const HTTP_WRITTEN_BOUND: u64 = 50_000;
 
 fn manifest(dir: &Path) -> String {
     let python = peers().join("venv/bin/python");
@@ -365,4 +371,96 @@ async fn an_agent_that_never_answers_holds_a_bounded_number_of_server_requests()
         "the server's other requests were answered with an error: {:?}",
         refused()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_an_unread_request_stream_stops_its_server_and_no_other_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = manifest(dir.path());
+    let log = TestLog::new();
+    let gw = Gateway::new(GatewayConfig::parse(&text).unwrap(), authority(&text, &log)).unwrap();
+    let face = HttpFace::new(gw).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", l.local_addr().unwrap());
+    let f2 = face.clone();
+    tokio::spawn(async move { f2.serve(l).await });
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let (ha, _) = post(&url, None, &init).await;
+    let (hb, _) = post(&url, None, &init).await;
+    let (a, b) = (
+        ha["mcp-session-id"].to_str().unwrap().to_owned(),
+        hb["mcp-session-id"].to_str().unwrap().to_owned(),
+    );
+    // Session a: the flood's event stream, which the client does not read for now.
+    let before = rss_kib();
+    let mut stream = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &a)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(flood_call(300, FLOOD).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(
+        until(Duration::from_secs(20), || written(dir.path()) >= 100).await,
+        "the flood started"
+    );
+    // Session b is not held up by session a's full stream.
+    let (_, echo) = post(
+        &url,
+        Some(&b),
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "flood/echo", "arguments": {"text": "b"}}}),
+    )
+    .await;
+    assert_eq!(common::text(&echo), "b", "{echo}");
+    let mut peak = before;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(rss_kib());
+    }
+    let held = written(dir.path());
+    assert!(
+        held < HTTP_WRITTEN_BOUND,
+        "the server was stopped by backpressure, yet it wrote {held} notifications"
+    );
+    assert!(
+        peak - before < RSS_BOUND_KIB,
+        "the gateway grew by {} KiB while the client did not read",
+        peak - before
+    );
+    // The client reads: every notification in order, then the response.
+    let mut parser = warden_gateway::sse::SseParser::new();
+    let mut seen = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), stream.chunk())
+            .await
+            .expect("the stream goes on")
+            .unwrap()
+            .expect("the stream ends with the response");
+        let mut end = None;
+        for event in parser.push(&chunk).unwrap() {
+            let frame: Value = serde_json::from_str(&event).unwrap();
+            if frame.get("id") == Some(&json!(300)) {
+                end = Some(frame);
+                continue;
+            }
+            assert!(end.is_none(), "nothing after the response: {frame}");
+            seen += 1;
+            assert_eq!(
+                frame["params"]["progress"],
+                json!(seen),
+                "in order, none lost"
+            );
+        }
+        if let Some(resp) = end {
+            assert_eq!(seen, FLOOD);
+            assert_eq!(common::text(&resp), format!("flooded {FLOOD}"), "{resp}");
+            break;
+        }
+    }
 }
