@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
@@ -166,6 +166,19 @@ fn log_egress(server: &str, event: &warden_sandbox::egress::EgressEvent) {
     let _ = writeln!(
         std::io::stderr(),
         "warden gateway: upstream `{server}`: {line}"
+    );
+}
+
+/// The longest line read from a stdio server: one frame of [`jsonrpc::MAX_FRAME`] bytes and its
+/// newline.
+const MAX_LINE: u64 = jsonrpc::MAX_FRAME as u64 + 1;
+
+/// Reports on the gateway's stderr that the gateway closed a stdio server's connection.
+fn log_closed(server: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "warden gateway: upstream `{server}`: connection closed: {why}"
     );
 }
 
@@ -343,9 +356,16 @@ impl Upstream {
             let mut line = Vec::new();
             loop {
                 line.clear();
-                match lines.read_until(b'\n', &mut line).await {
+                // At most one frame's worth plus its newline: a line that never ends costs
+                // MAX_FRAME, not the gateway's memory, and ends the connection.
+                let mut limited = (&mut lines).take(MAX_LINE);
+                match limited.read_until(b'\n', &mut line).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
+                }
+                if line.len() as u64 >= MAX_LINE && line.last() != Some(&b'\n') {
+                    log_closed(&server_name, "a frame over the size limit");
+                    break;
                 }
                 let Ok(frame) = serde_json::from_slice::<Value>(&line) else {
                     continue;

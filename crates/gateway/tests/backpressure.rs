@@ -8,6 +8,8 @@
 //!   the server;
 //! - stdio: an agent that reads the server's requests but never answers them holds at most
 //!   1024 of them; the server's further requests are answered with an error;
+//! - stdio: a server line longer than a frame may be ends the connection instead of being read
+//!   whole;
 //! - HTTP: a request's event stream the client does not read stops that session's server the
 //!   same way, while another session's calls go on;
 //! - HTTP: a legacy session with no GET stream open keeps a bounded backlog that drops the
@@ -29,6 +31,7 @@ use serde_json::{Value, json};
 use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 
 const AGENT: &str = "spiffe://example.org/agent/alice";
+const UPSTREAM_ERROR: i64 = warden_gateway::jsonrpc::UPSTREAM_ERROR;
 
 /// Notifications the flood writes, and their size: 200 MB of JSON, far beyond any buffer.
 const FLOOD: u64 = 200_000;
@@ -73,7 +76,7 @@ fn manifest(dir: &Path) -> String {
         [[allow]]
         id = "flood"
         agents = ["alice"]
-        tools = ["flood/flood", "flood/flood_later", "flood/ask", "flood/echo"]
+        tools = ["flood/flood", "flood/flood_later", "flood/ask", "flood/huge", "flood/echo"]
         "#,
         pins = dir.join("pins.json").display(),
         python = python.display(),
@@ -128,7 +131,7 @@ async fn stdio_agent(dir: &Path, log: &TestLog) -> Agent {
     let tools = agent.request("tools/list", json!({})).await;
     assert_eq!(
         tools["result"]["tools"].as_array().unwrap().len(),
-        4,
+        5,
         "{tools}"
     );
     agent
@@ -463,4 +466,21 @@ async fn over_http_an_unread_request_stream_stops_its_server_and_no_other_sessio
             break;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_line_over_the_frame_limit_ends_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let mut agent = stdio_agent(dir.path(), &log).await;
+    // 17 MiB in one line: over the 16 MiB a frame may be.
+    let resp = agent.call("flood/huge", json!({"mib": 17})).await;
+    assert_eq!(common::error_code(&resp), Some(UPSTREAM_ERROR), "{resp}");
+    assert!(
+        !agent
+            .other
+            .iter()
+            .any(|f| f["method"] == "notifications/message"),
+        "the huge frame was not passed on"
+    );
 }

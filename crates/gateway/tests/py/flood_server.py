@@ -9,6 +9,7 @@ Tools:
   notifications for the token "later" and a final `notifications/resources/updated` for
   `flood://done`, outside any request.
 - `ask` {count}: sends `count` `roots/list` requests to the client, then its result.
+- `huge` {mib}: writes one log notification of `mib` MiB, then its result.
 - `echo` {text}: answers its text.
 
 With FLOOD_STATE set to a directory, the server writes there `written` (how many flood
@@ -56,6 +57,15 @@ TOOLS = [
             "type": "object",
             "properties": {"count": {"type": "integer"}},
             "required": ["count"],
+        },
+    },
+    {
+        "name": "huge",
+        "description": "Sends one huge log notification.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"mib": {"type": "integer"}},
+            "required": ["mib"],
         },
     },
     {
@@ -113,6 +123,15 @@ def call(rid, params):
     args = params.get("arguments") or {}
     if name == "echo":
         result(rid, args.get("text", ""))
+    elif name == "huge":
+        chunk = b"x" * (1 << 20)
+        with OUT_LOCK:
+            OUT.write(b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"')
+            for _ in range(int(args["mib"])):
+                OUT.write(chunk)
+            OUT.write(b'"}}\n')
+            OUT.flush()
+        result(rid, "huge")
     elif name == "ask":
         for i in range(int(args["count"])):
             send({"jsonrpc": "2.0", "id": "ask-%d" % i, "method": "roots/list"})
