@@ -67,6 +67,16 @@
 //! Responses to the agent's requests never enter the backlog (they travel on the request's own
 //! stream), so they are never dropped. Each drop is counted, and reported with `tracing::warn!`
 //! at most once per [`WARN_INTERVAL`] per session.
+//!
+//! # Other bounds on the same path
+//!
+//! - A frame is at most [`crate::jsonrpc::MAX_FRAME`] bytes: a stdio server's longer line ends
+//!   its connection, an HTTP server's longer event ends its stream. The queues hold frame counts,
+//!   so their worst case is that count times this; in practice a few KiB a frame.
+//! - Server→client requests forwarded to the agent and not yet answered are capped per session
+//!   (an agent that reads them and never answers would otherwise grow the table of ids); the
+//!   server's further requests get an error.
+//! - Relayed `subscriptions/listen` streams have their own bounded buffers (`listen.rs`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
