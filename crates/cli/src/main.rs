@@ -8,6 +8,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: the call path allocates and frees many small JSON values; glibc's allocator spent
+/// ~8% of the gateway's CPU time per call on them (see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// Writes one line to standard output like `println!`, but never panics: a closed pipe ends the

@@ -463,14 +463,21 @@ fn bench(c: &mut Criterion) {
         )
     });
 
+    // `WARDEN_BENCH_PATHS=0,5,6`: only these paths (indices into `NAMES`), for A/B runs: no
+    // criterion part, no alternating calls, no HTTP throughput.
+    let only: Option<Vec<usize>> = std::env::var("WARDEN_BENCH_PATHS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|i| i.trim().parse().ok()).collect());
     let mut group = c.benchmark_group("gateway");
     group.sample_size(if quick { 10 } else { 50 });
-    group.bench_function("tools_call_echo/direct", |b| {
-        b.iter(|| rt.block_on(async { direct.lock().await.echo("echo").await }))
-    });
-    group.bench_function("tools_call_echo/through_gateway", |b| {
-        b.iter(|| rt.block_on(async { gwc.lock().await.echo("every/echo").await }))
-    });
+    if only.is_none() {
+        group.bench_function("tools_call_echo/direct", |b| {
+            b.iter(|| rt.block_on(async { direct.lock().await.echo("echo").await }))
+        });
+        group.bench_function("tools_call_echo/through_gateway", |b| {
+            b.iter(|| rt.block_on(async { gwc.lock().await.echo("every/echo").await }))
+        });
+    }
     group.finish();
 
     // One call on path `$i` (see `NAMES`); `None` when that path is not set up.
@@ -510,11 +517,14 @@ fn bench(c: &mut Criterion) {
     rt.block_on(async {
         for _ in 0..rounds {
             for (i, v) in blocks.iter_mut().enumerate() {
+                if !only.as_ref().is_none_or(|o| o.contains(&i)) {
+                    continue;
+                }
                 for _ in 0..calls {
                     v.extend(call!(i).await);
                 }
             }
-            for _ in 0..calls {
+            for _ in 0..if only.is_none() { calls } else { 0 } {
                 alternating[0].extend(call!(0).await);
                 alternating[1].extend(call!(3).await);
             }
@@ -529,7 +539,11 @@ fn bench(c: &mut Criterion) {
         v.sort();
         (us(percentile(v, 0.5)), us(percentile(v, 0.99)))
     };
-    let base = stats(&mut blocks[0]);
+    let base = if blocks[0].is_empty() {
+        (0.0, 0.0)
+    } else {
+        stats(&mut blocks[0])
+    };
     for (name, v) in NAMES.iter().zip(blocks.iter_mut()) {
         if v.is_empty() {
             continue;
@@ -540,6 +554,10 @@ fn bench(c: &mut Criterion) {
             p50 - base.0,
             p99 - base.1
         );
+    }
+    if only.is_some() {
+        println!("{report}");
+        return;
     }
     let (d, g) = (stats(&mut alternating[0]), stats(&mut alternating[1]));
     report += &format!(
