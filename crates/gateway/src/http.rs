@@ -11,6 +11,12 @@
 //!   against the trust bundle. The bearer is never forwarded upstream (upstream connections are
 //!   the gateway's own).
 //!
+//! Backpressure (see `backpressure.rs`): a request's own event stream holds at most
+//! [`REQUEST_STREAM_BUFFER`] frames, and a client that does not read it makes its session stop
+//! reading its upstreams. A legacy session's GET stream reads from a bounded backlog, which
+//! keeps what arrives while no GET stream is open and drops the oldest progress and log
+//! notifications when full; the stream may be closed and opened again.
+//!
 //! Approvals: `GET /warden/approvals`, `POST /warden/approvals/{id}/approve|deny`, for callers
 //! listed in `approvers`.
 #![expect(
@@ -31,6 +37,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::auth::BearerVerifier;
+use crate::backpressure::{Backlog, BacklogReader, REQUEST_STREAM_BUFFER};
 use crate::error::Error;
 use crate::jsonrpc::{self, Kind};
 use crate::listen::{Listens, Refusal};
@@ -41,7 +48,8 @@ use crate::{LEGACY_VERSIONS, MODERN_VERSION, SUPPORTED_VERSIONS};
 struct HttpSession {
     session: Arc<Session>,
     agent: String,
-    stream: Mutex<Option<mpsc::UnboundedReceiver<Value>>>,
+    /// What the session sends outside responses, for its GET stream.
+    backlog: Arc<Backlog>,
 }
 
 /// The HTTP face's state.
@@ -223,8 +231,8 @@ impl HttpFace {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         m.entry(agent.to_owned())
             .or_insert_with(|| {
-                // Modern agents take no unsolicited messages: the session stream is dropped.
-                let (tx, _rx) = mpsc::unbounded_channel();
+                // Modern agents take no unsolicited messages: the session stream is closed.
+                let (tx, _) = mpsc::channel(1);
                 Session::new(&self.gw, agent, Vec::new(), tx)
             })
             .clone()
@@ -471,8 +479,7 @@ async fn post_mcp(
 
     // Legacy.
     if method == "initialize" && kind == Kind::Request {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let session = Session::new(&face.gw, &agent, Vec::new(), tx);
+        let (session, backlog) = Session::with_backlog(&face.gw, &agent);
         let Some(resp) = session.handle(frame).await else {
             return status(StatusCode::INTERNAL_SERVER_ERROR, "no response");
         };
@@ -480,7 +487,7 @@ async fn post_mcp(
         let hs = Arc::new(HttpSession {
             session,
             agent,
-            stream: Mutex::new(Some(rx)),
+            backlog,
         });
         face.sessions
             .lock()
@@ -531,11 +538,13 @@ async fn respond(
         return StatusCode::ACCEPTED.into_response();
     }
     let wants_sse = header_str(headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
-    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    // The request's notifications and then its response, in order; bounded, so a client that
+    // stops reading holds up its session's upstreams rather than filling the gateway.
+    let (tx, mut rx) = mpsc::channel::<Value>(REQUEST_STREAM_BUFFER);
     let tx2 = tx.clone();
     tokio::spawn(async move {
         if let Some(resp) = session.handle_streaming(frame, tx2.clone()).await {
-            let _ = tx2.send(resp);
+            let _ = tx2.send(resp).await;
         }
     });
     drop(tx);
@@ -574,17 +583,8 @@ async fn respond(
 /// MCP 2026-07-28: the request needs a client capability it did not declare.
 const MISSING_CAPABILITY: i64 = -32021;
 
-/// An SSE stream of `rx` (after `first`); it ends after the first response when `first` is
-/// given or this is a request's stream, and never for a session's GET stream.
-fn sse(rx: mpsc::UnboundedReceiver<Value>, first: Option<Value>) -> Response {
-    sse_stream(rx, first, true)
-}
-
-fn sse_stream(
-    rx: mpsc::UnboundedReceiver<Value>,
-    first: Option<Value>,
-    until_response: bool,
-) -> Response {
+/// A request's SSE stream of `rx` (after `first`); it ends after the first response.
+fn sse(rx: mpsc::Receiver<Value>, first: Option<Value>) -> Response {
     let stream = futures_util::stream::unfold(
         (rx, first, false),
         move |(mut rx, first, done)| async move {
@@ -595,18 +595,28 @@ fn sse_stream(
                 Some(f) => f,
                 None => rx.recv().await?,
             };
-            let last = until_response && jsonrpc::classify(&frame) == Kind::Response;
-            let text = format!(
-                "event: message\ndata: {}\n\n",
-                serde_json::to_string(&frame).unwrap_or_default()
-            );
-            Some((
-                Ok::<_, std::convert::Infallible>(Bytes::from(text)),
-                (rx, None, last),
-            ))
+            let last = jsonrpc::classify(&frame) == Kind::Response;
+            Some((sse_event(&frame), (rx, None, last)))
         },
     );
     sse_response(Body::from_stream(stream))
+}
+
+/// A session's GET stream: what its backlog holds and receives, until the session ends. When the
+/// client closes it, the reader detaches and the backlog keeps the rest for the next GET.
+fn session_sse(reader: BacklogReader) -> Response {
+    let stream = futures_util::stream::unfold(reader, |reader| async move {
+        let frame = reader.next().await?;
+        Some((sse_event(&frame), reader))
+    });
+    sse_response(Body::from_stream(stream))
+}
+
+fn sse_event(frame: &Value) -> Result<Bytes, std::convert::Infallible> {
+    Ok(Bytes::from(format!(
+        "event: message\ndata: {}\n\n",
+        serde_json::to_string(frame).unwrap_or_default()
+    )))
 }
 
 fn sse_response(body: Body) -> Response {
@@ -641,9 +651,8 @@ async fn get_mcp(State(face): State<Arc<HttpFace>>, peer: Peer, headers: HeaderM
     let Some(hs) = hs.filter(|hs| hs.agent == agent) else {
         return status(StatusCode::NOT_FOUND, "unknown session");
     };
-    let rx = hs.stream.lock().ok().and_then(|mut s| s.take());
-    match rx {
-        Some(rx) => sse_stream(rx, None, false),
+    match hs.backlog.attach() {
+        Some(reader) => session_sse(reader),
         None => status(StatusCode::CONFLICT, "the session's stream is already open"),
     }
 }

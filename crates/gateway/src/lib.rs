@@ -22,6 +22,7 @@ mod admin;
 mod approval;
 mod auth;
 mod authority;
+mod backpressure;
 mod config;
 mod delegation;
 mod error;

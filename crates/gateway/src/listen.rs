@@ -573,7 +573,9 @@ mod tests {
         ))
         .unwrap();
         let gw = crate::Gateway::new(cfg, Arc::new(NoCalls)).unwrap();
-        let (out, _out_rx) = mpsc::unbounded_channel();
+        // Closed: the relays under test take change notifications from the session's broadcast;
+        // nobody would read them on the session's own stream.
+        let (out, _) = mpsc::channel(1);
         let session = Session::new(&gw, "spiffe://example.org/agent/a", Vec::new(), out);
         let up = Upstream::replay("s", Recorded::default(), session.events());
         session.attach("s", up).await;
@@ -639,6 +641,7 @@ mod tests {
                     server: "s".into(),
                     frame: json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}),
                 })
+                .await
                 .unwrap();
             sent += 1;
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -119,7 +119,8 @@ pub async fn replay(
         seen: Mutex::default(),
     });
     let gw = Gateway::for_replay(cfg, noting.clone())?;
-    let (tx, _rx) = mpsc::unbounded_channel();
+    // No agent reads: the session's stream is closed, so nothing waits for room in it.
+    let (tx, _) = mpsc::channel(1);
     let session = Session::new(&gw, agent, Vec::new(), tx);
 
     let mut recorded: HashMap<String, Recorded> = HashMap::new();

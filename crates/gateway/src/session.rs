@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::approval::{Answer, ApprovalQueue, Clock, PendingCall, SystemClock, rfc3339};
 use crate::authority::{Approval, Authority, CallRequest, Verdict};
+use crate::backpressure::{AgentStream, Backlog, Delivery, EVENT_BUFFER, MAX_REFUSALS};
 use crate::config::GatewayConfig;
 use crate::error::Error;
 use crate::jsonrpc::{self, Kind};
@@ -26,8 +27,6 @@ use crate::{
 
 const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CLIENT_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
-/// Longest a response waits for the notifications that preceded it to be delivered.
-const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 
 /// State shared by every session of one gateway process.
 pub struct Gateway {
@@ -138,7 +137,7 @@ struct ToolEntry {
 }
 
 /// A request's own stream: (sequence, progress token, sink).
-type RequestSink = (u64, Option<Value>, mpsc::UnboundedSender<Value>);
+type RequestSink = (u64, Option<Value>, mpsc::Sender<Value>);
 
 /// One agent's session: its upstream connections, tool view and taint index.
 pub struct Session {
@@ -146,10 +145,13 @@ pub struct Session {
     id: String,
     agent: String,
     delegation: Vec<String>,
-    /// Messages to the agent that are not responses to its requests.
-    out: mpsc::UnboundedSender<Value>,
+    /// Messages to the agent that are not responses to its requests (see `backpressure.rs`).
+    out: AgentStream,
     upstreams: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Upstream>>>>>,
-    events: mpsc::UnboundedSender<UpstreamEvent>,
+    /// Bounded ([`EVENT_BUFFER`]): a reader waits here when the agent is behind.
+    events: mpsc::Sender<UpstreamEvent>,
+    /// Answers to server→client requests the session refuses, in flight ([`MAX_REFUSALS`]).
+    refusals: Arc<tokio::sync::Semaphore>,
     tools: Mutex<HashMap<String, ToolEntry>>,
     taint: Mutex<TaintIndex>,
     client_caps: Mutex<Value>,
@@ -174,6 +176,10 @@ pub struct Session {
     tasks: Mutex<HashMap<String, (String, Label)>>,
 }
 
+/// Server→client requests a session forwards to its agent that may wait for the agent's
+/// answer at once; a server asking more gets an error (see `backpressure.rs`).
+const MAX_SERVER_REQUESTS: usize = 1024;
+
 /// How many tasks a session remembers; past that the oldest are forgotten, and their results
 /// are labelled as those of unknown tasks (untrusted).
 const MAX_TASKS: usize = 4096;
@@ -193,22 +199,50 @@ fn key(server: &str, tool: &str) -> String {
 
 impl Session {
     /// A session of `agent` (its SPIFFE ID, established by the face); messages the agent must
-    /// receive outside responses go to `out`.
+    /// receive outside responses go to `out`, which the agent reads continuously: when it is
+    /// full, the session stops reading its upstreams until there is room. A closed `out` drops
+    /// them.
     pub fn new(
         gw: &Arc<Gateway>,
         agent: &str,
         delegation: Vec<String>,
-        out: mpsc::UnboundedSender<Value>,
+        out: mpsc::Sender<Value>,
     ) -> Arc<Self> {
-        let (events, rx) = mpsc::unbounded_channel();
+        Self::open(
+            gw,
+            agent,
+            delegation,
+            gw.session_id(),
+            AgentStream::Pipe(out),
+        )
+    }
+
+    /// A session whose messages outside responses wait in a bounded [`Backlog`] for a stream
+    /// the agent may or may not hold open (a legacy HTTP session's GET stream).
+    pub(crate) fn with_backlog(gw: &Arc<Gateway>, agent: &str) -> (Arc<Self>, Arc<Backlog>) {
+        let id = gw.session_id();
+        let backlog = Backlog::new(&id);
+        let out = AgentStream::Backlog(backlog.clone());
+        (Self::open(gw, agent, Vec::new(), id, out), backlog)
+    }
+
+    fn open(
+        gw: &Arc<Gateway>,
+        agent: &str,
+        delegation: Vec<String>,
+        id: String,
+        out: AgentStream,
+    ) -> Arc<Self> {
+        let (events, rx) = mpsc::channel(EVENT_BUFFER);
         let session = Arc::new(Self {
             gw: gw.clone(),
-            id: gw.session_id(),
+            id,
             agent: agent.to_owned(),
             delegation,
             out,
             upstreams: Mutex::default(),
             events,
+            refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
             tools: Mutex::default(),
             taint: Mutex::default(),
             client_caps: Mutex::new(json!({})),
@@ -248,7 +282,7 @@ impl Session {
     }
 
     /// The sender upstream connections report their own messages to.
-    pub(crate) fn events(&self) -> mpsc::UnboundedSender<UpstreamEvent> {
+    pub(crate) fn events(&self) -> mpsc::Sender<UpstreamEvent> {
         self.events.clone()
     }
 
@@ -258,7 +292,7 @@ impl Session {
     pub async fn handle_streaming(
         self: &Arc<Self>,
         frame: Value,
-        sink: mpsc::UnboundedSender<Value>,
+        sink: mpsc::Sender<Value>,
     ) -> Option<Value> {
         let seq = self.next_sink.fetch_add(1, Ordering::Relaxed);
         let token = frame.pointer("/params/_meta/progressToken").cloned();
@@ -272,8 +306,9 @@ impl Session {
         resp
     }
 
-    /// Sends a message to the agent on the stream of the request it relates to.
-    fn deliver(&self, frame: Value) {
+    /// Sends a message to the agent on the stream of the request it relates to, waiting for
+    /// room there (see `backpressure.rs`).
+    async fn deliver(&self, frame: Value) {
         let token = frame.pointer("/params/progressToken");
         let sink = self.sinks.lock().ok().and_then(|s| match token {
             Some(t) => s
@@ -283,15 +318,61 @@ impl Session {
             None if s.len() == 1 => s.first().map(|(_, _, k)| k.clone()),
             None => None,
         });
-        match sink {
-            Some(sink) => {
-                if let Err(e) = sink.send(frame) {
-                    let _ = self.out.send(e.0);
-                }
-            }
-            None => {
-                let _ = self.out.send(frame);
-            }
+        let frame = match sink {
+            Some(sink) => match sink.send(frame).await {
+                Ok(()) => return,
+                // The request's stream ended: the session's stream is next best.
+                Err(e) => e.0,
+            },
+            None => frame,
+        };
+        if let Delivery::Refused(request) = self.out.send(frame).await {
+            self.refuse_server_request(&request);
+        }
+    }
+
+    /// A server→client request the agent's stream could not take: the server that asked gets
+    /// an error instead of waiting for an answer that will not come.
+    fn refuse_server_request(&self, request: &Value) {
+        let Some(ours) = request.get("id").and_then(Value::as_str) else {
+            return;
+        };
+        let target = self
+            .server_requests
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(ours));
+        if let Some((server, upstream_id)) = target {
+            self.answer_server(
+                &server,
+                jsonrpc::error(
+                    upstream_id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "the agent is not reading its session stream; request dropped",
+                    None,
+                ),
+            );
+        }
+    }
+
+    /// Sends `frame` (an answer to one of its requests) to `server` from a task of its own: the
+    /// pump never waits for an upstream. At most [`MAX_REFUSALS`] at a time; past that the
+    /// server's own timeout answers.
+    fn answer_server(&self, server: &str, frame: Value) {
+        let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
+            return;
+        };
+        // Only a connection that is open: the event came from it.
+        let up = self
+            .upstreams
+            .lock()
+            .ok()
+            .and_then(|u| u.get(server).and_then(|c| c.get().cloned()));
+        if let Some(up) = up {
+            tokio::spawn(async move {
+                let _ = up.notify(frame).await;
+                drop(permit);
+            });
         }
     }
 
@@ -993,8 +1074,9 @@ impl Session {
 
     /// Waits until every message `up` routed before its latest response was delivered to the
     /// agent, so a response never overtakes the progress notifications that preceded it (they
-    /// travel through the pump, the response does not). Free when nothing is in flight; bounded
-    /// by [`SETTLE_LIMIT`] so a stuck delivery cannot hold a response forever.
+    /// travel through the pump, the response does not). Free when nothing is in flight. Not
+    /// bounded in time: the pump waits only for the agent to read (see `backpressure.rs` for why
+    /// that cannot deadlock), and a response sent before would overtake what it waits for.
     async fn settle(&self, server: &str, up: &Upstream) {
         let target = up.routed();
         let delivered = || {
@@ -1017,7 +1099,7 @@ impl Session {
                 tick.await;
             }
         };
-        let _ = tokio::time::timeout(SETTLE_LIMIT, wait).await;
+        wait.await;
     }
 
     fn remember_task(&self, task: &str, server: &str, label: Label) {
@@ -1194,7 +1276,7 @@ impl Session {
                     let mut frame = frame;
                     let task_id = frame.pointer("/params/taskId").cloned();
                     self.label_task_result(&mut frame, "/params/result", &server, task_id.as_ref());
-                    self.deliver(frame);
+                    self.deliver(frame).await;
                     return;
                 }
                 if crate::listen::is_change(method) {
@@ -1219,42 +1301,59 @@ impl Session {
                         (ours, frame.get_mut("params").and_then(Value::as_object_mut))
                     {
                         p.insert("requestId".into(), json!(ours));
-                        self.deliver(frame);
+                        self.deliver(frame).await;
                     }
                     return;
                 }
-                self.deliver(frame);
+                self.deliver(frame).await;
             }
             UpstreamEvent::Request { server, frame } => {
                 let upstream_id = frame.get("id").cloned().unwrap_or(Value::Null);
                 if self.modern.lock().map(|m| *m).unwrap_or(false) {
                     // A modern agent takes no server→client requests (MRTR replaces them).
-                    if let Ok(up) = self.upstream(&server).await {
-                        let _ = up
-                            .notify(jsonrpc::error(
-                                upstream_id,
-                                jsonrpc::METHOD_NOT_FOUND,
-                                "the agent speaks 2026-07-28 and takes no server requests",
-                                None,
-                            ))
-                            .await;
-                    }
+                    self.answer_server(
+                        &server,
+                        jsonrpc::error(
+                            upstream_id,
+                            jsonrpc::METHOD_NOT_FOUND,
+                            "the agent speaks 2026-07-28 and takes no server requests",
+                            None,
+                        ),
+                    );
                     return;
                 }
                 let ours = format!(
                     "warden-{}",
                     self.next_server_request.fetch_add(1, Ordering::Relaxed)
                 );
-                if let Ok(mut m) = self.server_requests.lock() {
-                    m.insert(ours.clone(), (server, upstream_id));
+                let open = self.server_requests.lock().map(|mut m| {
+                    // An agent that reads server requests but never answers them does not make
+                    // the table grow without bound: past the cap the server gets an error.
+                    let room = m.len() < MAX_SERVER_REQUESTS;
+                    if room {
+                        m.insert(ours.clone(), (server.clone(), upstream_id.clone()));
+                    }
+                    room
+                });
+                if !open.unwrap_or(false) {
+                    self.answer_server(
+                        &server,
+                        jsonrpc::error(
+                            upstream_id,
+                            jsonrpc::INTERNAL_ERROR,
+                            "too many requests to the agent are waiting for an answer",
+                            None,
+                        ),
+                    );
+                    return;
                 }
-                self.deliver(with_id(frame, json!(ours)));
+                self.deliver(with_id(frame, json!(ours))).await;
             }
         }
     }
 }
 
-async fn pump(session: std::sync::Weak<Session>, mut rx: mpsc::UnboundedReceiver<UpstreamEvent>) {
+async fn pump(session: std::sync::Weak<Session>, mut rx: mpsc::Receiver<UpstreamEvent>) {
     while let Some(event) = rx.recv().await {
         let Some(s) = session.upgrade() else { return };
         let server = match &event {

@@ -11,6 +11,12 @@
 //! not the gateway's memory grow. From the first modern request on, the face also keeps the
 //! gateway's own tools-only listen open ([`crate::listen::watch_tools`]), so a server's tool
 //! change is re-pinned even while the agent holds no relay.
+//!
+//! Everything else for the agent (responses, notifications, server→client requests) waits in
+//! one channel of [`AGENT_BUFFER`] frames in front of the pipe: an agent that stops reading
+//! makes the session stop reading its upstreams (see `backpressure.rs`). The loop reading the
+//! agent's input never waits for that channel: each answer is sent from a task of its own, so
+//! cancellations and answers to server→client requests keep flowing upstream meanwhile.
 
 use std::sync::Arc;
 
@@ -19,6 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::{Notify, mpsc};
 
 use crate::MODERN_VERSION;
+use crate::backpressure::AGENT_BUFFER;
 use crate::error::Error;
 use crate::jsonrpc::{self, Kind, MAX_FRAME};
 use crate::listen::{Listens, Outcome, watch_tools};
@@ -36,7 +43,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let (tx, mut rx) = mpsc::channel::<Value>(AGENT_BUFFER);
     // Relay frames only: bounded, so a relay notices an agent that stopped reading.
     let (relay_tx, mut relay_rx) = mpsc::channel::<Value>(LISTEN_BUFFER);
     let session = Session::new(&gw, agent, Vec::new(), tx.clone());
@@ -70,12 +77,10 @@ where
             break;
         }
         if line.len() > MAX_FRAME {
-            let _ = tx.send(jsonrpc::error(
-                Value::Null,
-                jsonrpc::PARSE_ERROR,
-                "frame too large",
-                None,
-            ));
+            answer(
+                &tx,
+                jsonrpc::error(Value::Null, jsonrpc::PARSE_ERROR, "frame too large", None),
+            );
             continue;
         }
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -84,12 +89,15 @@ where
         let frame = match jsonrpc::parse_strict(&line) {
             Ok(frame) => frame,
             Err(e) => {
-                let _ = tx.send(jsonrpc::error(
-                    jsonrpc::recover_id(&line),
-                    jsonrpc::PARSE_ERROR,
-                    &e.to_string(),
-                    None,
-                ));
+                answer(
+                    &tx,
+                    jsonrpc::error(
+                        jsonrpc::recover_id(&line),
+                        jsonrpc::PARSE_ERROR,
+                        &e.to_string(),
+                        None,
+                    ),
+                );
                 continue;
             }
         };
@@ -122,11 +130,11 @@ where
         if kind == Kind::Request {
             tokio::spawn(async move {
                 if let Some(resp) = session.handle(frame).await {
-                    let _ = tx.send(resp);
+                    let _ = tx.send(resp).await;
                 }
             });
         } else if let Some(resp) = session.handle(frame).await {
-            let _ = tx.send(resp);
+            answer(&tx, resp);
         }
     }
     // The agent is gone: its relays stop (they hold the session, and with it the writer).
@@ -137,6 +145,15 @@ where
     drop(session);
     let _ = writer.await;
     Ok(())
+}
+
+/// Sends `frame` to the agent from a task of its own, so the input loop never waits for room in
+/// the pipe.
+fn answer(tx: &mpsc::Sender<Value>, frame: Value) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let _ = tx.send(frame).await;
+    });
 }
 
 /// Whether a request names the modern revision (any other named revision is refused by the
@@ -156,7 +173,7 @@ fn listen(
     servers: Vec<String>,
     frame: Value,
     relay_tx: &mpsc::Sender<Value>,
-    tx: &mpsc::UnboundedSender<Value>,
+    tx: &mpsc::Sender<Value>,
 ) {
     // The session (and the upstream connections the relay opens) follow the modern era.
     session.adopt_modern(&frame);
@@ -166,19 +183,19 @@ fn listen(
             let tx = tx.clone();
             tokio::spawn(async move {
                 if let Ok(Outcome::Overrun) = relay.await {
-                    let _ = tx.send(jsonrpc::error(
-                        id,
-                        jsonrpc::INTERNAL_ERROR,
-                        &format!(
-                            "the agent fell {LISTEN_BUFFER} frames behind on its listen stream; listen again"
-                        ),
-                        None,
-                    ));
+                    let _ = tx
+                        .send(jsonrpc::error(
+                            id,
+                            jsonrpc::INTERNAL_ERROR,
+                            &format!(
+                                "the agent fell {LISTEN_BUFFER} frames behind on its listen stream; listen again"
+                            ),
+                            None,
+                        ))
+                        .await;
                 }
             });
         }
-        Err(refusal) => {
-            let _ = tx.send(refusal.to_error(id));
-        }
+        Err(refusal) => answer(tx, refusal.to_error(id)),
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
@@ -98,7 +98,7 @@ pub struct Upstream {
     /// What the server said about itself (`initialize` or `server/discover` result).
     server_info: Mutex<Value>,
     client_caps: Value,
-    events: mpsc::UnboundedSender<UpstreamEvent>,
+    events: mpsc::Sender<UpstreamEvent>,
     timeout: Duration,
     /// Tool → (argument, header) pairs mirrored into `Mcp-Param-*` headers (modern HTTP).
     param_headers: Mutex<HashMap<String, Vec<(String, String)>>>,
@@ -169,6 +169,19 @@ fn log_egress(server: &str, event: &warden_sandbox::egress::EgressEvent) {
     );
 }
 
+/// The longest line read from a stdio server: one frame of [`jsonrpc::MAX_FRAME`] bytes and its
+/// newline.
+const MAX_LINE: u64 = jsonrpc::MAX_FRAME as u64 + 1;
+
+/// Reports on the gateway's stderr that the gateway closed a stdio server's connection.
+fn log_closed(server: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "warden gateway: upstream `{server}`: connection closed: {why}"
+    );
+}
+
 fn upstream_err(server: &str, reason: impl std::fmt::Display) -> Error {
     Error::Upstream {
         server: server.to_owned(),
@@ -185,7 +198,7 @@ impl Upstream {
         name: &str,
         client_caps: Value,
         prefer_modern: bool,
-        events: mpsc::UnboundedSender<UpstreamEvent>,
+        events: mpsc::Sender<UpstreamEvent>,
     ) -> Result<Arc<Self>, Error> {
         let server = cfg
             .servers
@@ -231,7 +244,7 @@ impl Upstream {
         command: &str,
         server: &ServerConfig,
         pending: Pending,
-        events: mpsc::UnboundedSender<UpstreamEvent>,
+        events: mpsc::Sender<UpstreamEvent>,
     ) -> Result<Transport, Error> {
         if let Some(profile) = &server.sandbox_profile {
             return Self::spawn_sandboxed(cfg, name, command, server, profile, pending, events);
@@ -281,7 +294,7 @@ impl Upstream {
         server: &ServerConfig,
         profile: &warden_sandbox::Profile,
         pending: Pending,
-        events: mpsc::UnboundedSender<UpstreamEvent>,
+        events: mpsc::Sender<UpstreamEvent>,
     ) -> Result<Transport, Error> {
         let mut profile = profile.clone();
         if let Some(cwd) = &server.cwd {
@@ -335,7 +348,7 @@ impl Upstream {
         name: &str,
         stdout: tokio::process::ChildStdout,
         pending: Pending,
-        events: mpsc::UnboundedSender<UpstreamEvent>,
+        events: mpsc::Sender<UpstreamEvent>,
     ) {
         let server_name = name.to_owned();
         tokio::spawn(async move {
@@ -343,14 +356,21 @@ impl Upstream {
             let mut line = Vec::new();
             loop {
                 line.clear();
-                match lines.read_until(b'\n', &mut line).await {
+                // At most one frame's worth plus its newline: a line that never ends costs
+                // MAX_FRAME, not the gateway's memory, and ends the connection.
+                let mut limited = (&mut lines).take(MAX_LINE);
+                match limited.read_until(b'\n', &mut line).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
+                }
+                if line.len() as u64 >= MAX_LINE && line.last() != Some(&b'\n') {
+                    log_closed(&server_name, "a frame over the size limit");
+                    break;
                 }
                 let Ok(frame) = serde_json::from_slice::<Value>(&line) else {
                     continue;
                 };
-                route(&server_name, frame, &pending, &events);
+                route(&server_name, frame, &pending, &events).await;
             }
             // The server is gone: fail every waiting call.
             if let Ok(mut p) = pending.lock() {
@@ -726,7 +746,7 @@ impl Upstream {
     pub fn replay(
         name: &str,
         recorded: Recorded,
-        events: mpsc::UnboundedSender<UpstreamEvent>,
+        events: mpsc::Sender<UpstreamEvent>,
     ) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_owned(),
@@ -827,7 +847,7 @@ impl Upstream {
                     {
                         return Ok(Some(frame));
                     }
-                    route(&self.name, frame, &self.pending, &self.events);
+                    route(&self.name, frame, &self.pending, &self.events).await;
                 }
             }
         }
@@ -947,7 +967,7 @@ struct SessionStream {
     url: String,
     session_id: String,
     pending: Pending,
-    events: mpsc::UnboundedSender<UpstreamEvent>,
+    events: mpsc::Sender<UpstreamEvent>,
 }
 
 /// How one attempt at the session stream ended.
@@ -1049,7 +1069,7 @@ impl SessionStream {
             for event in events {
                 carried = true;
                 if let Ok(frame) = serde_json::from_str::<Value>(&event) {
-                    route(&self.server, frame, &self.pending, &self.events);
+                    route(&self.server, frame, &self.pending, &self.events).await;
                 }
             }
         }
@@ -1141,11 +1161,15 @@ fn add_modern_meta(frame: &mut Value, caps: &Value) {
         .or_insert_with(|| json!({"name": "warden-gateway", "version": env!("CARGO_PKG_VERSION")}));
 }
 
-fn route(
+/// Routes one frame a server sent: a response to its waiting call, a listen stream's frame to
+/// its relay, anything else to the session's pump. Waits while the session's `events` are full
+/// (the agent is behind), so the caller reads no further: the server's pipe or socket fills and
+/// stops the server, not the gateway's memory (see `backpressure.rs`).
+async fn route(
     server: &str,
     frame: Value,
     pending: &Pending,
-    events: &mpsc::UnboundedSender<UpstreamEvent>,
+    events: &mpsc::Sender<UpstreamEvent>,
 ) {
     if let Some(sub) = subscription_of(&frame)
         && let Ok(mut subs) = pending.subscriptions.lock()
@@ -1171,17 +1195,21 @@ fn route(
         }
         Kind::Request => {
             pending.routed.fetch_add(1, Ordering::AcqRel);
-            let _ = events.send(UpstreamEvent::Request {
-                server: server.to_owned(),
-                frame,
-            });
+            let _ = events
+                .send(UpstreamEvent::Request {
+                    server: server.to_owned(),
+                    frame,
+                })
+                .await;
         }
         Kind::Notification => {
             pending.routed.fetch_add(1, Ordering::AcqRel);
-            let _ = events.send(UpstreamEvent::Notification {
-                server: server.to_owned(),
-                frame,
-            });
+            let _ = events
+                .send(UpstreamEvent::Notification {
+                    server: server.to_owned(),
+                    frame,
+                })
+                .await;
         }
         Kind::Invalid => {}
     }

@@ -145,6 +145,16 @@ impl Agent {
         }
     }
 
+    /// The next frame from the gateway, unkept; `None` if none came within `wait`.
+    pub async fn next_frame(&mut self, wait: Duration) -> Option<Value> {
+        let line = tokio::time::timeout(wait, self.r.next_line())
+            .await
+            .ok()?
+            .unwrap()
+            .expect("gateway still open");
+        Some(serde_json::from_str(&line).unwrap())
+    }
+
     /// The legacy handshake.
     pub async fn initialize(&mut self) -> Value {
         let r = self

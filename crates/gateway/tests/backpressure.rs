@@ -1,0 +1,487 @@
+//! Backpressure from the agent to the upstreams, against a real flooding server process
+//! (`tests/py/flood_server.py`, standard library only) behind the real gateway faces:
+//!
+//! - stdio: while the agent reads nothing, a server writing 200,000 progress notifications of
+//!   1 KiB is stopped by its own full pipe after a few hundred, and the gateway's memory stays
+//!   flat; then the agent reads every notification, in order, and the result after them;
+//! - stdio: while that direction is full, the agent's `notifications/cancelled` still reaches
+//!   the server;
+//! - stdio: an agent that reads the server's requests but never answers them holds at most
+//!   1024 of them; the server's further requests are answered with an error;
+//! - stdio: a server line longer than a frame may be ends the connection instead of being read
+//!   whole;
+//! - HTTP: a request's event stream the client does not read stops that session's server the
+//!   same way, while another session's calls go on;
+//! - HTTP: a legacy session with no GET stream open keeps a bounded backlog that drops the
+//!   oldest progress notifications, keeps what may not be dropped, and still answers requests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Agent, TestLog, authority, peers};
+use serde_json::{Value, json};
+use warden_gateway::{Gateway, GatewayConfig, HttpFace};
+
+const AGENT: &str = "spiffe://example.org/agent/alice";
+const UPSTREAM_ERROR: i64 = warden_gateway::jsonrpc::UPSTREAM_ERROR;
+
+/// Notifications the flood writes, and their size: 200 MB of JSON, far beyond any buffer.
+const FLOOD: u64 = 200_000;
+const FLOOD_BYTES: u64 = 1024;
+
+/// How much the test process may grow while the agent does not read. The gateway's own queues
+/// hold a few hundred frames (64 events + 64 in front of the pipe + the 64 KiB pipe: about
+/// 200 frames of 1 KiB, each a few KiB once parsed): well under 2 MiB. 64 MiB leaves room for
+/// allocator slack and the runtime, and is a fraction of the ~200 MB (several times that once
+/// parsed) an unbounded queue takes in.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
+/// How many notifications the server may get written while the agent does not read: the pipes
+/// and queues above hold a few hundred; 20,000 is a tenth of the flood.
+const WRITTEN_BOUND: u64 = 20_000;
+
+/// As [`WRITTEN_BOUND`], over loopback TCP, whose socket buffers grow to several MiB each way
+/// (kernel memory, not the gateway's).
+const HTTP_WRITTEN_BOUND: u64 = 50_000;
+
+fn manifest(dir: &Path) -> String {
+    let python = peers().join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "Python peers missing: run `bash scripts/install-peers`"
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/flood_server.py");
+    format!(
+        r#"
+        trust_domain = "example.org"
+        [agents.alice]
+        id = "{AGENT}"
+        [gateway]
+        pins = "{pins}"
+        http_agent = "{AGENT}"
+        [gateway.eras]
+        flood = "legacy"
+        [servers.flood]
+        command = "{python}"
+        args = ["{script}"]
+        env = {{ FLOOD_STATE = "{state}" }}
+        [[allow]]
+        id = "flood"
+        agents = ["alice"]
+        tools = ["flood/flood", "flood/flood_later", "flood/ask", "flood/huge", "flood/echo"]
+        "#,
+        pins = dir.join("pins.json").display(),
+        python = python.display(),
+        script = script.display(),
+        state = dir.display(),
+    )
+}
+
+/// What the server noted in the state directory (`written`, `cancelled`, `done`).
+fn state(dir: &Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(name)).ok()
+}
+
+fn written(dir: &Path) -> u64 {
+    state(dir, "written").map_or(0, |w| w.trim().parse().unwrap())
+}
+
+/// Waits up to `wait` for `cond`.
+async fn until(wait: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// This process's resident memory in KiB (every test runs in its own process under nextest).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// An agent on the in-process stdio face whose pipe holds 64 KiB (a Linux pipe's default), with
+/// the flood server connected.
+async fn stdio_agent(dir: &Path, log: &TestLog) -> Agent {
+    let text = manifest(dir);
+    let (mut agent, _gw) = Agent::start_with_pipe(
+        GatewayConfig::parse(&text).unwrap(),
+        authority(&text, log),
+        AGENT,
+        64 * 1024,
+    )
+    .await;
+    agent.initialize().await;
+    let tools = agent.request("tools/list", json!({})).await;
+    assert_eq!(
+        tools["result"]["tools"].as_array().unwrap().len(),
+        5,
+        "{tools}"
+    );
+    agent
+}
+
+fn flood_call(id: u64, count: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+        "name": "flood/flood", "arguments": {"count": count, "size": FLOOD_BYTES},
+        "_meta": {"progressToken": "f"}}})
+}
+
+/// Reads frames until the response `id`: every progress notification must come before it, in
+/// order and without a gap (the stdio face drops nothing). Returns how many came, and the
+/// response.
+async fn read_flood(agent: &mut Agent, id: u64) -> (u64, Value) {
+    let mut seen = 0u64;
+    loop {
+        let frame = agent
+            .next_frame(Duration::from_secs(60))
+            .await
+            .expect("the gateway keeps sending");
+        if frame.get("id") == Some(&json!(id)) {
+            return (seen, frame);
+        }
+        assert_eq!(frame["method"], "notifications/progress", "{frame}");
+        assert_eq!(frame["params"]["progressToken"], "f");
+        seen += 1;
+        assert_eq!(
+            frame["params"]["progress"],
+            json!(seen),
+            "progress arrives in order, none lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_stops_at_the_server_while_the_agent_does_not_read_then_arrives_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let mut agent = stdio_agent(dir.path(), &log).await;
+    let before = rss_kib();
+    agent.send(&flood_call(100, FLOOD)).await;
+    // The agent reads nothing: the server gets some way, then its pipe is full.
+    assert!(
+        until(Duration::from_secs(20), || written(dir.path()) >= 100).await,
+        "the flood started"
+    );
+    let mut peak = before;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(rss_kib());
+    }
+    let held = written(dir.path());
+    assert!(
+        held < WRITTEN_BOUND,
+        "the server was stopped by backpressure, yet it wrote {held} notifications"
+    );
+    assert!(
+        peak - before < RSS_BOUND_KIB,
+        "the gateway grew by {} KiB while the agent did not read",
+        peak - before
+    );
+    // Now the agent reads: everything arrives, in order, then the result.
+    let (seen, resp) = read_flood(&mut agent, 100).await;
+    assert_eq!(seen, FLOOD);
+    assert_eq!(common::text(&resp), format!("flooded {FLOOD}"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_reaches_the_server_while_the_agent_does_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let mut agent = stdio_agent(dir.path(), &log).await;
+    // Endless, as far as this test goes.
+    agent.send(&flood_call(200, 100_000_000)).await;
+    assert!(
+        until(Duration::from_secs(20), || written(dir.path()) >= 100).await,
+        "the flood started"
+    );
+    // The gateway→agent direction is full; the agent's cancellation still gets through.
+    agent
+        .send(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                       "params": {"requestId": 200, "reason": "enough"}}),
+        )
+        .await;
+    assert!(
+        until(Duration::from_secs(10), || state(dir.path(), "cancelled")
+            .is_some())
+        .await,
+        "the cancellation reached the server while the agent read nothing"
+    );
+    // Once the agent reads, the flood ends early, in order, with its result.
+    let (seen, resp) = read_flood(&mut agent, 200).await;
+    assert!(seen < WRITTEN_BOUND, "stopped after {seen}");
+    assert_eq!(common::text(&resp), format!("flooded {seen}"), "{resp}");
+    // And the session goes on.
+    let echo = agent
+        .call("flood/echo", json!({"text": "still here"}))
+        .await;
+    assert_eq!(common::text(&echo), "still here", "{echo}");
+}
+
+/// POSTs one JSON-RPC frame in a legacy session, accepting JSON only; returns the response.
+async fn post(
+    url: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> (reqwest::header::HeaderMap, Value) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json");
+    if let Some(s) = session {
+        req = req
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    let r = req.body(body.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let headers = r.headers().clone();
+    (
+        headers,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_session_stream_open_the_backlog_drops_the_oldest_progress_not_the_rest() {
+    const LATER: u64 = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let text = manifest(dir.path());
+    let log = TestLog::new();
+    let gw = Gateway::new(GatewayConfig::parse(&text).unwrap(), authority(&text, &log)).unwrap();
+    let face = HttpFace::new(gw).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", l.local_addr().unwrap());
+    let f2 = face.clone();
+    tokio::spawn(async move { f2.serve(l).await });
+    let (headers, _) = post(
+        &url,
+        None,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+    )
+    .await;
+    let sid = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let call = |id: u64, name: &str, args: Value| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": args}});
+    // The server answers, then sends 5,000 progress notifications and a resource update that
+    // belong to no request: with no GET stream open they have nowhere to go.
+    let (_, later) = post(
+        &url,
+        Some(&sid),
+        &call(2, "flood/flood_later", json!({"count": LATER, "size": 200})),
+    )
+    .await;
+    assert_eq!(common::text(&later), "later", "{later}");
+    assert!(
+        until(Duration::from_secs(60), || state(dir.path(), "done")
+            .is_some())
+        .await,
+        "the server sent everything: it wrote {} of {LATER}",
+        written(dir.path())
+    );
+    // The agent opens its GET stream now: it gets the newest progress notifications, in order,
+    // and the resource update, which may not be dropped. (No request is sent meanwhile: while
+    // one request is in flight, notifications without a progress token go to its stream.)
+    let mut get = reqwest::Client::new()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let mut parser = warden_gateway::sse::SseParser::new();
+    let mut progress = Vec::new();
+    let mut done = false;
+    while !done {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), get.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("the backlog arrives: {} progress so far", progress.len()))
+            .unwrap()
+            .expect("the stream stays open");
+        for event in parser.push(&chunk).unwrap() {
+            let frame: Value = serde_json::from_str(&event).unwrap();
+            match frame["method"].as_str().unwrap() {
+                "notifications/progress" => {
+                    progress.push(frame["params"]["progress"].as_u64().unwrap());
+                }
+                "notifications/resources/updated" => {
+                    assert_eq!(frame["params"]["uri"], "flood://done");
+                    done = true;
+                }
+                other => panic!("unexpected {other}: {frame}"),
+            }
+        }
+    }
+    // Responses never wait in the backlog, and the session goes on after the overflow.
+    let (_, echo) = post(
+        &url,
+        Some(&sid),
+        &call(3, "flood/echo", json!({"text": "answered"})),
+    )
+    .await;
+    assert_eq!(common::text(&echo), "answered", "{echo}");
+    let kept = progress.len() as u64;
+    assert!(
+        kept > 0 && kept < LATER,
+        "a bounded backlog keeps some, not all: kept {kept} of {LATER}"
+    );
+    // The oldest went: what is kept is the newest, without a gap, in order.
+    let first = LATER - kept + 1;
+    assert_eq!(progress, (first..=LATER).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_answers_holds_a_bounded_number_of_server_requests() {
+    const ASKED: u64 = 1100;
+    const HELD: u64 = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let mut agent = stdio_agent(dir.path(), &log).await;
+    let resp = agent.call("flood/ask", json!({"count": ASKED})).await;
+    assert_eq!(common::text(&resp), "asked", "{resp}");
+    let asked = agent
+        .other
+        .iter()
+        .filter(|f| f["method"] == "roots/list")
+        .count() as u64;
+    assert_eq!(
+        asked, HELD,
+        "the agent holds at most {HELD} unanswered requests"
+    );
+    let refused = || state(dir.path(), "refused").map(|r| r.trim().to_owned());
+    assert!(
+        until(Duration::from_secs(10), || refused()
+            == Some((ASKED - HELD).to_string()))
+        .await,
+        "the server's other requests were answered with an error: {:?}",
+        refused()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_an_unread_request_stream_stops_its_server_and_no_other_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = manifest(dir.path());
+    let log = TestLog::new();
+    let gw = Gateway::new(GatewayConfig::parse(&text).unwrap(), authority(&text, &log)).unwrap();
+    let face = HttpFace::new(gw).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", l.local_addr().unwrap());
+    let f2 = face.clone();
+    tokio::spawn(async move { f2.serve(l).await });
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let (ha, _) = post(&url, None, &init).await;
+    let (hb, _) = post(&url, None, &init).await;
+    let (a, b) = (
+        ha["mcp-session-id"].to_str().unwrap().to_owned(),
+        hb["mcp-session-id"].to_str().unwrap().to_owned(),
+    );
+    // Session a: the flood's event stream, which the client does not read for now.
+    let before = rss_kib();
+    let mut stream = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &a)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(flood_call(300, FLOOD).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(
+        until(Duration::from_secs(20), || written(dir.path()) >= 100).await,
+        "the flood started"
+    );
+    // Session b is not held up by session a's full stream.
+    let (_, echo) = post(
+        &url,
+        Some(&b),
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "flood/echo", "arguments": {"text": "b"}}}),
+    )
+    .await;
+    assert_eq!(common::text(&echo), "b", "{echo}");
+    let mut peak = before;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(rss_kib());
+    }
+    let held = written(dir.path());
+    assert!(
+        held < HTTP_WRITTEN_BOUND,
+        "the server was stopped by backpressure, yet it wrote {held} notifications"
+    );
+    assert!(
+        peak - before < RSS_BOUND_KIB,
+        "the gateway grew by {} KiB while the client did not read",
+        peak - before
+    );
+    // The client reads: every notification in order, then the response.
+    let mut parser = warden_gateway::sse::SseParser::new();
+    let mut seen = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), stream.chunk())
+            .await
+            .expect("the stream goes on")
+            .unwrap()
+            .expect("the stream ends with the response");
+        let mut end = None;
+        for event in parser.push(&chunk).unwrap() {
+            let frame: Value = serde_json::from_str(&event).unwrap();
+            if frame.get("id") == Some(&json!(300)) {
+                end = Some(frame);
+                continue;
+            }
+            assert!(end.is_none(), "nothing after the response: {frame}");
+            seen += 1;
+            assert_eq!(
+                frame["params"]["progress"],
+                json!(seen),
+                "in order, none lost"
+            );
+        }
+        if let Some(resp) = end {
+            assert_eq!(seen, FLOOD);
+            assert_eq!(common::text(&resp), format!("flooded {FLOOD}"), "{resp}");
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_line_over_the_frame_limit_ends_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let mut agent = stdio_agent(dir.path(), &log).await;
+    // 17 MiB in one line: over the 16 MiB a frame may be.
+    let resp = agent.call("flood/huge", json!({"mib": 17})).await;
+    assert_eq!(common::error_code(&resp), Some(UPSTREAM_ERROR), "{resp}");
+    assert!(
+        !agent
+            .other
+            .iter()
+            .any(|f| f["method"] == "notifications/message"),
+        "the huge frame was not passed on"
+    );
+}
