@@ -50,6 +50,8 @@ struct Client<R, W> {
     w: W,
     r: Lines<BufReader<R>>,
     next: u64,
+    /// The server process, when the client started one: its CPU time is reported per call.
+    pid: Option<u32>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
@@ -58,6 +60,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
             w,
             r: BufReader::new(r).lines(),
             next: 1,
+            pid: None,
         }
     }
 
@@ -315,9 +318,23 @@ async fn process(mut cmd: tokio::process::Command) -> ProcessClient {
         .spawn()
         .unwrap();
     let mut c = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    c.pid = child.id();
     std::mem::forget(child); // killed with the process at the end of the bench
     c.initialize().await;
     c
+}
+
+/// The CPU time all threads of process `pid` have run so far (`/proc/PID/task/*/schedstat`).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// `warden mcp` itself (the binary in `WARDEN_BENCH_BIN`) as the client's server process, on
@@ -425,6 +442,7 @@ fn bench(c: &mut Criterion) {
     let (direct, relay, journal, gwc, procc) = rt.block_on(async {
         let mut child = everything();
         let mut direct = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        direct.pid = child.id();
         direct.initialize().await;
         std::mem::forget(child); // killed with the process at the end of the bench
         let mut relay = relay_client(None).await;
@@ -511,14 +529,28 @@ fn bench(c: &mut Criterion) {
     let mut blocks: [Vec<Duration>; 7] = Default::default();
     // Call by call: direct and gateway alternate, each call finding the caches the other left.
     let mut alternating: [Vec<Duration>; 2] = Default::default();
+    // The process each path's client talks to, where it is one of its own (direct: the server;
+    // the process paths: the relay, `warden mcp`), and the CPU time it spent in the blocks.
+    let pids: [Option<u32>; 7] = rt.block_on(async {
+        let procs = procc.lock().await;
+        let (r, p) = procs
+            .as_ref()
+            .map_or((None, None), |(_, r, p)| (r.pid, p.pid));
+        [direct.lock().await.pid, None, None, None, None, r, p]
+    });
+    let mut cpu: [Duration; 7] = Default::default();
     rt.block_on(async {
         for _ in 0..rounds {
             for (i, v) in blocks.iter_mut().enumerate() {
                 if !only.as_ref().is_none_or(|o| o.contains(&i)) {
                     continue;
                 }
+                let before = pids[i].map(cpu_time);
                 for _ in 0..calls {
                     v.extend(call!(i).await);
+                }
+                if let (Some(pid), Some(before)) = (pids[i], before) {
+                    cpu[i] += cpu_time(pid).saturating_sub(before);
                 }
             }
             for _ in 0..if only.is_none() { calls } else { 0 } {
@@ -541,16 +573,21 @@ fn bench(c: &mut Criterion) {
     } else {
         stats(&mut blocks[0])
     };
-    for (name, v) in NAMES.iter().zip(blocks.iter_mut()) {
+    for ((name, v), cpu) in NAMES.iter().zip(blocks.iter_mut()).zip(cpu) {
         if v.is_empty() {
             continue;
         }
+        let n = v.len() as f64;
         let (p50, p99) = stats(v);
         report += &format!(
-            "  {name:26} p50 {p50:8.1} us  p99 {p99:8.1} us  added p50 {:8.1} us  p99 {:8.1} us\n",
+            "  {name:26} p50 {p50:8.1} us  p99 {p99:8.1} us  added p50 {:8.1} us  p99 {:8.1} us",
             p50 - base.0,
             p99 - base.1
         );
+        if !cpu.is_zero() {
+            report += &format!("  (its process: {:.1} us CPU a call)", us(cpu) / n);
+        }
+        report += "\n";
     }
     if only.is_some() {
         println!("{report}");
