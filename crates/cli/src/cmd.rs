@@ -44,10 +44,27 @@ pub(crate) fn dispatch(command: Command) -> ExitCode {
         // ---- identity ----
         Command::Identity(args) => identity::run(args),
         // ---- gateway ----
-        Command::Mcp(args) => mcp::run(&args),
-        Command::Serve(args) => serve::run(&args),
+        Command::Mcp(args) => {
+            log_warnings();
+            mcp::run(&args)
+        }
+        Command::Serve(args) => {
+            log_warnings();
+            serve::run(&args)
+        }
         Command::Replay(args) => replay::run(&args),
         Command::Approvals(command) => approvals::run(&command),
         Command::Tools(command) => tools::run(&command),
     }
+}
+
+/// The long-running gateway commands report the gateway's warnings (e.g. notifications dropped
+/// for an agent that does not read them) on standard error; standard output may be the MCP
+/// channel itself.
+fn log_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_target(false)
+        .try_init();
 }
