@@ -1,7 +1,10 @@
 //! The stdio face: the gateway as the MCP server an agent launches (`warden mcp`).
 //!
 //! One line, one JSON-RPC frame. Requests are handled concurrently, so a long call neither
-//! blocks a cancellation nor the agent's answer to a server→client request.
+//! blocks a cancellation nor the agent's answer to a server→client request. What an agent may
+//! have in flight is bounded ([`IN_FLIGHT_BUDGET`]: 64 MiB or 65,536 frames whose answers are not
+//! yet queued for the pipe); an agent that writes requests and never reads the answers stops
+//! being read. A line longer than a frame may be is skipped as it arrives, never buffered whole.
 //!
 //! A modern agent's `subscriptions/listen` opens the same relay as on the HTTP face (see
 //! `listen.rs`); its frames share the pipe with everything else, told apart by
@@ -21,8 +24,10 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{Notify, mpsc};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::MODERN_VERSION;
 use crate::backpressure::AGENT_BUFFER;
@@ -70,16 +75,31 @@ where
     let servers: Vec<String> = gw.config().servers.keys().cloned().collect();
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
+    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BUDGET));
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).await?;
+        let n = (&mut reader)
+            .take(MAX_FRAME as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
         if n == 0 {
             break;
         }
+        // Every frame holds its share of the budget until its answer is queued for the agent:
+        // an agent that writes requests and never reads the answers stops being read.
+        let Ok(permit) = budget.clone().acquire_many_owned(cost(line.len())).await else {
+            break;
+        };
         if line.len() > MAX_FRAME {
+            // Never buffered whole: the rest of the line is skipped as it arrives.
+            if line.last() != Some(&b'\n') {
+                skip_line(&mut reader).await?;
+            }
+            line.clear();
             answer(
                 &tx,
                 jsonrpc::error(Value::Null, jsonrpc::PARSE_ERROR, "frame too large", None),
+                permit,
             );
             continue;
         }
@@ -97,6 +117,7 @@ where
                         &e.to_string(),
                         None,
                     ),
+                    permit,
                 );
                 continue;
             }
@@ -116,7 +137,15 @@ where
             ));
         }
         if kind == Kind::Request && method == "subscriptions/listen" && is_modern(&frame) {
-            listen(&listens, &session, servers.clone(), frame, &relay_tx, &tx);
+            listen(
+                &listens,
+                &session,
+                servers.clone(),
+                frame,
+                &relay_tx,
+                &tx,
+                permit,
+            );
             continue;
         }
         if kind == Kind::Notification
@@ -132,9 +161,10 @@ where
                 if let Some(resp) = session.handle(frame).await {
                     let _ = tx.send(resp).await;
                 }
+                drop(permit);
             });
         } else if let Some(resp) = session.handle(frame).await {
-            answer(&tx, resp);
+            answer(&tx, resp, permit);
         }
     }
     // The agent is gone: its relays stop (they hold the session, and with it the writer).
@@ -148,12 +178,45 @@ where
 }
 
 /// Sends `frame` to the agent from a task of its own, so the input loop never waits for room in
-/// the pipe.
-fn answer(tx: &mpsc::Sender<Value>, frame: Value) {
+/// the pipe; the frame's share of the in-flight budget is released once it is queued.
+fn answer(tx: &mpsc::Sender<Value>, frame: Value, permit: OwnedSemaphorePermit) {
     let tx = tx.clone();
     tokio::spawn(async move {
         let _ = tx.send(frame).await;
+        drop(permit);
     });
+}
+
+/// What the agent may have in flight at once (frames read whose answer is not yet queued for the
+/// pipe), in units of [`cost`]: 64 MiB of request bytes, or 65,536 small requests. Past it the
+/// face stops reading the agent's input until answers drain (so a cancellation waits too).
+const IN_FLIGHT_BUDGET: usize = 65_536;
+
+/// A frame's share of [`IN_FLIGHT_BUDGET`]: one unit per started KiB, at least one, at most the
+/// whole budget (an over-long line, answered with an error, takes it all while it is skipped).
+fn cost(len: usize) -> u32 {
+    let units = (len / 1024 + 1).min(IN_FLIGHT_BUDGET);
+    u32::try_from(units).unwrap_or(u32::MAX)
+}
+
+/// Consumes input up to and including the next newline (or the end), keeping none of it.
+async fn skip_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    }
 }
 
 /// Whether a request names the modern revision (any other named revision is refused by the
@@ -174,6 +237,7 @@ fn listen(
     frame: Value,
     relay_tx: &mpsc::Sender<Value>,
     tx: &mpsc::Sender<Value>,
+    permit: OwnedSemaphorePermit,
 ) {
     // The session (and the upstream connections the relay opens) follow the modern era.
     session.adopt_modern(&frame);
@@ -196,6 +260,6 @@ fn listen(
                 }
             });
         }
-        Err(refusal) => answer(tx, refusal.to_error(id)),
+        Err(refusal) => answer(tx, refusal.to_error(id), permit),
     }
 }

@@ -10,6 +10,10 @@
 //!   1024 of them; the server's further requests are answered with an error;
 //! - stdio: a server line longer than a frame may be ends the connection instead of being read
 //!   whole;
+//! - stdio: an agent that writes requests and never reads the answers stops being read once
+//!   its in-flight budget is spent, and gets every answer once it reads;
+//! - stdio: an agent's line longer than a frame may be is skipped as it arrives (never buffered
+//!   whole) and refused, and the next frame is served;
 //! - HTTP: a request's event stream the client does not read stops that session's server the
 //!   same way, while another session's calls go on;
 //! - HTTP: a legacy session with no GET stream open keeps a bounded backlog that drops the
@@ -484,4 +488,113 @@ async fn a_server_line_over_the_frame_limit_ends_the_connection() {
             .any(|f| f["method"] == "notifications/message"),
         "the huge frame was not passed on"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_reads_its_answers_stops_being_read() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let text = manifest(dir.path());
+    let log = TestLog::new();
+    let (agent, _gw) = Agent::start_with_pipe(
+        GatewayConfig::parse(&text).unwrap(),
+        authority(&text, &log),
+        AGENT,
+        4096,
+    )
+    .await;
+    let (mut w, mut r) = agent.into_parts();
+    const PINGS: u64 = 100_000;
+    let written = Arc::new(AtomicU64::new(0));
+    let w2 = written.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..PINGS {
+            let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"ping\"}}\n");
+            w.write_all(line.as_bytes()).await.unwrap();
+            w2.store(i + 1, Ordering::Relaxed);
+        }
+        w
+    });
+    // Until writing stalls: the face stops reading once its budget (65,536 small frames) is
+    // held by requests whose answers wait for the agent.
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = written.load(Ordering::Relaxed);
+        assert!(
+            now < PINGS,
+            "the face read all {PINGS} requests while the agent read no answer"
+        );
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    // The budget, plus what the pipes, the reader's buffer and the answer queue hold.
+    assert!(
+        last <= 65_536 + 1_000,
+        "{last} requests read ahead of their answers"
+    );
+    // Reading lets the agent write the rest; every request is answered.
+    let mut answered = 0;
+    while answered < PINGS {
+        let line = tokio::time::timeout(Duration::from_secs(60), r.next_line())
+            .await
+            .expect("answers stopped")
+            .unwrap()
+            .expect("the face closed the pipe");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["result"], json!({}), "{v}");
+        answered += 1;
+    }
+    writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_over_long_line_from_the_agent_is_skipped_and_refused() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let text = manifest(dir.path());
+    let log = TestLog::new();
+    let (agent, _gw) = Agent::start_with_pipe(
+        GatewayConfig::parse(&text).unwrap(),
+        authority(&text, &log),
+        AGENT,
+        64 * 1024,
+    )
+    .await;
+    let (mut w, mut r) = agent.into_parts();
+    let writer = tokio::spawn(async move {
+        // A string of 16 MiB + 1 KiB inside an otherwise valid request, sent in pieces.
+        w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"x\":\"")
+            .await
+            .unwrap();
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..16 {
+            w.write_all(&chunk).await.unwrap();
+        }
+        w.write_all(&chunk[..1024]).await.unwrap();
+        w.write_all(b"\"}}\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\"}\n")
+            .await
+            .unwrap();
+        w
+    });
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), r.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let refused = next().await;
+    assert_eq!(refused["error"]["code"], json!(-32700), "{refused}");
+    assert_eq!(refused["error"]["message"], json!("frame too large"));
+    // The rest of the long line was skipped, not parsed as frames of its own.
+    let served = next().await;
+    assert_eq!(served["id"], json!(2), "{served}");
+    assert_eq!(served["result"], json!({}));
+    writer.await.unwrap();
 }

@@ -87,6 +87,16 @@ impl Agent {
         )
     }
 
+    /// The pipe's two ends: what the agent writes, and the lines it reads.
+    pub fn into_parts(
+        self,
+    ) -> (
+        WriteHalf<DuplexStream>,
+        Lines<BufReader<ReadHalf<DuplexStream>>>,
+    ) {
+        (self.w, self.r)
+    }
+
     /// Sends a raw frame.
     pub async fn send(&mut self, frame: &Value) {
         let mut bytes = serde_json::to_vec(frame).unwrap();
