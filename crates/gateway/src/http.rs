@@ -542,8 +542,9 @@ async fn respond(
     // stops reading holds up its session's upstreams rather than filling the gateway.
     let (tx, mut rx) = mpsc::channel::<Value>(REQUEST_STREAM_BUFFER);
     let tx2 = tx.clone();
+    let handler = session.clone();
     tokio::spawn(async move {
-        if let Some(resp) = session.handle_streaming(frame, tx2.clone()).await {
+        if let Some(resp) = handler.handle_streaming(frame, tx2.clone()).await {
             let _ = tx2.send(resp).await;
         }
     });
@@ -555,8 +556,20 @@ async fn respond(
         return status(StatusCode::INTERNAL_SERVER_ERROR, "no response");
     };
     // A client that accepts only JSON gets exactly the response: what the session sends before
-    // it (progress, list-changed) has no stream to travel on and is dropped.
+    // it (progress, list-changed) has no stream to travel on and is dropped. A server→client
+    // request cannot reach the client either: its server is answered with an error at once, so
+    // it does not wait (nor does the session keep the request) for an answer that cannot come.
     while !wants_sse && jsonrpc::classify(&first) != Kind::Response {
+        if jsonrpc::classify(&first) == Kind::Request {
+            let refusal = jsonrpc::error(
+                first.get("id").cloned().unwrap_or(Value::Null),
+                jsonrpc::INTERNAL_ERROR,
+                "the client accepts only JSON responses: no stream to send this request on",
+                None,
+            );
+            let s = session.clone();
+            tokio::spawn(async move { s.handle(refusal).await });
+        }
         let Some(next) = rx.recv().await else {
             return status(StatusCode::INTERNAL_SERVER_ERROR, "no response");
         };

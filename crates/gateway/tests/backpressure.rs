@@ -14,6 +14,8 @@
 //!   its in-flight budget is spent, and gets every answer once it reads;
 //! - stdio: an agent's line longer than a frame may be is skipped as it arrives (never buffered
 //!   whole) and refused, and the next frame is served;
+//! - HTTP: a server→client request during the call of a client that accepts only JSON is
+//!   answered with an error at once (it has no stream to reach the client on);
 //! - HTTP: a request's event stream the client does not read stops that session's server the
 //!   same way, while another session's calls go on;
 //! - HTTP: a legacy session with no GET stream open keeps a bounded backlog that drops the
@@ -597,4 +599,39 @@ async fn an_over_long_line_from_the_agent_is_skipped_and_refused() {
     assert_eq!(served["id"], json!(2), "{served}");
     assert_eq!(served["result"], json!({}));
     writer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_only_clients_server_requests_are_refused_not_left_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = manifest(dir.path());
+    let log = TestLog::new();
+    let gw = Gateway::new(GatewayConfig::parse(&text).unwrap(), authority(&text, &log)).unwrap();
+    let face = HttpFace::new(gw).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", l.local_addr().unwrap());
+    let f2 = face.clone();
+    tokio::spawn(async move { f2.serve(l).await });
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let (h, _) = post(&url, None, &init).await;
+    let sid = h["mcp-session-id"].to_str().unwrap().to_owned();
+    // The server asks the client three times during the call; this client takes JSON only, so
+    // the requests have no stream to travel on.
+    let (_, resp) = post(
+        &url,
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "flood/ask", "arguments": {"count": 3}}}),
+    )
+    .await;
+    assert_eq!(common::text(&resp), "asked", "{resp}");
+    let refused = || state(dir.path(), "refused").map(|r| r.trim().to_owned());
+    assert!(
+        until(Duration::from_secs(10), || refused().as_deref()
+            == Some("3"))
+        .await,
+        "the server's requests were answered with an error at once, got {:?}",
+        refused()
+    );
 }
