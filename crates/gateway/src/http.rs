@@ -59,8 +59,18 @@ pub struct HttpFace {
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
     /// Implicit sessions of modern agents, by identity.
     modern: Mutex<HashMap<String, Arc<Session>>>,
+    /// Modern agents whose session has the gateway's own tools-only listen open.
+    watched: Mutex<std::collections::HashSet<String>>,
+    /// Ends those listens when the face is dropped.
+    stop_watches: Arc<tokio::sync::Notify>,
     /// Open `subscriptions/listen` relays.
     listens: Arc<Listens>,
+}
+
+impl Drop for HttpFace {
+    fn drop(&mut self) {
+        self.stop_watches.notify_waiters();
+    }
 }
 
 impl std::fmt::Debug for HttpFace {
@@ -92,6 +102,8 @@ impl HttpFace {
             verifier,
             sessions: Mutex::default(),
             modern: Mutex::default(),
+            watched: Mutex::default(),
+            stop_watches: Arc::default(),
             listens: Arc::default(),
         }))
     }
@@ -222,6 +234,29 @@ impl HttpFace {
             Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), rx))
         });
         sse_response(Body::from_stream(stream))
+    }
+
+    /// From a modern agent's first request on, the gateway's own tools-only listen on the
+    /// servers behind the agent's implicit session, as on the stdio face: a modern server
+    /// announces a tool change only on listen streams, and the change must be re-pinned (and
+    /// refused) even while the agent holds no relay.
+    fn watch_tools(&self, agent: &str, session: &Arc<Session>, frame: &Value) {
+        if !self
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(agent.to_owned())
+        {
+            return;
+        }
+        let meta = frame.pointer("/params/_meta").cloned().unwrap_or_default();
+        let servers = self.gw.config().servers.keys().cloned().collect();
+        tokio::spawn(crate::listen::watch_tools(
+            session.clone(),
+            servers,
+            meta,
+            self.stop_watches.clone(),
+        ));
     }
 
     fn modern_session(&self, agent: &str) -> Arc<Session> {
@@ -440,6 +475,7 @@ async fn post_mcp(
             // Before anything may open an upstream connection (the `Mcp-Param-*` check lists
             // tools): the session's connections follow the modern era.
             session.adopt_modern(&frame);
+            face.watch_tools(&agent, &session, &frame);
         }
         if method == "subscriptions/listen" && kind == Kind::Request {
             // The answer to a listen request is an event stream, never JSON.

@@ -42,9 +42,14 @@ async fn mutable_server() -> (tokio::process::Child, String) {
 /// A gateway's HTTP face in front of `upstream` (server `every`, bare tool names, every tool
 /// allowed); returns its URL.
 async fn gateway(upstream: &str, dir: &std::path::Path, log: &TestLog) -> String {
+    gateway_with(upstream, dir, log, "").await
+}
+
+/// As [`gateway`], with `extra` lines at the end of the `[gateway]` table.
+async fn gateway_with(upstream: &str, dir: &std::path::Path, log: &TestLog, extra: &str) -> String {
     let text = format!(
         "trust_domain = \"example.org\"\n[agents.a]\nid = \"spiffe://example.org/agent/a\"\n\
-         [gateway]\npins = \"{}\"\nhttp_agent = \"spiffe://example.org/agent/a\"\nbare_names = true\nupstream_timeout_secs = 30\n\
+         [gateway]\npins = \"{}\"\nhttp_agent = \"spiffe://example.org/agent/a\"\nbare_names = true\nupstream_timeout_secs = 30\n{extra}\
          [servers.every]\nurl = \"{upstream}\"\n\
          [[allow]]\nid = \"all\"\nagents = [\"a\"]\ntools = [\"every/*\"]\n",
         dir.join("pins.json").display()
@@ -269,6 +274,64 @@ async fn an_announced_tool_change_is_re_pinned_before_the_agent_re_lists() {
             .collect::<Vec<_>>()
     );
     // And the changed tool is refused until an operator accepts it.
+    let r = call(
+        &gw,
+        json!(3),
+        "tools/call",
+        json!({"name": "mutable", "arguments": {"text": "hi"}}),
+    )
+    .await;
+    assert_eq!(
+        error_code(&r),
+        Some(warden_gateway::jsonrpc::TOOL_CHANGED),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modern_http_agent_without_a_relay_still_has_changes_re_pinned() {
+    // The upstream speaks 2026-07-28, so it announces a change only on listen streams; this
+    // agent opens none: the gateway's own listen hears the change and re-pins.
+    let (_srv, upstream) = mutable_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let gw = gateway_with(
+        &upstream,
+        dir.path(),
+        &log,
+        "[gateway.eras]\nevery = \"modern\"\n",
+    )
+    .await;
+    let r = call(
+        &gw,
+        json!(1),
+        "tools/call",
+        json!({"name": "mutable", "arguments": {"text": "hi"}}),
+    )
+    .await;
+    assert!(r.get("result").is_some(), "pinned and allowed: {r}");
+    let r = call(
+        &gw,
+        json!(2),
+        "tools/call",
+        json!({"name": "mutate", "arguments": {}}),
+    )
+    .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let flagged = |log: &TestLog| {
+        log.records().iter().any(|r| {
+            r["type"] == "warden.tool_pinned"
+                && r["tool"] == "every/mutable"
+                && r["status"] == "changed"
+        })
+    };
+    for _ in 0..200 {
+        if flagged(&log) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(flagged(&log), "no `changed` pin event without a relay");
     let r = call(
         &gw,
         json!(3),
