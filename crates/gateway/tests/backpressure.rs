@@ -30,6 +30,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Agent, TestLog, authority, peers};
@@ -242,6 +243,25 @@ async fn a_cancellation_reaches_the_server_while_the_agent_does_not_read() {
 }
 
 /// POSTs one JSON-RPC frame in a legacy session, accepting JSON only; returns the response.
+/// The HTTP face over the flood server, serving on a loopback port; returns its URL.
+async fn http_face(dir: &Path, log: &Arc<TestLog>) -> String {
+    let text = manifest(dir);
+    let gw = Gateway::new(GatewayConfig::parse(&text).unwrap(), authority(&text, log)).unwrap();
+    let face = HttpFace::new(gw).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", l.local_addr().unwrap());
+    tokio::spawn(async move { face.serve(l).await });
+    url
+}
+
+/// A new legacy session on the face at `url`; returns its id.
+async fn http_session(url: &str) -> String {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let (headers, _) = post(url, None, &init).await;
+    headers["mcp-session-id"].to_str().unwrap().to_owned()
+}
+
 async fn post(
     url: &str,
     session: Option<&str>,
@@ -269,22 +289,9 @@ async fn post(
 async fn with_no_session_stream_open_the_backlog_drops_the_oldest_progress_not_the_rest() {
     const LATER: u64 = 5_000;
     let dir = tempfile::tempdir().unwrap();
-    let text = manifest(dir.path());
     let log = TestLog::new();
-    let gw = Gateway::new(GatewayConfig::parse(&text).unwrap(), authority(&text, &log)).unwrap();
-    let face = HttpFace::new(gw).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/mcp", l.local_addr().unwrap());
-    let f2 = face.clone();
-    tokio::spawn(async move { f2.serve(l).await });
-    let (headers, _) = post(
-        &url,
-        None,
-        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
-    )
-    .await;
-    let sid = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let url = http_face(dir.path(), &log).await;
+    let sid = http_session(&url).await;
     let call = |id: u64, name: &str, args: Value| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": args}});
     // The server answers, then sends 5,000 progress notifications and a resource update that
     // belong to no request: with no GET stream open they have nowhere to go.
@@ -386,22 +393,9 @@ async fn an_agent_that_never_answers_holds_a_bounded_number_of_server_requests()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http_an_unread_request_stream_stops_its_server_and_no_other_session() {
     let dir = tempfile::tempdir().unwrap();
-    let text = manifest(dir.path());
     let log = TestLog::new();
-    let gw = Gateway::new(GatewayConfig::parse(&text).unwrap(), authority(&text, &log)).unwrap();
-    let face = HttpFace::new(gw).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/mcp", l.local_addr().unwrap());
-    let f2 = face.clone();
-    tokio::spawn(async move { f2.serve(l).await });
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
-    let (ha, _) = post(&url, None, &init).await;
-    let (hb, _) = post(&url, None, &init).await;
-    let (a, b) = (
-        ha["mcp-session-id"].to_str().unwrap().to_owned(),
-        hb["mcp-session-id"].to_str().unwrap().to_owned(),
-    );
+    let url = http_face(dir.path(), &log).await;
+    let (a, b) = (http_session(&url).await, http_session(&url).await);
     // Session a: the flood's event stream, which the client does not read for now.
     let before = rss_kib();
     let mut stream = reqwest::Client::new()
@@ -494,7 +488,6 @@ async fn a_server_line_over_the_frame_limit_ends_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_never_reads_its_answers_stops_being_read() {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::AsyncWriteExt as _;
     let dir = tempfile::tempdir().unwrap();
@@ -604,18 +597,9 @@ async fn an_over_long_line_from_the_agent_is_skipped_and_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_only_clients_server_requests_are_refused_not_left_waiting() {
     let dir = tempfile::tempdir().unwrap();
-    let text = manifest(dir.path());
     let log = TestLog::new();
-    let gw = Gateway::new(GatewayConfig::parse(&text).unwrap(), authority(&text, &log)).unwrap();
-    let face = HttpFace::new(gw).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/mcp", l.local_addr().unwrap());
-    let f2 = face.clone();
-    tokio::spawn(async move { f2.serve(l).await });
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
-    let (h, _) = post(&url, None, &init).await;
-    let sid = h["mcp-session-id"].to_str().unwrap().to_owned();
+    let url = http_face(dir.path(), &log).await;
+    let sid = http_session(&url).await;
     // The server asks the client three times during the call; this client takes JSON only, so
     // the requests have no stream to travel on.
     let (_, resp) = post(
