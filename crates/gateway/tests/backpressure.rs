@@ -186,21 +186,7 @@ async fn a_flood_stops_at_the_server_while_the_agent_does_not_read_then_arrives_
         until(Duration::from_secs(20), || written(dir.path()) >= 100).await,
         "the flood started"
     );
-    let mut peak = before;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        peak = peak.max(rss_kib());
-    }
-    let held = written(dir.path());
-    assert!(
-        held < WRITTEN_BOUND,
-        "the server was stopped by backpressure, yet it wrote {held} notifications"
-    );
-    assert!(
-        peak - before < RSS_BOUND_KIB,
-        "the gateway grew by {} KiB while the agent did not read",
-        peak - before
-    );
+    held_back(dir.path(), before, WRITTEN_BOUND).await;
     // Now the agent reads: everything arrives, in order, then the result.
     let (seen, resp) = read_flood(&mut agent, 100).await;
     assert_eq!(seen, FLOOD);
@@ -243,6 +229,26 @@ async fn a_cancellation_reaches_the_server_while_the_agent_does_not_read() {
 }
 
 /// POSTs one JSON-RPC frame in a legacy session, accepting JSON only; returns the response.
+/// Watches for 3 s while the agent does not read: the server wrote fewer than `bound`
+/// notifications, and this process grew less than [`RSS_BOUND_KIB`] above `before`.
+async fn held_back(dir: &Path, before: u64, bound: u64) {
+    let mut peak = before;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(rss_kib());
+    }
+    let held = written(dir);
+    assert!(
+        held < bound,
+        "the server was stopped by backpressure, yet it wrote {held} notifications"
+    );
+    assert!(
+        peak - before < RSS_BOUND_KIB,
+        "the gateway grew by {} KiB while the agent did not read",
+        peak - before
+    );
+}
+
 /// The HTTP face over the flood server, serving on a loopback port; returns its URL.
 async fn http_face(dir: &Path, log: &Arc<TestLog>) -> String {
     let text = manifest(dir);
@@ -422,21 +428,7 @@ async fn over_http_an_unread_request_stream_stops_its_server_and_no_other_sessio
     )
     .await;
     assert_eq!(common::text(&echo), "b", "{echo}");
-    let mut peak = before;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        peak = peak.max(rss_kib());
-    }
-    let held = written(dir.path());
-    assert!(
-        held < HTTP_WRITTEN_BOUND,
-        "the server was stopped by backpressure, yet it wrote {held} notifications"
-    );
-    assert!(
-        peak - before < RSS_BOUND_KIB,
-        "the gateway grew by {} KiB while the client did not read",
-        peak - before
-    );
+    held_back(dir.path(), before, HTTP_WRITTEN_BOUND).await;
     // The client reads: every notification in order, then the response.
     let mut parser = warden_gateway::sse::SseParser::new();
     let mut seen = 0u64;
