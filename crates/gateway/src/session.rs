@@ -174,6 +174,17 @@ pub struct Session {
     /// Tasks (MCP tasks extension) that allowed `tools/call`s created: task id → (server, the
     /// label its result gets, as the call's own result would).
     tasks: Mutex<HashMap<String, (String, Label)>>,
+    /// Per server, the re-lists its change announcements asked for (see `tools_changed`).
+    relists: Mutex<HashMap<String, Arc<Relists>>>,
+}
+
+/// The re-lists of one server's tools that announcements asked for: `asked` counts the
+/// requests; `done` holds, under its lock (held while a re-list runs), the highest request the
+/// last finished re-list covered.
+#[derive(Default)]
+struct Relists {
+    asked: AtomicU64,
+    done: tokio::sync::Mutex<u64>,
 }
 
 /// Server→client requests a session forwards to its agent that may wait for the agent's
@@ -256,6 +267,7 @@ impl Session {
             delivered_tick: tokio::sync::Notify::new(),
             changes: tokio::sync::broadcast::channel(crate::upstream::LISTEN_BUFFER).0,
             tasks: Mutex::default(),
+            relists: Mutex::default(),
         });
         tokio::spawn(pump(Arc::downgrade(&session), rx));
         session
@@ -680,7 +692,30 @@ impl Session {
 
     /// `server` announced that its tools changed: re-lists them at once, so that changed
     /// definitions are flagged (and refused) before the agent re-fetches the list.
+    ///
+    /// The announcements of one change arrive once per open relay plus the gateway's own
+    /// listen; they share re-lists. A caller returns only after a re-list that *started* after
+    /// its request finished (so never on a list taken before the change), and N concurrent
+    /// callers cost at most two re-lists, not N.
     pub(crate) async fn tools_changed(&self, server: &str) {
+        let relists = {
+            let Ok(mut all) = self.relists.lock() else {
+                return self.relist(server).await;
+            };
+            Arc::clone(all.entry(server.to_owned()).or_default())
+        };
+        let ticket = relists.asked.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut done = relists.done.lock().await;
+        if *done >= ticket {
+            return;
+        }
+        // Every request up to here is covered by the re-list that starts now.
+        let covered = relists.asked.load(Ordering::Acquire);
+        self.relist(server).await;
+        *done = covered;
+    }
+
+    async fn relist(&self, server: &str) {
         if self.list_server(server).await.is_err() {
             // Not re-listed, so not re-checked against the pins: the next call lists again
             // first (and fails if it cannot).

@@ -47,7 +47,7 @@ fn manifest(one: &str, two: &str, dir: &std::path::Path) -> String {
          [gateway]\npins = \"{}\"\nupstream_timeout_secs = 30\n\
          [gateway.eras]\none = \"{one}\"\ntwo = \"{two}\"\n{}{}\
          [[allow]]\nid = \"all\"\nagents = [\"a\"]\n\
-         tools = [\"one/mutate\", \"one/mutable\", \"two/mutate\", \"two/mutable\", \"two/quit\"]\n",
+         tools = [\"one/mutate\", \"one/mutable\", \"two/mutate\", \"two/mutable\", \"two/quit\", \"two/list_count\"]\n",
         dir.join("pins.json").display(),
         server("one"),
         server("two"),
@@ -403,6 +403,39 @@ async fn a_modern_agent_without_a_relay_still_has_changes_re_pinned() {
         .frame_where(Duration::from_millis(500), |o| o.get("method").is_some())
         .await;
     assert!(told.is_none(), "{told:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_change_heard_on_many_relays_shares_its_re_lists() {
+    let mut f = Fixture::start("modern", "modern").await;
+    let r = f.call("two/mutable", json!({"text": "hi"})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    for i in 0..8 {
+        f.open(&format!("L{i}"), json!({"toolsListChanged": true}))
+            .await;
+    }
+    let lists = async |f: &mut Fixture| -> u64 {
+        let r = f.call("two/list_count", json!({})).await;
+        common::text(&r).parse().unwrap()
+    };
+    // Settled: the gateway's own listen re-lists every server once all acknowledged it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = lists(&mut f).await;
+    let r = f.call("two/mutate", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    // Nine listeners hear it: eight relays and the gateway's own listen.
+    for i in 0..8 {
+        assert!(f.changed(&format!("L{i}"), SOON).await.is_some(), "L{i}");
+    }
+    assert!(f.flagged("two/mutable").await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two at most in principle (one running, one covering what came meanwhile); three leaves
+    // room for a straggler under load. One each would be nine.
+    let relists = lists(&mut f).await - before;
+    assert!(
+        (1..=3).contains(&relists),
+        "one change heard nine times cost {relists} re-lists"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 """A Streamable HTTP MCP server (the real Python SDK) whose tool `mutable` changes its
 description when `mutate` is called, announcing it to `subscriptions/listen` streams (and, in
 the 2025-11-25 era, on the session); `quit` exits the process. With MUTABLE_SLOW_LIST_SECS set,
-`tools/list` answers that much later once the tool has changed.
+`tools/list` answers that much later once the tool has changed. `list_count` answers how many
+`tools/list` requests the server has answered.
 Usage: python mutable_server.py PORT (Streamable HTTP) | stdio"""
 
 import os
@@ -25,7 +26,12 @@ _mutated = False
 _list_tools = mcp.list_tools
 
 
+_lists = 0
+
+
 async def _slow_list_tools():
+    global _lists
+    _lists += 1
     if _mutated and _SLOW_LIST:
         await anyio.sleep(_SLOW_LIST)
     return await _list_tools()
@@ -44,6 +50,12 @@ async def mutate(ctx: Context) -> str:
     await ctx.notify_tools_changed()  # listen streams (2026-07-28)
     await ctx.session.send_tool_list_changed()  # the session (2025-11-25); dropped when modern
     return "mutated"
+
+
+@mcp.tool()
+async def list_count() -> str:
+    """How many `tools/list` requests this server has answered."""
+    return str(_lists)
 
 
 @mcp.tool()
