@@ -698,6 +698,10 @@ impl Session {
     /// its request finished (so never on a list taken before the change), and N concurrent
     /// callers cost at most two re-lists, not N.
     pub(crate) async fn tools_changed(&self, server: &str) {
+        // Until a re-list that started after this announcement finishes, a call re-lists before
+        // it is decided rather than run on the definition pinned before the change (whichever
+        // path heard it: the session stream, a relay, the gateway's own listen).
+        self.mark_stale(server);
         let relists = {
             let Ok(mut all) = self.relists.lock() else {
                 return self.relist(server).await;
@@ -1304,7 +1308,9 @@ impl Session {
             UpstreamEvent::Notification { server, frame } => {
                 let method = jsonrpc::method(&frame).unwrap_or_default();
                 if method == "notifications/tools/list_changed" {
-                    // The next call re-lists and re-checks pins first.
+                    // The next call re-lists and re-checks pins first. Marked here already, not
+                    // only in the re-list the pump starts after this: before the server's later
+                    // frames (its response, which the agent may answer with a call) go out.
                     self.mark_stale(&server);
                 }
                 if method == "notifications/tasks/status" {

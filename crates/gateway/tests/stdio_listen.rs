@@ -406,6 +406,32 @@ async fn a_modern_agent_without_a_relay_still_has_changes_re_pinned() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_during_the_re_list_after_a_modern_announcement_is_not_decided_on_the_old_pin() {
+    // `two` speaks 2026-07-28, so its announcement reaches the gateway's own listen only, and it
+    // answers `tools/list` 5 s late once changed: the re-list the announcement starts is still
+    // running when the agent calls the changed tool.
+    let slow = "[servers.two]\nenv = { MUTABLE_SLOW_LIST_SECS = \"5\" }\n";
+    let mut f = Fixture::with("modern", "modern", 1 << 20, |t| {
+        t.replacen("[servers.two]\n", slow, 1)
+    })
+    .await;
+    let r = f.call("two/mutable", json!({"text": "hi"})).await;
+    assert!(r.get("result").is_some(), "pinned and allowed: {r}");
+    // The gateway's own listen is open once every server acknowledged it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = f.call("two/mutate", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    // Time for the announcement to reach the listen (not for the 5 s re-list).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = f.call("two/mutable", json!({"text": "hi"})).await;
+    assert_eq!(
+        error_code(&r),
+        Some(TOOL_CHANGED),
+        "a call during the re-list ran on the old definition: {r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_change_heard_on_many_relays_shares_its_re_lists() {
     let mut f = Fixture::start("modern", "modern").await;
     let r = f.call("two/mutable", json!({"text": "hi"})).await;
