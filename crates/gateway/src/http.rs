@@ -227,11 +227,7 @@ impl HttpFace {
         }
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             let frame = rx.recv().await?;
-            let text = format!(
-                "event: message\ndata: {}\n\n",
-                serde_json::to_string(&frame).unwrap_or_default()
-            );
-            Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), rx))
+            Some((sse_event(&frame), rx))
         });
         sse_response(Body::from_stream(stream))
     }

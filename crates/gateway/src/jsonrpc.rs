@@ -13,6 +13,16 @@ use serde_json::{Map, Value, json};
 /// Largest frame accepted from an agent or an upstream (16 MiB).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// The most a line-delimited reader takes for one line: a frame of [`MAX_FRAME`] bytes and its
+/// newline. Read with `take(MAX_LINE)`, a line that never ends costs this, not all memory.
+pub(crate) const MAX_LINE: u64 = MAX_FRAME as u64 + 1;
+
+/// Whether `line`, read with `take(MAX_LINE)`, hit the limit before its newline (so the rest of
+/// it is still unread).
+pub(crate) fn over_limit(line: &[u8]) -> bool {
+    line.len() as u64 >= MAX_LINE && line.last() != Some(&b'\n')
+}
+
 /// JSON-RPC: the frame is not valid JSON.
 pub const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC: the frame is not a valid request.

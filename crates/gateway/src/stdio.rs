@@ -32,7 +32,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use crate::MODERN_VERSION;
 use crate::backpressure::AGENT_BUFFER;
 use crate::error::Error;
-use crate::jsonrpc::{self, Kind, MAX_FRAME};
+use crate::jsonrpc::{self, Kind, MAX_LINE};
 use crate::listen::{Listens, Outcome, watch_tools};
 use crate::session::{Gateway, Session};
 use crate::upstream::LISTEN_BUFFER;
@@ -79,7 +79,7 @@ where
     loop {
         line.clear();
         let n = (&mut reader)
-            .take(MAX_FRAME as u64 + 1)
+            .take(MAX_LINE)
             .read_until(b'\n', &mut line)
             .await?;
         if n == 0 {
@@ -90,11 +90,9 @@ where
         let Ok(permit) = budget.clone().acquire_many_owned(cost(line.len())).await else {
             break;
         };
-        if line.len() > MAX_FRAME {
+        if jsonrpc::over_limit(&line) {
             // Never buffered whole: the rest of the line is skipped as it arrives.
-            if line.last() != Some(&b'\n') {
-                skip_line(&mut reader).await?;
-            }
+            skip_line(&mut reader).await?;
             line.clear();
             answer(
                 &tx,

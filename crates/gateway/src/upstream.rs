@@ -169,10 +169,6 @@ fn log_egress(server: &str, event: &warden_sandbox::egress::EgressEvent) {
     );
 }
 
-/// The longest line read from a stdio server: one frame of [`jsonrpc::MAX_FRAME`] bytes and its
-/// newline.
-const MAX_LINE: u64 = jsonrpc::MAX_FRAME as u64 + 1;
-
 /// Reports on the gateway's stderr that the gateway closed a stdio server's connection.
 fn log_closed(server: &str, why: &str) {
     use std::io::Write;
@@ -358,12 +354,12 @@ impl Upstream {
                 line.clear();
                 // At most one frame's worth plus its newline: a line that never ends costs
                 // MAX_FRAME, not the gateway's memory, and ends the connection.
-                let mut limited = (&mut lines).take(MAX_LINE);
+                let mut limited = (&mut lines).take(jsonrpc::MAX_LINE);
                 match limited.read_until(b'\n', &mut line).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
-                if line.len() as u64 >= MAX_LINE && line.last() != Some(&b'\n') {
+                if jsonrpc::over_limit(&line) {
                     log_closed(&server_name, "a frame over the size limit");
                     break;
                 }
