@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::labels::Label;
 
@@ -61,12 +62,13 @@ pub struct Approval {
 }
 
 /// The kernel's verdict on a call, already durable in the log.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Verdict {
     /// Forward the call with this certificate.
     Allow {
-        /// The signed certificate (goes upstream in `_meta` `dev.warden/certificate`).
-        certificate: Value,
+        /// The signed certificate as the kernel serialized it (its JCS bytes; goes upstream in
+        /// `_meta` `dev.warden/certificate` byte for byte).
+        certificate: Box<RawValue>,
         /// Id of the decision record.
         record: String,
         /// Rule ids that allowed it.

@@ -8,6 +8,8 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, Serializer as _};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// Largest frame accepted from an agent or an upstream (16 MiB).
@@ -21,6 +23,22 @@ pub(crate) const MAX_LINE: u64 = MAX_FRAME as u64 + 1;
 /// it is still unread).
 pub(crate) fn over_limit(line: &[u8]) -> bool {
     line.len() as u64 >= MAX_LINE && line.last() != Some(&b'\n')
+}
+
+/// `frame.params[key]`: what `Value::pointer("/params/key")` finds, without its allocations (it
+/// unescapes every token into a new string; this is on every call's path).
+pub fn param<'a>(frame: &'a Value, key: &str) -> Option<&'a Value> {
+    frame.get("params")?.get(key)
+}
+
+/// [`param`], mutable.
+pub fn param_mut<'a>(frame: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    frame.get_mut("params")?.get_mut(key)
+}
+
+/// `frame.params._meta[key]`.
+pub fn meta<'a>(frame: &'a Value, key: &str) -> Option<&'a Value> {
+    param(frame, "_meta")?.get(key)
 }
 
 /// JSON-RPC: the frame is not valid JSON.
@@ -233,6 +251,108 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// `frame` as JSON bytes with one more `params._meta` entry, `key`, whose value is already
+/// serialized (`raw`: the call certificate, sent as the kernel made it, with no round trip through
+/// a `Value`). An entry `key` the frame carries already is left out, so the bytes never hold the
+/// key twice: a reader keeping the first of duplicate keys would otherwise see the agent's.
+pub(crate) fn to_vec_with_meta(
+    frame: &Value,
+    key: &str,
+    raw: &RawValue,
+) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256 + raw.get().len());
+    let Some(obj) = frame.as_object() else {
+        serde_json::to_writer(&mut out, frame)?;
+        return Ok(out);
+    };
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let mut map =
+        (&mut ser).serialize_map(Some(obj.len() + usize::from(!obj.contains_key("params"))))?;
+    for (k, v) in obj {
+        match v {
+            Value::Object(params) if k == "params" => {
+                map.serialize_entry(k, &Params { params, key, raw })?
+            }
+            _ => map.serialize_entry(k, v)?,
+        }
+    }
+    if !obj.contains_key("params") {
+        map.serialize_entry(
+            "params",
+            &Params {
+                params: &Map::new(),
+                key,
+                raw,
+            },
+        )?;
+    }
+    SerializeMap::end(map)?;
+    Ok(out)
+}
+
+/// `params` with the extra `_meta` entry (see [`to_vec_with_meta`]).
+struct Params<'a> {
+    params: &'a Map<String, Value>,
+    key: &'a str,
+    raw: &'a RawValue,
+}
+
+impl Serialize for Params<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let empty = Map::new();
+        let meta = match self.params.get("_meta") {
+            Some(Value::Object(meta)) => meta,
+            // A `_meta` that is not an object is replaced: the entry must go somewhere.
+            _ => &empty,
+        };
+        let has_meta = self.params.contains_key("_meta");
+        let mut map = s.serialize_map(Some(self.params.len() + usize::from(!has_meta)))?;
+        for (k, v) in self.params {
+            if k == "_meta" {
+                map.serialize_entry(
+                    k,
+                    &Meta {
+                        meta,
+                        key: self.key,
+                        raw: self.raw,
+                    },
+                )?;
+            } else {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        if !has_meta {
+            map.serialize_entry(
+                "_meta",
+                &Meta {
+                    meta,
+                    key: self.key,
+                    raw: self.raw,
+                },
+            )?;
+        }
+        map.end()
+    }
+}
+
+struct Meta<'a> {
+    meta: &'a Map<String, Value>,
+    key: &'a str,
+    raw: &'a RawValue,
+}
+
+impl Serialize for Meta<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let others = self.meta.iter().filter(|(k, _)| k.as_str() != self.key);
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in others {
+            map.serialize_entry(k, v)?;
+        }
+        map.serialize_entry(self.key, self.raw)?;
+        map.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +414,59 @@ mod tests {
         assert_eq!(recover_id(br#"{"id":3} trailing"#), Value::Null);
         assert_eq!(recover_id(b"[1,2]"), Value::Null);
         assert_eq!(recover_id(b""), Value::Null);
+    }
+
+    fn with_cert(frame: Value) -> Value {
+        let raw = RawValue::from_string(r#"{"cert":{"v":1},"sig":"ab"}"#.to_owned()).unwrap();
+        let bytes = to_vec_with_meta(&frame, "dev.warden/certificate", &raw).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        // Byte for byte, and once.
+        assert_eq!(text.matches(raw.get()).count(), 1, "{text}");
+        assert_eq!(
+            text.matches("\"dev.warden/certificate\"").count(),
+            1,
+            "{text}"
+        );
+        // Strict parsing: no duplicate key anywhere.
+        parse_strict(&bytes).unwrap()
+    }
+
+    #[test]
+    fn the_certificate_replaces_the_agents_and_keeps_the_rest() {
+        let out = with_cert(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "t", "arguments": {"a": 1},
+                       "_meta": {"dev.warden/certificate": {"forged": true}, "trace": "x"}}}));
+        assert_eq!(
+            out["params"]["_meta"]["dev.warden/certificate"],
+            json!({"cert": {"v": 1}, "sig": "ab"})
+        );
+        assert_eq!(out["params"]["_meta"]["trace"], "x");
+        assert_eq!(out["params"]["arguments"], json!({"a": 1}));
+        assert_eq!(out["id"], 7);
+        assert_eq!(out["method"], "tools/call");
+    }
+
+    #[test]
+    fn the_certificate_goes_where_there_is_no_meta_or_no_params() {
+        let cert = json!({"cert": {"v": 1}, "sig": "ab"});
+        let out =
+            with_cert(json!({"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"name": "t"}}));
+        assert_eq!(
+            out["params"]["_meta"],
+            json!({"dev.warden/certificate": cert})
+        );
+        assert_eq!(out["params"]["name"], "t");
+        let out = with_cert(json!({"jsonrpc": "2.0", "id": 1, "method": "m"}));
+        assert_eq!(
+            out["params"],
+            json!({"_meta": {"dev.warden/certificate": cert}})
+        );
+        // A `_meta` that is not an object cannot hold it: replaced.
+        let out =
+            with_cert(json!({"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"_meta": 3}}));
+        assert_eq!(
+            out["params"]["_meta"],
+            json!({"dev.warden/certificate": cert})
+        );
     }
 }

@@ -265,7 +265,7 @@ impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
                 Ok((cert, record)) => {
                     self.append(&record)?;
                     return Ok(Verdict::Allow {
-                        certificate: cert.to_json_value(),
+                        certificate: raw_certificate(&cert)?,
                         record: record.id,
                         rules: record.rules,
                     });
@@ -310,6 +310,16 @@ impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
 }
 
 /// The verdict of a durable decision; a held call is remembered for [`Authority::resolve`].
+/// The certificate's JCS bytes as a raw JSON value: forwarded as they are, never re-encoded.
+fn raw_certificate(
+    cert: &warden_kernel::CallCertificate,
+) -> Result<Box<serde_json::value::RawValue>, AuthorityError> {
+    String::from_utf8(cert.to_bytes())
+        .ok()
+        .and_then(|text| serde_json::value::RawValue::from_string(text).ok())
+        .ok_or_else(|| AuthorityError("the certificate is not valid JSON".into()))
+}
+
 fn verdict_of(
     held: &Mutex<HashMap<String, warden_kernel::PendingCall>>,
     record: warden_kernel::DecisionRecord,
@@ -317,7 +327,7 @@ fn verdict_of(
 ) -> Result<Verdict, AuthorityError> {
     Ok(match decision {
         Decision::Allow(cert) => Verdict::Allow {
-            certificate: cert.to_json_value(),
+            certificate: raw_certificate(&cert)?,
             record: record.id,
             rules: record.rules,
         },

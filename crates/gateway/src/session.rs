@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
@@ -307,7 +308,7 @@ impl Session {
         sink: mpsc::Sender<Value>,
     ) -> Option<Value> {
         let seq = self.next_sink.fetch_add(1, Ordering::Relaxed);
-        let token = frame.pointer("/params/_meta/progressToken").cloned();
+        let token = jsonrpc::meta(&frame, "progressToken").cloned();
         if let Ok(mut s) = self.sinks.lock() {
             s.push((seq, token, sink));
         }
@@ -321,7 +322,7 @@ impl Session {
     /// Sends a message to the agent on the stream of the request it relates to, waiting for
     /// room there (see `backpressure.rs`).
     async fn deliver(&self, frame: Value) {
-        let token = frame.pointer("/params/progressToken");
+        let token = jsonrpc::param(&frame, "progressToken");
         let sink = self.sinks.lock().ok().and_then(|s| match token {
             Some(t) => s
                 .iter()
@@ -396,17 +397,15 @@ impl Session {
         frame: &Value,
         headers: &BTreeMap<String, String>,
     ) -> Option<String> {
-        let name = frame.pointer("/params/name").and_then(Value::as_str)?;
+        let name = jsonrpc::param(frame, "name").and_then(Value::as_str)?;
         let (server, tool) = self.gw.cfg.split_tool(name)?;
         let (server, tool) = (server.to_owned(), tool.to_owned());
         let entry = self
-            .tool_entry(&server, &tool, frame.pointer("/params/_meta"))
+            .tool_entry(&server, &tool, jsonrpc::param(frame, "_meta"))
             .await
             .ok()
             .flatten()?;
-        let args = frame
-            .pointer("/params/arguments")
-            .and_then(Value::as_object);
+        let args = jsonrpc::param(frame, "arguments").and_then(Value::as_object);
         for (arg, header) in param_headers(&entry.definition) {
             let want = args.and_then(|a| a.get(&arg)).and_then(header_value);
             let got = headers.get(&format!("mcp-param-{}", header.to_ascii_lowercase()));
@@ -454,10 +453,7 @@ impl Session {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);
         let method = jsonrpc::method(&frame).unwrap_or_default().to_owned();
         // A modern request names its revision in `_meta`; refuse revisions we do not serve.
-        let requested = frame
-            .pointer("/params/_meta")
-            .and_then(|m| m.get(META_PROTOCOL_VERSION))
-            .cloned();
+        let requested = jsonrpc::meta(&frame, META_PROTOCOL_VERSION).cloned();
         let modern = match &requested {
             Some(Value::String(v)) if v == MODERN_VERSION => true,
             Some(other) => {
@@ -493,9 +489,7 @@ impl Session {
         if let Ok(mut m) = self.modern.lock() {
             *m = true;
         }
-        if let Some(caps) = frame
-            .pointer("/params/_meta")
-            .and_then(|m| m.get(META_CLIENT_CAPS))
+        if let Some(caps) = jsonrpc::meta(frame, META_CLIENT_CAPS)
             && let Ok(mut c) = self.client_caps.lock()
         {
             *c = caps.clone();
@@ -503,8 +497,7 @@ impl Session {
     }
 
     fn initialize(&self, id: Value, frame: &Value) -> Value {
-        let requested = frame
-            .pointer("/params/protocolVersion")
+        let requested = jsonrpc::param(frame, "protocolVersion")
             .and_then(Value::as_str)
             .unwrap_or_default();
         let version = if LEGACY_VERSIONS.contains(&requested) {
@@ -512,7 +505,7 @@ impl Session {
         } else {
             crate::LEGACY_VERSION
         };
-        if let Some(caps) = frame.pointer("/params/capabilities")
+        if let Some(caps) = jsonrpc::param(frame, "capabilities")
             && let Ok(mut c) = self.client_caps.lock()
         {
             *c = caps.clone();
@@ -817,7 +810,7 @@ impl Session {
 
     async fn tools_call(self: &Arc<Self>, mut frame: Value) -> Value {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);
-        let Some(name) = frame.pointer("/params/name").and_then(Value::as_str) else {
+        let Some(name) = jsonrpc::param(&frame, "name").and_then(Value::as_str) else {
             return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "missing tool name", None);
         };
         let Some((server, tool)) = self.gw.cfg.split_tool(name) else {
@@ -830,7 +823,7 @@ impl Session {
         };
         let (server, tool) = (server.to_owned(), tool.to_owned());
         let entry = match self
-            .tool_entry(&server, &tool, frame.pointer("/params/_meta"))
+            .tool_entry(&server, &tool, jsonrpc::param(&frame, "_meta"))
             .await
         {
             Ok(Some(entry)) => entry,
@@ -857,8 +850,7 @@ impl Session {
             );
         }
         // Moved out of the frame: `forward_call` puts back exactly what was decided.
-        let arguments = frame
-            .pointer_mut("/params/arguments")
+        let arguments = jsonrpc::param_mut(&mut frame, "arguments")
             .map(Value::take)
             .unwrap_or_else(|| json!({}));
         let Some(args) = arguments.as_object() else {
@@ -869,7 +861,7 @@ impl Session {
                 None,
             );
         };
-        let meta = frame.pointer("/params/_meta");
+        let meta = jsonrpc::param(&frame, "_meta");
         let labels = self.argument_labels(args, meta);
         let intent = meta
             .and_then(|m| m.get(META_INTENT))
@@ -978,7 +970,7 @@ impl Session {
         record: String,
         rules: Vec<String>,
         reason: String,
-    ) -> Result<Value, Value> {
+    ) -> Result<Box<RawValue>, Value> {
         let pending = PendingCall {
             id: record.clone(),
             agent: self.agent.clone(),
@@ -1048,18 +1040,19 @@ impl Session {
         mut frame: Value,
         server: &str,
         tool: &str,
-        certificate: Value,
+        certificate: Box<RawValue>,
         call: &CallRequest,
     ) -> Value {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);
         if let Some(params) = frame.get_mut("params").and_then(Value::as_object_mut) {
             params.insert("name".into(), json!(tool));
             params.insert("arguments".into(), call.arguments.clone());
-            let meta = params.entry("_meta").or_insert_with(|| json!({}));
-            if let Some(meta) = meta.as_object_mut() {
+            if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
                 meta.remove(META_LABELS);
                 meta.remove(crate::META_DELEGATION);
-                meta.insert(META_CERTIFICATE.into(), certificate);
+                // An agent's own certificate never goes upstream: the gateway's goes instead
+                // (added as bytes when the frame is written, see `jsonrpc::to_vec_with_meta`).
+                meta.remove(META_CERTIFICATE);
             }
         }
         let up = match self.upstream(server).await {
@@ -1071,7 +1064,7 @@ impl Session {
         if let Ok(mut f) = self.inflight.lock() {
             f.insert(inflight_key.clone(), (server.to_owned(), upstream_id));
         }
-        let result = up.forward(frame, upstream_id).await;
+        let result = up.forward(frame, upstream_id, Some(&certificate)).await;
         if let Ok(mut f) = self.inflight.lock() {
             f.remove(&inflight_key);
         }
@@ -1204,7 +1197,7 @@ impl Session {
     async fn passthrough(&self, frame: Value) -> Value {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);
         let method = jsonrpc::method(&frame).unwrap_or_default().to_owned();
-        let task_id = frame.pointer("/params/taskId").cloned();
+        let task_id = jsonrpc::param(&frame, "taskId").cloned();
         let task = method
             .starts_with("tasks/")
             .then(|| self.task(task_id.as_ref()))
@@ -1232,7 +1225,7 @@ impl Session {
             Err(e) => return jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
         };
         let upstream_id = up.reserve_id();
-        let result = up.forward(frame, upstream_id).await;
+        let result = up.forward(frame, upstream_id, None).await;
         self.settle(&server, &up).await;
         match result {
             Ok(mut resp) => {
@@ -1253,7 +1246,7 @@ impl Session {
     async fn notification(&self, frame: Value) {
         match jsonrpc::method(&frame) {
             Some("notifications/cancelled") => {
-                let Some(request) = frame.pointer("/params/requestId") else {
+                let Some(request) = jsonrpc::param(&frame, "requestId") else {
                     return;
                 };
                 let target = self
@@ -1315,7 +1308,7 @@ impl Session {
                 }
                 if method == "notifications/tasks/status" {
                     let mut frame = frame;
-                    let task_id = frame.pointer("/params/taskId").cloned();
+                    let task_id = jsonrpc::param(&frame, "taskId").cloned();
                     self.label_task_result(&mut frame, "/params/result", &server, task_id.as_ref());
                     self.deliver(frame).await;
                     return;
@@ -1332,7 +1325,7 @@ impl Session {
                 if method == "notifications/cancelled" {
                     // The server withdrew one of its own requests: translate the id back.
                     let mut frame = frame;
-                    let upstream_id = frame.pointer("/params/requestId").cloned();
+                    let upstream_id = jsonrpc::param(&frame, "requestId").cloned();
                     let ours = self.server_requests.lock().ok().and_then(|m| {
                         m.iter()
                             .find(|(_, (s, u))| s == &server && Some(u) == upstream_id.as_ref())

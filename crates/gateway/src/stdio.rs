@@ -126,7 +126,7 @@ where
             watching = true;
             // Before the watch opens any upstream connection: they follow the modern era.
             session.adopt_modern(&frame);
-            let meta = frame.pointer("/params/_meta").cloned().unwrap_or_default();
+            let meta = jsonrpc::param(&frame, "_meta").cloned().unwrap_or_default();
             tokio::spawn(watch_tools(
                 session.clone(),
                 servers.clone(),
@@ -220,9 +220,7 @@ async fn skip_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<(
 /// Whether a request names the modern revision (any other named revision is refused by the
 /// session with the supported list; none at all is a legacy agent's request, passed through).
 fn is_modern(frame: &Value) -> bool {
-    frame
-        .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
-        .and_then(Value::as_str)
+    jsonrpc::meta(frame, "io.modelcontextprotocol/protocolVersion").and_then(Value::as_str)
         == Some(MODERN_VERSION)
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
@@ -176,6 +177,14 @@ fn log_closed(server: &str, why: &str) {
         std::io::stderr(),
         "warden gateway: upstream `{server}`: connection closed: {why}"
     );
+}
+
+/// The bytes of `frame`, with the call certificate in `params._meta` when there is one.
+fn encode(frame: &Value, certificate: Option<&RawValue>) -> serde_json::Result<Vec<u8>> {
+    match certificate {
+        Some(raw) => jsonrpc::to_vec_with_meta(frame, crate::META_CERTIFICATE, raw),
+        None => serde_json::to_vec(frame),
+    }
 }
 
 fn upstream_err(server: &str, reason: impl std::fmt::Display) -> Error {
@@ -569,10 +578,17 @@ impl Upstream {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Forwards an agent's request frame under the reserved upstream `id`; returns the response
-    /// frame (which carries `id`, not the agent's).
-    pub async fn forward(&self, frame: Value, id: u64) -> Result<Value, Error> {
-        self.forward_as(frame, id, self.timeout, None).await
+    /// Forwards an agent's request frame under the reserved upstream `id`, with `certificate`
+    /// (already serialized) added to its `params._meta` as `dev.warden/certificate`; returns the
+    /// response frame (which carries `id`, not the agent's).
+    pub async fn forward(
+        &self,
+        frame: Value,
+        id: u64,
+        certificate: Option<&RawValue>,
+    ) -> Result<Value, Error> {
+        self.forward_as(frame, id, self.timeout, None, certificate)
+            .await
     }
 
     async fn forward_with(
@@ -582,7 +598,7 @@ impl Upstream {
         era: Option<Era>,
     ) -> Result<Value, Error> {
         let id = self.reserve_id();
-        self.forward_as(frame, id, timeout, era).await
+        self.forward_as(frame, id, timeout, era, None).await
     }
 
     async fn forward_as(
@@ -591,6 +607,7 @@ impl Upstream {
         id: u64,
         timeout: Duration,
         era: Option<Era>,
+        certificate: Option<&RawValue>,
     ) -> Result<Value, Error> {
         if let Transport::Replay(recorded) = &self.transport {
             return self.replayed(recorded, &frame, id);
@@ -612,7 +629,7 @@ impl Upstream {
                     .map_err(|_| upstream_err(&self.name, "poisoned"))?
                     .insert(id, tx);
                 let mut bytes =
-                    serde_json::to_vec(&frame).map_err(|e| upstream_err(&self.name, e))?;
+                    encode(&frame, certificate).map_err(|e| upstream_err(&self.name, e))?;
                 bytes.push(b'\n');
                 {
                     let mut w = stdin.lock().await;
@@ -633,7 +650,7 @@ impl Upstream {
                 }
             }
             Transport::Http { .. } => {
-                tokio::time::timeout(timeout, self.http_post(&frame, Some(id)))
+                tokio::time::timeout(timeout, self.http_post(&frame, Some(id), certificate))
                     .await
                     .map_err(|_| upstream_err(&self.name, "timed out"))?
                     .and_then(|r| r.ok_or_else(|| upstream_err(&self.name, "no response")))
@@ -733,7 +750,7 @@ impl Upstream {
                     .map_err(|e| upstream_err(&self.name, e))?;
                 w.flush().await.map_err(|e| upstream_err(&self.name, e))
             }
-            Transport::Http { .. } => self.http_post(&frame, None).await.map(|_| ()),
+            Transport::Http { .. } => self.http_post(&frame, None, None).await.map(|_| ()),
             Transport::Replay(_) => Ok(()),
         }
     }
@@ -787,7 +804,12 @@ impl Upstream {
 
     /// POSTs one frame; for a request, reads the JSON or SSE answer until the response with
     /// `id`, routing everything else as events.
-    async fn http_post(&self, frame: &Value, id: Option<u64>) -> Result<Option<Value>, Error> {
+    async fn http_post(
+        &self,
+        frame: &Value,
+        id: Option<u64>,
+        certificate: Option<&RawValue>,
+    ) -> Result<Option<Value>, Error> {
         let Transport::Http {
             client,
             url,
@@ -797,7 +819,7 @@ impl Upstream {
             return Err(upstream_err(&self.name, "not an http upstream"));
         };
         let req = self.http_builder(client, url, session_id, frame);
-        let body = serde_json::to_vec(frame).map_err(|e| upstream_err(&self.name, e))?;
+        let body = encode(frame, certificate).map_err(|e| upstream_err(&self.name, e))?;
         let mut resp = req
             .body(body)
             .send()
@@ -880,9 +902,8 @@ impl Upstream {
             if !method.is_empty() {
                 req = req.header("mcp-method", method.as_str());
             }
-            if let Some(name) = frame
-                .pointer("/params/name")
-                .or_else(|| frame.pointer("/params/uri"))
+            if let Some(name) = jsonrpc::param(frame, "name")
+                .or_else(|| jsonrpc::param(frame, "uri"))
                 .and_then(Value::as_str)
                 && name.is_ascii()
                 && !name.contains(['\r', '\n'])
@@ -890,8 +911,7 @@ impl Upstream {
                 req = req.header("mcp-name", name);
             }
             if method == "tools/call" {
-                let tool = frame
-                    .pointer("/params/name")
+                let tool = jsonrpc::param(frame, "name")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 let pairs = self
@@ -901,8 +921,7 @@ impl Upstream {
                     .and_then(|m| m.get(tool).cloned())
                     .unwrap_or_default();
                 for (arg, header) in pairs {
-                    if let Some(v) = frame
-                        .pointer("/params/arguments")
+                    if let Some(v) = jsonrpc::param(frame, "arguments")
                         .and_then(|a| a.get(&arg))
                         .and_then(crate::session::header_value)
                     {
@@ -1124,10 +1143,7 @@ const MODERN_ENVELOPE: [&str; 4] = [
 
 /// Removes the modern envelope from a frame going to a legacy connection (other `_meta` stays).
 fn strip_modern_meta(frame: &mut Value) {
-    if let Some(meta) = frame
-        .pointer_mut("/params/_meta")
-        .and_then(Value::as_object_mut)
-    {
+    if let Some(meta) = jsonrpc::param_mut(frame, "_meta").and_then(Value::as_object_mut) {
         for key in MODERN_ENVELOPE {
             meta.remove(key);
         }
@@ -1216,10 +1232,7 @@ async fn route(
 /// among open subscriptions only).
 fn subscription_of(frame: &Value) -> Option<u64> {
     match jsonrpc::classify(frame) {
-        Kind::Notification => frame
-            .pointer("/params/_meta")
-            .and_then(|m| m.get(META_SUBSCRIPTION_ID))
-            .and_then(Value::as_u64),
+        Kind::Notification => jsonrpc::meta(frame, META_SUBSCRIPTION_ID).and_then(Value::as_u64),
         Kind::Response => frame.get("id").and_then(Value::as_u64),
         Kind::Request | Kind::Invalid => None,
     }
