@@ -7,7 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::labels::Label;
 
@@ -66,9 +65,9 @@ pub struct Approval {
 pub enum Verdict {
     /// Forward the call with this certificate.
     Allow {
-        /// The signed certificate as the kernel serialized it (its JCS bytes; goes upstream in
-        /// `_meta` `dev.warden/certificate` byte for byte).
-        certificate: Box<RawValue>,
+        /// The signed certificate as the kernel serialized it: its JCS text, valid JSON by
+        /// construction (goes upstream in `_meta` `dev.warden/certificate` byte for byte).
+        certificate: String,
         /// Id of the decision record.
         record: String,
         /// Rule ids that allowed it.

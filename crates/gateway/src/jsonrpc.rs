@@ -8,8 +8,6 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeMap, Serializer as _};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// Largest frame accepted from an agent or an upstream (16 MiB).
@@ -251,106 +249,86 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
-/// `frame` as JSON bytes with one more `params._meta` entry, `key`, whose value is already
-/// serialized (`raw`: the call certificate, sent as the kernel made it, with no round trip through
-/// a `Value`). An entry `key` the frame carries already is left out, so the bytes never hold the
-/// key twice: a reader keeping the first of duplicate keys would otherwise see the agent's.
-pub(crate) fn to_vec_with_meta(
-    frame: &Value,
-    key: &str,
-    raw: &RawValue,
-) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(256 + raw.get().len());
+/// `frame` as JSON bytes with one more `params._meta` entry, `key`, whose value is JSON text
+/// already (`raw`: the call certificate, sent as the kernel made it, with no round trip through a
+/// `Value` and no second parse). An entry `key` the frame carries already is left out, so the
+/// bytes never hold the key twice: a reader keeping the first of duplicate keys would otherwise
+/// see the agent's. `raw` must be valid JSON; the caller vouches for it.
+pub(crate) fn to_vec_with_meta(frame: &Value, key: &str, raw: &str) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256 + raw.len());
     let Some(obj) = frame.as_object() else {
         serde_json::to_writer(&mut out, frame)?;
         return Ok(out);
     };
-    let mut ser = serde_json::Serializer::new(&mut out);
-    let mut map =
-        (&mut ser).serialize_map(Some(obj.len() + usize::from(!obj.contains_key("params"))))?;
-    for (k, v) in obj {
+    let empty = Map::new();
+    out.push(b'{');
+    for (i, (k, v)) in obj.iter().enumerate() {
+        member(&mut out, i == 0, k)?;
         match v {
-            Value::Object(params) if k == "params" => {
-                map.serialize_entry(k, &Params { params, key, raw })?
-            }
-            _ => map.serialize_entry(k, v)?,
+            Value::Object(params) if k == "params" => write_params(&mut out, params, key, raw)?,
+            _ => serde_json::to_writer(&mut out, v)?,
         }
     }
     if !obj.contains_key("params") {
-        map.serialize_entry(
-            "params",
-            &Params {
-                params: &Map::new(),
-                key,
-                raw,
-            },
-        )?;
+        member(&mut out, obj.is_empty(), "params")?;
+        write_params(&mut out, &empty, key, raw)?;
     }
-    SerializeMap::end(map)?;
+    out.push(b'}');
     Ok(out)
 }
 
-/// `params` with the extra `_meta` entry (see [`to_vec_with_meta`]).
-struct Params<'a> {
-    params: &'a Map<String, Value>,
-    key: &'a str,
-    raw: &'a RawValue,
-}
-
-impl Serialize for Params<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let empty = Map::new();
-        let meta = match self.params.get("_meta") {
-            Some(Value::Object(meta)) => meta,
-            // A `_meta` that is not an object is replaced: the entry must go somewhere.
-            _ => &empty,
-        };
-        let has_meta = self.params.contains_key("_meta");
-        let mut map = s.serialize_map(Some(self.params.len() + usize::from(!has_meta)))?;
-        for (k, v) in self.params {
-            if k == "_meta" {
-                map.serialize_entry(
-                    k,
-                    &Meta {
-                        meta,
-                        key: self.key,
-                        raw: self.raw,
-                    },
-                )?;
-            } else {
-                map.serialize_entry(k, v)?;
-            }
-        }
-        if !has_meta {
-            map.serialize_entry(
-                "_meta",
-                &Meta {
-                    meta,
-                    key: self.key,
-                    raw: self.raw,
-                },
-            )?;
-        }
-        map.end()
+/// `,` unless first, then `"k":`.
+fn member(out: &mut Vec<u8>, first: bool, k: &str) -> serde_json::Result<()> {
+    if !first {
+        out.push(b',');
     }
+    serde_json::to_writer(&mut *out, k)?;
+    out.push(b':');
+    Ok(())
 }
 
-struct Meta<'a> {
-    meta: &'a Map<String, Value>,
-    key: &'a str,
-    raw: &'a RawValue,
-}
-
-impl Serialize for Meta<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let others = self.meta.iter().filter(|(k, _)| k.as_str() != self.key);
-        let mut map = s.serialize_map(None)?;
-        for (k, v) in others {
-            map.serialize_entry(k, v)?;
+fn write_params(
+    out: &mut Vec<u8>,
+    params: &Map<String, Value>,
+    key: &str,
+    raw: &str,
+) -> serde_json::Result<()> {
+    let empty = Map::new();
+    out.push(b'{');
+    for (i, (k, v)) in params.iter().enumerate() {
+        member(out, i == 0, k)?;
+        match v {
+            Value::Object(meta) if k == "_meta" => write_meta(out, meta, key, raw)?,
+            // A `_meta` that is not an object cannot hold the entry: replaced.
+            _ if k == "_meta" => write_meta(out, &empty, key, raw)?,
+            _ => serde_json::to_writer(&mut *out, v)?,
         }
-        map.serialize_entry(self.key, self.raw)?;
-        map.end()
     }
+    if !params.contains_key("_meta") {
+        member(out, params.is_empty(), "_meta")?;
+        write_meta(out, &empty, key, raw)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_meta(
+    out: &mut Vec<u8>,
+    meta: &Map<String, Value>,
+    key: &str,
+    raw: &str,
+) -> serde_json::Result<()> {
+    out.push(b'{');
+    let mut first = true;
+    for (k, v) in meta.iter().filter(|(k, _)| k.as_str() != key) {
+        member(out, first, k)?;
+        first = false;
+        serde_json::to_writer(&mut *out, v)?;
+    }
+    member(out, first, key)?;
+    out.extend_from_slice(raw.as_bytes());
+    out.push(b'}');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -417,11 +395,11 @@ mod tests {
     }
 
     fn with_cert(frame: Value) -> Value {
-        let raw = RawValue::from_string(r#"{"cert":{"v":1},"sig":"ab"}"#.to_owned()).unwrap();
-        let bytes = to_vec_with_meta(&frame, "dev.warden/certificate", &raw).unwrap();
+        let raw = r#"{"cert":{"v":1},"sig":"ab"}"#;
+        let bytes = to_vec_with_meta(&frame, "dev.warden/certificate", raw).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         // Byte for byte, and once.
-        assert_eq!(text.matches(raw.get()).count(), 1, "{text}");
+        assert_eq!(text.matches(raw).count(), 1, "{text}");
         assert_eq!(
             text.matches("\"dev.warden/certificate\"").count(),
             1,

@@ -310,14 +310,10 @@ impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
 }
 
 /// The verdict of a durable decision; a held call is remembered for [`Authority::resolve`].
-/// The certificate's JCS bytes as a raw JSON value: forwarded as they are, never re-encoded.
-fn raw_certificate(
-    cert: &warden_kernel::CallCertificate,
-) -> Result<Box<serde_json::value::RawValue>, AuthorityError> {
+/// The certificate's JCS text: forwarded as it is, never re-encoded.
+fn raw_certificate(cert: &warden_kernel::CallCertificate) -> Result<String, AuthorityError> {
     String::from_utf8(cert.to_bytes())
-        .ok()
-        .and_then(|text| serde_json::value::RawValue::from_string(text).ok())
-        .ok_or_else(|| AuthorityError("the certificate is not valid JSON".into()))
+        .map_err(|_| AuthorityError("the certificate is not UTF-8".into()))
 }
 
 fn verdict_of(

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
@@ -970,7 +969,7 @@ impl Session {
         record: String,
         rules: Vec<String>,
         reason: String,
-    ) -> Result<Box<RawValue>, Value> {
+    ) -> Result<String, Value> {
         let pending = PendingCall {
             id: record.clone(),
             agent: self.agent.clone(),
@@ -1040,7 +1039,7 @@ impl Session {
         mut frame: Value,
         server: &str,
         tool: &str,
-        certificate: Box<RawValue>,
+        certificate: String,
         call: &CallRequest,
     ) -> Value {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
@@ -180,7 +179,7 @@ fn log_closed(server: &str, why: &str) {
 }
 
 /// The bytes of `frame`, with the call certificate in `params._meta` when there is one.
-fn encode(frame: &Value, certificate: Option<&RawValue>) -> serde_json::Result<Vec<u8>> {
+fn encode(frame: &Value, certificate: Option<&str>) -> serde_json::Result<Vec<u8>> {
     match certificate {
         Some(raw) => jsonrpc::to_vec_with_meta(frame, crate::META_CERTIFICATE, raw),
         None => serde_json::to_vec(frame),
@@ -585,7 +584,7 @@ impl Upstream {
         &self,
         frame: Value,
         id: u64,
-        certificate: Option<&RawValue>,
+        certificate: Option<&str>,
     ) -> Result<Value, Error> {
         self.forward_as(frame, id, self.timeout, None, certificate)
             .await
@@ -607,7 +606,7 @@ impl Upstream {
         id: u64,
         timeout: Duration,
         era: Option<Era>,
-        certificate: Option<&RawValue>,
+        certificate: Option<&str>,
     ) -> Result<Value, Error> {
         if let Transport::Replay(recorded) = &self.transport {
             return self.replayed(recorded, &frame, id);
@@ -808,7 +807,7 @@ impl Upstream {
         &self,
         frame: &Value,
         id: Option<u64>,
-        certificate: Option<&RawValue>,
+        certificate: Option<&str>,
     ) -> Result<Option<Value>, Error> {
         let Transport::Http {
             client,

@@ -106,8 +106,20 @@ fn write_jcs_value(out: &mut Vec<u8>, value: &Value) -> bool {
 /// other control characters as `\u00xx`, everything else as its UTF-8 bytes.
 pub(crate) fn write_jcs_str(out: &mut Vec<u8>, text: &str) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
     let bytes = text.as_bytes();
+    // Most strings (ids, hashes, times) need no escape: one scan without early exit (it
+    // vectorizes), then one copy.
+    let plain = !bytes.iter().fold(false, |acc, &b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let short = match b {
