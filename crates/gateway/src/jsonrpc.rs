@@ -4,7 +4,6 @@
 //! whole frame (serde_json would silently keep the last one, and the value the kernel judged could
 //! then differ from what a lenient upstream reads).
 
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -237,13 +236,20 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
-        let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
-                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+            // The map itself tells a repeated key: no second set of keys to hash and keep.
+            match out.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    let StrictValue(v) = map.next_value()?;
+                    slot.insert(v);
+                }
+                serde_json::map::Entry::Occupied(slot) => {
+                    return Err(de::Error::custom(format_args!(
+                        "duplicate key `{}`",
+                        slot.key()
+                    )));
+                }
             }
-            let StrictValue(v) = map.next_value()?;
-            out.insert(key, v);
         }
         Ok(Value::Object(out))
     }
