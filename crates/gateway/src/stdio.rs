@@ -52,6 +52,7 @@ where
     // Relay frames only: bounded, so a relay notices an agent that stopped reading.
     let (relay_tx, mut relay_rx) = mpsc::channel::<Value>(LISTEN_BUFFER);
     let session = Session::new(&gw, agent, Vec::new(), tx.clone());
+    let _timers = crate::upstream::keep_timers_near();
     let writer = tokio::spawn(async move {
         let mut output = output;
         loop {
