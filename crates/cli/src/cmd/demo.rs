@@ -33,7 +33,7 @@ use warden_gateway::{
 };
 
 use super::init::write_starter;
-use super::kernel_config::{Config, now, system_rng};
+use super::kernel_config::{Config, ReadAheadOsRng, now, system_rng};
 use crate::demo_server::{CERTIFICATE_REFUSED, META_VERIFIED, SERVERS};
 
 /// `println!` that fails the demo instead of panicking when stdout is gone (`warden demo | head`).
@@ -393,7 +393,7 @@ fn stage(manifest: &Path) -> anyhow::Result<Stage> {
         kernel,
         Arc::new(log.writer()),
         Arc::new(SystemClock),
-        system_rng(),
+        ReadAheadOsRng::new(),
     );
     let admin = gw_cfg.resolve(&gw_cfg.gateway.admin_socket);
     let gateway = Gateway::new(gw_cfg, Arc::new(authority))?;

@@ -14,7 +14,7 @@ use warden_gateway::{
     serve_stdio,
 };
 
-use super::kernel_config::{Config, system_rng};
+use super::kernel_config::{Config, ReadAheadOsRng};
 
 /// `warden mcp` arguments.
 #[derive(Debug, Args)]
@@ -50,7 +50,7 @@ pub(crate) fn start(config: &Path) -> anyhow::Result<Running> {
         kernel,
         Arc::new(log.writer()),
         Arc::new(SystemClock),
-        system_rng(),
+        ReadAheadOsRng::new(),
     );
     let gateway = Gateway::new(gw_cfg, Arc::new(authority))?;
     Ok(Running { gateway, _log: log })
