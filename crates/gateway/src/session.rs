@@ -134,6 +134,8 @@ struct ToolEntry {
     changed: Option<(String, String)>,
     /// The server announced a tool change since this listing: the next call re-lists first.
     stale: bool,
+    /// The label the configuration gives this tool's results (worked out once per listing).
+    source: Label,
 }
 
 /// A request's own stream: (sequence, progress token, sink).
@@ -669,6 +671,7 @@ impl Session {
                     hash,
                     changed,
                     stale: false,
+                    source: self.gw.cfg.source_label(server, &name),
                 },
             );
         }
@@ -938,7 +941,7 @@ impl Session {
                 Err(resp) => return with_id(resp, id),
             },
         };
-        self.forward_call(frame, &server, &tool, certificate, &call)
+        self.forward_call(frame, &server, &tool, certificate, &call, entry.source)
             .await
     }
 
@@ -1041,6 +1044,7 @@ impl Session {
         tool: &str,
         certificate: String,
         call: &CallRequest,
+        source: Label,
     ) -> Value {
         let id = frame.get("id").cloned().unwrap_or(Value::Null);
         if let Some(params) = frame.get_mut("params").and_then(Value::as_object_mut) {
@@ -1073,7 +1077,7 @@ impl Session {
             Err(e) => return jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
         };
         if let Some(result) = resp.get_mut("result").and_then(Value::as_object_mut) {
-            let mut label = self.gw.cfg.source_label(server, tool);
+            let mut label = source;
             for l in call.labels.values() {
                 label.join(l);
             }
