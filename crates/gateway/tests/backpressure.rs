@@ -29,11 +29,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Agent, TestLog, authority, peers};
+use common::{Agent, TestLog, authority};
 use serde_json::{Value, json};
 use warden_gateway::{Gateway, GatewayConfig, HttpFace};
 
@@ -60,12 +60,7 @@ const WRITTEN_BOUND: u64 = 20_000;
 const HTTP_WRITTEN_BOUND: u64 = 50_000;
 
 fn manifest(dir: &Path) -> String {
-    let python = peers().join("venv/bin/python");
-    assert!(
-        python.exists(),
-        "Python peers missing: run `bash scripts/install-peers`"
-    );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/flood_server.py");
+    let (python, script) = common::py_script("flood_server.py");
     format!(
         r#"
         trust_domain = "example.org"

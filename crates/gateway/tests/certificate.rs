@@ -12,21 +12,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{Agent, TestLog, authority, peers};
+use common::{Agent, TestLog, authority};
 use serde_json::{Value, json};
 use warden_gateway::{GatewayConfig, META_CERTIFICATE, jsonrpc};
 use warden_kernel::{CallCertificate, CertSigningKey, CertificateVerifier, Timestamp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_certificate_is_replaced_by_the_kernels_not_duplicated() {
-    let python = peers().join("venv/bin/python");
-    assert!(
-        python.exists(),
-        "Python peers missing: run `bash scripts/install-peers`"
-    );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/recording_server.py");
+    let (python, script) = common::py_script("recording_server.py");
     let dir = tempfile::tempdir().unwrap();
     let recorded = dir.path().join("calls.jsonl");
     let text = format!(

@@ -11,20 +11,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{Agent, TestLog, authority, error_code, peers};
+use common::{Agent, TestLog, authority, error_code};
 use serde_json::json;
 use warden_gateway::GatewayConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tasks_result_taints_what_is_copied_from_it() {
-    let python = peers().join("venv/bin/python");
-    assert!(
-        python.exists(),
-        "Python peers missing: run `bash scripts/install-peers`"
-    );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/task_server.py");
+    let (python, script) = common::py_script("task_server.py");
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         r#"

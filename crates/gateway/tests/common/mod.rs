@@ -343,6 +343,20 @@ impl PyDriver {
     }
 }
 
+/// The peers' Python (which must be installed) and the path of `tests/py/<script>`, a scripted
+/// server run by it.
+pub fn py_script(script: &str) -> (PathBuf, PathBuf) {
+    let python = peers().join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "Python peers missing: run `bash scripts/install-peers`"
+    );
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    (python, path)
+}
+
 /// A path to a Python peer's console script.
 pub fn py_bin(name: &str) -> String {
     peers().join("venv/bin").join(name).display().to_string()
