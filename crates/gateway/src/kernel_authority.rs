@@ -309,13 +309,13 @@ impl<R: rand_core::CryptoRng + Send> Authority for KernelAuthority<R> {
     }
 }
 
-/// The verdict of a durable decision; a held call is remembered for [`Authority::resolve`].
 /// The certificate's JCS text: forwarded as it is, never re-encoded.
 fn raw_certificate(cert: &warden_kernel::CallCertificate) -> Result<String, AuthorityError> {
     String::from_utf8(cert.to_bytes())
         .map_err(|_| AuthorityError("the certificate is not UTF-8".into()))
 }
 
+/// The verdict of a durable decision; a held call is remembered for [`Authority::resolve`].
 fn verdict_of(
     held: &Mutex<HashMap<String, warden_kernel::PendingCall>>,
     record: warden_kernel::DecisionRecord,

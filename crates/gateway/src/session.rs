@@ -21,11 +21,9 @@ use crate::labels::Label;
 use crate::pins::{PinStatus, PinStore, definition_hash};
 use crate::taint::TaintIndex;
 use crate::upstream::{Upstream, UpstreamEvent};
-use crate::{
-    LEGACY_VERSIONS, META_CERTIFICATE, META_INTENT, META_LABELS, MODERN_VERSION, SUPPORTED_VERSIONS,
-};
+use crate::{LEGACY_VERSIONS, META_INTENT, META_LABELS, MODERN_VERSION, SUPPORTED_VERSIONS};
 
-const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CLIENT_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
 
 /// State shared by every session of one gateway process.
@@ -1053,9 +1051,6 @@ impl Session {
             if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
                 meta.remove(META_LABELS);
                 meta.remove(crate::META_DELEGATION);
-                // An agent's own certificate never goes upstream: the gateway's goes instead
-                // (added as bytes when the frame is written, see `jsonrpc::to_vec_with_meta`).
-                meta.remove(META_CERTIFICATE);
             }
         }
         let up = match self.upstream(server).await {
@@ -1067,6 +1062,8 @@ impl Session {
         if let Ok(mut f) = self.inflight.lock() {
             f.insert(inflight_key.clone(), (server.to_owned(), upstream_id));
         }
+        // The certificate goes in as the frame is written, replacing any the agent put in
+        // `_meta` (`jsonrpc::to_vec_with_meta`).
         let result = up.forward(frame, upstream_id, Some(&certificate)).await;
         if let Ok(mut f) = self.inflight.lock() {
             f.remove(&inflight_key);

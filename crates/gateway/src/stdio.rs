@@ -221,7 +221,7 @@ async fn skip_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<(
 /// Whether a request names the modern revision (any other named revision is refused by the
 /// session with the supported list; none at all is a legacy agent's request, passed through).
 fn is_modern(frame: &Value) -> bool {
-    jsonrpc::meta(frame, "io.modelcontextprotocol/protocolVersion").and_then(Value::as_str)
+    jsonrpc::meta(frame, crate::session::META_PROTOCOL_VERSION).and_then(Value::as_str)
         == Some(MODERN_VERSION)
 }
 
