@@ -55,6 +55,12 @@ pub struct FaceSettings {
     pub allowed_origins: Vec<String>,
     /// Timeout of one upstream request.
     pub upstream_timeout_secs: u64,
+    /// Longest time, in microseconds, `warden mcp` polls for its next input (a server's answer,
+    /// the agent's next request) before its thread sleeps (0: never poll). The window adapts
+    /// like KVM's halt polling: it grows while waits end soon after the thread went to sleep
+    /// and shrinks while they last longer than this, so an idle session does not poll. See
+    /// `docs/gateway.md` (What a call costs).
+    pub idle_poll_us: u64,
     /// Trust bundle (JWKS file, SPIFFE format) the HTTP face verifies JWT-SVID bearers against.
     pub jwks: Option<PathBuf>,
     /// Audience a bearer must carry (default `warden`).
@@ -113,6 +119,7 @@ impl Default for FaceSettings {
             approval_timeout_secs: 120,
             allowed_origins: Vec::new(),
             upstream_timeout_secs: 120,
+            idle_poll_us: 200,
             jwks: None,
             audience: "warden".into(),
             http_agent: None,

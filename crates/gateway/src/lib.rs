@@ -27,6 +27,7 @@ mod config;
 mod delegation;
 mod error;
 mod http;
+mod idle_poll;
 pub mod jsonrpc;
 mod kernel_authority;
 mod labels;

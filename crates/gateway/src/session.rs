@@ -16,6 +16,7 @@ use crate::authority::{Approval, Authority, CallRequest, Verdict};
 use crate::backpressure::{AgentStream, Backlog, Delivery, EVENT_BUFFER, MAX_REFUSALS};
 use crate::config::GatewayConfig;
 use crate::error::Error;
+use crate::idle_poll::IdlePoll;
 use crate::jsonrpc::{self, Kind};
 use crate::labels::Label;
 use crate::pins::{PinStatus, PinStore, definition_hash};
@@ -176,6 +177,8 @@ pub struct Session {
     tasks: Mutex<HashMap<String, (String, Label)>>,
     /// Per server, the re-lists its change announcements asked for (see `tools_changed`).
     relists: Mutex<HashMap<String, Arc<Relists>>>,
+    /// The stdio face's poller, told of each request forwarded and answer received.
+    idle_poll: std::sync::OnceLock<Arc<IdlePoll>>,
 }
 
 /// The re-lists of one server's tools that announcements asked for: `asked` counts the
@@ -228,6 +231,12 @@ impl Session {
         )
     }
 
+    /// Reports the session's upstream traffic to `poll` (the stdio face's; set before the first
+    /// upstream connects, ignored after).
+    pub(crate) fn report_to(&self, poll: Arc<IdlePoll>) {
+        let _ = self.idle_poll.set(poll);
+    }
+
     /// A session whose messages outside responses wait in a bounded [`Backlog`] for a stream
     /// the agent may or may not hold open (a legacy HTTP session's GET stream).
     pub(crate) fn with_backlog(gw: &Arc<Gateway>, agent: &str) -> (Arc<Self>, Arc<Backlog>) {
@@ -268,6 +277,7 @@ impl Session {
             changes: tokio::sync::broadcast::channel(crate::upstream::LISTEN_BUFFER).0,
             tasks: Mutex::default(),
             relists: Mutex::default(),
+            idle_poll: std::sync::OnceLock::new(),
         });
         tokio::spawn(pump(Arc::downgrade(&session), rx));
         session
@@ -571,7 +581,16 @@ impl Session {
                 .map(|c| c.clone())
                 .unwrap_or_default();
             let modern = self.modern.lock().map(|m| *m).unwrap_or(false);
-            Upstream::connect(&self.gw.cfg, server, caps, modern, self.events.clone()).await
+            let poll = self.idle_poll.get().cloned();
+            Upstream::connect(
+                &self.gw.cfg,
+                server,
+                caps,
+                modern,
+                self.events.clone(),
+                poll,
+            )
+            .await
         })
         .await
         .cloned()

@@ -22,6 +22,7 @@
 //! cancellations and answers to server→client requests keep flowing upstream meanwhile.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{
@@ -32,6 +33,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use crate::MODERN_VERSION;
 use crate::backpressure::AGENT_BUFFER;
 use crate::error::Error;
+use crate::idle_poll::IdlePoll;
 use crate::jsonrpc::{self, Kind, MAX_LINE};
 use crate::listen::{Listens, Outcome, watch_tools};
 use crate::session::{Gateway, Session};
@@ -53,6 +55,12 @@ where
     let (relay_tx, mut relay_rx) = mpsc::channel::<Value>(LISTEN_BUFFER);
     let session = Session::new(&gw, agent, Vec::new(), tx.clone());
     let _timers = crate::upstream::keep_timers_near();
+    let poll = IdlePoll::start(Duration::from_micros(gw.config().gateway.idle_poll_us));
+    let (poll, _polling) = poll.unzip();
+    if let Some(poll) = &poll {
+        session.report_to(poll.clone());
+    }
+    let written = poll.clone();
     let writer = tokio::spawn(async move {
         let mut output = output;
         loop {
@@ -67,6 +75,9 @@ where
             bytes.push(b'\n');
             if output.write_all(&bytes).await.is_err() || output.flush().await.is_err() {
                 break;
+            }
+            if let Some(poll) = &written {
+                poll.event();
             }
         }
     });
@@ -85,6 +96,9 @@ where
             .await?;
         if n == 0 {
             break;
+        }
+        if let Some(poll) = &poll {
+            poll.event();
         }
         // Every frame holds its share of the budget until its answer is queued for the agent:
         // an agent that writes requests and never reads the answers stops being read.

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Era, GatewayConfig, ServerConfig};
 use crate::error::Error;
+use crate::idle_poll::IdlePoll;
 use crate::jsonrpc::{self, Kind};
 use crate::{LEGACY_VERSION, MODERN_VERSION};
 
@@ -100,6 +101,8 @@ pub struct Upstream {
     client_caps: Value,
     events: mpsc::Sender<UpstreamEvent>,
     timeout: Duration,
+    /// The stdio face's poller (see `idle_poll.rs`), told of each request sent and answer read.
+    idle_poll: Option<Arc<IdlePoll>>,
     /// Tool → (argument, header) pairs mirrored into `Mcp-Param-*` headers (modern HTTP).
     param_headers: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// The task reading a legacy HTTP session's GET stream; ended when the connection goes.
@@ -231,6 +234,7 @@ impl Upstream {
         client_caps: Value,
         prefer_modern: bool,
         events: mpsc::Sender<UpstreamEvent>,
+        idle_poll: Option<Arc<IdlePoll>>,
     ) -> Result<Arc<Self>, Error> {
         let server = cfg
             .servers
@@ -263,6 +267,7 @@ impl Upstream {
             client_caps,
             events,
             timeout: Duration::from_secs(cfg.gateway.upstream_timeout_secs),
+            idle_poll,
             param_headers: Mutex::default(),
             session_stream: Mutex::default(),
         });
@@ -648,6 +653,21 @@ impl Upstream {
             // A modern agent's envelope means nothing to (and is refused by) a legacy session.
             strip_modern_meta(&mut frame);
         }
+        let answer = self.exchange(frame, id, timeout, certificate).await;
+        if let Some(poll) = &self.idle_poll {
+            poll.event();
+        }
+        answer
+    }
+
+    /// Sends `frame` (already carrying `id`) and waits for its answer.
+    async fn exchange(
+        &self,
+        frame: Value,
+        id: u64,
+        timeout: Duration,
+        certificate: Option<&str>,
+    ) -> Result<Value, Error> {
         match &self.transport {
             Transport::Stdio { stdin, .. } => {
                 let (tx, rx) = oneshot::channel();
@@ -665,6 +685,9 @@ impl Upstream {
                         .map_err(|e| upstream_err(&self.name, e))?;
                     w.flush().await.map_err(|e| upstream_err(&self.name, e))?;
                 }
+                if let Some(poll) = &self.idle_poll {
+                    poll.event();
+                }
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(resp)) => Ok(resp),
                     Ok(Err(_)) => Err(upstream_err(&self.name, "connection closed")),
@@ -677,6 +700,9 @@ impl Upstream {
                 }
             }
             Transport::Http { .. } => {
+                if let Some(poll) = &self.idle_poll {
+                    poll.event();
+                }
                 tokio::time::timeout(timeout, self.http_post(&frame, Some(id), certificate))
                     .await
                     .map_err(|_| upstream_err(&self.name, "timed out"))?
@@ -798,6 +824,7 @@ impl Upstream {
             client_caps: json!({}),
             events,
             timeout: Duration::from_secs(1),
+            idle_poll: None,
             param_headers: Mutex::default(),
             session_stream: Mutex::default(),
         })
