@@ -9,7 +9,10 @@
 use std::process::ExitCode;
 
 /// mimalloc: the call path allocates and frees many small JSON values; glibc's allocator spent
-/// ~8% of the gateway's CPU time per call on them (see docs/BENCHMARKS.md).
+/// ~8% of the gateway's CPU time per call on them (see docs/BENCHMARKS.md). Built without
+/// transparent huge pages (`no_thp`): with them, memory mimalloc had returned to the OS came back
+/// as 2 MiB pages the kernel zeroes on first touch, two thirds of the log publisher's CPU time,
+/// competing with the call path on a small machine.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
