@@ -438,6 +438,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.servers.len(), 2);
         assert_eq!(cfg.servers["fs"].era, Era::Legacy);
+        assert_eq!(cfg.gateway.idle_poll_us, 200, "polling is on by default");
         assert_eq!(
             cfg.split_tool("fs/read_text_file"),
             Some(("fs", "read_text_file"))
@@ -449,6 +450,22 @@ mod tests {
         let clock = cfg.source_label("clock", "now");
         assert!(!clock.is_untrusted());
         assert!(clock.sources.contains("tool:clock/now"));
+    }
+
+    #[test]
+    fn idle_polling_can_be_turned_off_but_not_misspelt() {
+        let cfg =
+            GatewayConfig::parse("trust_domain = \"example.org\"\n[gateway]\nidle_poll_us = 0\n")
+                .unwrap();
+        assert_eq!(cfg.gateway.idle_poll_us, 0);
+        assert!(
+            GatewayConfig::parse("trust_domain = \"example.org\"\n[gateway]\nidle_poll = 0\n")
+                .is_err()
+        );
+        assert!(
+            GatewayConfig::parse("trust_domain = \"example.org\"\n[gateway]\nidle_poll_us = -1\n")
+                .is_err()
+        );
     }
 
     #[test]
