@@ -1092,28 +1092,16 @@ impl Session {
             Ok(resp) => resp,
             Err(e) => return jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &e.to_string(), None),
         };
-        if let Some(result) = resp.get_mut("result").and_then(Value::as_object_mut) {
-            let mut label = source;
-            for l in call.labels.values() {
-                label.join(l);
-            }
-            if label.is_untrusted() {
-                let mut text = Vec::new();
-                for (k, v) in result.iter() {
-                    if k != "_meta" {
-                        strings(v, &mut text);
-                    }
-                }
-                if let Ok(mut ix) = self.taint.lock() {
-                    for t in &text {
-                        ix.insert(t, &label);
-                    }
-                }
-            }
-            let meta = result.entry("_meta").or_insert_with(|| json!({}));
-            if let Some(meta) = meta.as_object_mut() {
-                meta.insert(META_LABELS.into(), label.to_meta());
-            }
+        let mut label = source;
+        for l in call.labels.values() {
+            label.join(l);
+        }
+        // An error's text is the server's too: what an agent copies from it is tainted alike.
+        if let Some(error) = resp.get_mut("error") {
+            self.index_untrusted(error, &label);
+        }
+        if let Some(result) = resp.get_mut("result") {
+            self.label_result(result, &label);
             if result.get("resultType").and_then(Value::as_str) == Some("task")
                 && let Some(task) = result.get("taskId").and_then(Value::as_str)
             {
@@ -1182,8 +1170,12 @@ impl Session {
         server: &str,
         task_id: Option<&Value>,
     ) {
-        let known = self.task(task_id).map(|(_, label)| label);
-        let Some(result) = frame.pointer_mut(pointer).and_then(Value::as_object_mut) else {
+        // Only the server that created the task speaks for it: another server naming its id
+        // gets no more than an unknown task's trust.
+        let known = self
+            .task(task_id)
+            .and_then(|(owner, label)| (owner == server).then_some(label));
+        let Some(result) = frame.pointer_mut(pointer) else {
             return;
         };
         let label = known.unwrap_or_else(|| {
@@ -1192,22 +1184,50 @@ impl Session {
                 crate::labels::Integrity::Untrusted,
             )
         });
+        self.label_result(result, &label);
+    }
+
+    /// Labels a tool result for the agent (`_meta` `dev.warden/labels`) and, when `label` is
+    /// untrusted, indexes its text for taint inference. A result that is not an object (not
+    /// what MCP allows, but a server may send it) is still indexed; a `_meta` that is not an
+    /// object is replaced, so the label is never silently left off.
+    fn label_result(&self, result: &mut Value, label: &Label) {
+        let Some(fields) = result.as_object_mut() else {
+            self.index_untrusted(result, label);
+            return;
+        };
         if label.is_untrusted() {
             let mut text = Vec::new();
-            for (k, v) in result.iter() {
+            for (k, v) in fields.iter() {
                 if k != "_meta" {
                     strings(v, &mut text);
                 }
             }
-            if let Ok(mut ix) = self.taint.lock() {
-                for t in &text {
-                    ix.insert(t, &label);
-                }
-            }
+            self.index_texts(&text, label);
         }
-        let meta = result.entry("_meta").or_insert_with(|| json!({}));
+        let meta = fields.entry("_meta").or_insert_with(|| json!({}));
+        if !meta.is_object() {
+            *meta = json!({});
+        }
         if let Some(meta) = meta.as_object_mut() {
             meta.insert(META_LABELS.into(), label.to_meta());
+        }
+    }
+
+    /// Indexes every string in `value` under `label` when the label is untrusted.
+    fn index_untrusted(&self, value: &Value, label: &Label) {
+        if label.is_untrusted() {
+            let mut text = Vec::new();
+            strings(value, &mut text);
+            self.index_texts(&text, label);
+        }
+    }
+
+    fn index_texts(&self, text: &[String], label: &Label) {
+        if let Ok(mut ix) = self.taint.lock() {
+            for t in text {
+                ix.insert(t, label);
+            }
         }
     }
 
@@ -1521,3 +1541,6 @@ pub(crate) fn decode_header_value(v: &str) -> Option<String> {
         None => Some(v.to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests;
