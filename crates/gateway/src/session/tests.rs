@@ -41,9 +41,12 @@ fn tools_list(names: &[&str]) -> std::collections::VecDeque<Value> {
         .collect()
 }
 
+/// A recorded server: its name, its answers by request id, and its tools' names.
+type ServerScript<'a> = (&'a str, Vec<(&'a str, Value)>, &'a [&'a str]);
+
 async fn setup(
     servers: &str,
-    answers: Vec<(&str, Vec<(&str, Value)>, &[&str])>,
+    answers: Vec<ServerScript<'_>>,
 ) -> (
     Arc<Session>,
     Arc<Recording>,
