@@ -255,29 +255,54 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
-/// `frame` as JSON bytes with one more `params._meta` entry, `key`, whose value is JSON text
-/// already (`raw`: the call certificate, sent as the kernel made it, with no round trip through a
-/// `Value` and no second parse). An entry `key` the frame carries already is left out, so the
-/// bytes never hold the key twice: a reader keeping the first of duplicate keys would otherwise
-/// see the agent's. `raw` must be valid JSON; the caller vouches for it.
-pub(crate) fn to_vec_with_meta(frame: &Value, key: &str, raw: &str) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(256 + raw.len());
-    let Some(obj) = frame.as_object() else {
-        serde_json::to_writer(&mut out, frame)?;
-        return Ok(out);
+/// The prefix of Warden's own `_meta` keys. What an agent puts there is for the gateway (declared
+/// labels, intent, a delegation token) and never reaches an upstream; the only such key an
+/// upstream sees is the certificate the gateway adds to a `tools/call`.
+pub(crate) const WARDEN_META_PREFIX: &str = "dev.warden/";
+
+fn is_warden_key(k: &str) -> bool {
+    k.starts_with(WARDEN_META_PREFIX)
+}
+
+/// Whether `frame` carries a `dev.warden/*` key in `params._meta` or `result._meta`.
+fn carries_warden_meta(frame: &Value) -> bool {
+    ["params", "result"].iter().any(|at| {
+        frame
+            .get(at)
+            .and_then(|v| v.get("_meta"))
+            .and_then(Value::as_object)
+            .is_some_and(|meta| meta.keys().any(|k| is_warden_key(k)))
+    })
+}
+
+/// `frame` as the JSON bytes an upstream receives: without any `dev.warden/*` key in
+/// `params._meta` or `result._meta`, and with `certificate` (JSON text already: the call
+/// certificate, sent as the kernel made it, with no round trip through a `Value`) as
+/// `params._meta["dev.warden/certificate"]` when given. An agent's own certificate is thus never
+/// forwarded, and the bytes never hold the key twice (a reader keeping the first of duplicate keys
+/// would otherwise see the agent's). `certificate` must be valid JSON; the caller vouches for it.
+pub(crate) fn to_upstream_vec(
+    frame: &Value,
+    certificate: Option<&str>,
+) -> serde_json::Result<Vec<u8>> {
+    let obj = match frame.as_object() {
+        Some(obj) if certificate.is_some() || carries_warden_meta(frame) => obj,
+        _ => return serde_json::to_vec(frame),
     };
+    let mut out = Vec::with_capacity(256 + certificate.map_or(0, str::len));
     let empty = Map::new();
     out.push(b'{');
     for (i, (k, v)) in obj.iter().enumerate() {
         member(&mut out, i == 0, k)?;
         match v {
-            Value::Object(params) if k == "params" => write_params(&mut out, params, key, raw)?,
+            Value::Object(params) if k == "params" => write_body(&mut out, params, certificate)?,
+            Value::Object(result) if k == "result" => write_body(&mut out, result, None)?,
             _ => serde_json::to_writer(&mut out, v)?,
         }
     }
-    if !obj.contains_key("params") {
+    if certificate.is_some() && !obj.contains_key("params") {
         member(&mut out, obj.is_empty(), "params")?;
-        write_params(&mut out, &empty, key, raw)?;
+        write_body(&mut out, &empty, certificate)?;
     }
     out.push(b'}');
     Ok(out)
@@ -293,46 +318,48 @@ fn member(out: &mut Vec<u8>, first: bool, k: &str) -> serde_json::Result<()> {
     Ok(())
 }
 
-fn write_params(
+/// `params` or `result`, its `_meta` written by [`write_meta`].
+fn write_body(
     out: &mut Vec<u8>,
-    params: &Map<String, Value>,
-    key: &str,
-    raw: &str,
+    body: &Map<String, Value>,
+    certificate: Option<&str>,
 ) -> serde_json::Result<()> {
     let empty = Map::new();
     out.push(b'{');
-    for (i, (k, v)) in params.iter().enumerate() {
+    for (i, (k, v)) in body.iter().enumerate() {
         member(out, i == 0, k)?;
         match v {
-            Value::Object(meta) if k == "_meta" => write_meta(out, meta, key, raw)?,
-            // A `_meta` that is not an object cannot hold the entry: replaced.
-            _ if k == "_meta" => write_meta(out, &empty, key, raw)?,
+            Value::Object(meta) if k == "_meta" => write_meta(out, meta, certificate)?,
+            // A `_meta` that is not an object cannot hold the certificate: replaced.
+            _ if k == "_meta" && certificate.is_some() => write_meta(out, &empty, certificate)?,
             _ => serde_json::to_writer(&mut *out, v)?,
         }
     }
-    if !params.contains_key("_meta") {
-        member(out, params.is_empty(), "_meta")?;
-        write_meta(out, &empty, key, raw)?;
+    if certificate.is_some() && !body.contains_key("_meta") {
+        member(out, body.is_empty(), "_meta")?;
+        write_meta(out, &empty, certificate)?;
     }
     out.push(b'}');
     Ok(())
 }
 
+/// `_meta` without Warden's keys, then the certificate if any.
 fn write_meta(
     out: &mut Vec<u8>,
     meta: &Map<String, Value>,
-    key: &str,
-    raw: &str,
+    certificate: Option<&str>,
 ) -> serde_json::Result<()> {
     out.push(b'{');
     let mut first = true;
-    for (k, v) in meta.iter().filter(|(k, _)| k.as_str() != key) {
+    for (k, v) in meta.iter().filter(|(k, _)| !is_warden_key(k)) {
         member(out, first, k)?;
         first = false;
         serde_json::to_writer(&mut *out, v)?;
     }
-    member(out, first, key)?;
-    out.extend_from_slice(raw.as_bytes());
+    if let Some(raw) = certificate {
+        member(out, first, crate::META_CERTIFICATE)?;
+        out.extend_from_slice(raw.as_bytes());
+    }
     out.push(b'}');
     Ok(())
 }
@@ -402,7 +429,7 @@ mod tests {
 
     fn with_cert(frame: Value) -> Value {
         let raw = r#"{"cert":{"v":1},"sig":"ab"}"#;
-        let bytes = to_vec_with_meta(&frame, "dev.warden/certificate", raw).unwrap();
+        let bytes = to_upstream_vec(&frame, Some(raw)).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         // Byte for byte, and once.
         assert_eq!(text.matches(raw).count(), 1, "{text}");
@@ -419,7 +446,13 @@ mod tests {
     fn the_certificate_replaces_the_agents_and_keeps_the_rest() {
         let out = with_cert(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
             "params": {"name": "t", "arguments": {"a": 1},
-                       "_meta": {"dev.warden/certificate": {"forged": true}, "trace": "x"}}}));
+                       "_meta": {"dev.warden/certificate": {"forged": true}, "trace": "x",
+                                 "dev.warden/delegation": "secret", "dev.warden/intent": "i"}}}));
+        assert_eq!(
+            out["params"]["_meta"].as_object().unwrap().len(),
+            2,
+            "{out}"
+        );
         assert_eq!(
             out["params"]["_meta"]["dev.warden/certificate"],
             json!({"cert": {"v": 1}, "sig": "ab"})
@@ -452,5 +485,37 @@ mod tests {
             out["params"]["_meta"],
             json!({"dev.warden/certificate": cert})
         );
+    }
+
+    #[test]
+    fn no_warden_key_goes_upstream_outside_a_certified_call() {
+        let meta = json!({"dev.warden/certificate": {"forged": true},
+            "dev.warden/delegation": "secret-biscuit", "dev.warden/labels": {"uri": ["web:x"]},
+            "progressToken": 3});
+        for frame in [
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read",
+                   "params": {"uri": "file:///x", "_meta": meta}}),
+            json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed",
+                   "params": {"_meta": meta}}),
+            json!({"jsonrpc": "2.0", "id": 9, "result": {"roots": [], "_meta": meta}}),
+        ] {
+            let bytes = to_upstream_vec(&frame, None).unwrap();
+            let text = String::from_utf8(bytes.clone()).unwrap();
+            assert!(!text.contains("dev.warden/"), "{text}");
+            let out = parse_strict(&bytes).unwrap();
+            let body = out.get("params").or_else(|| out.get("result")).unwrap();
+            assert_eq!(body["_meta"], json!({"progressToken": 3}), "{text}");
+        }
+        // Frames without Warden's keys go out as they are, a non-object `_meta` included.
+        for frame in [
+            json!({"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"_meta": 3}}),
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"x": [1, 2]}}),
+            json!({"jsonrpc": "2.0", "method": "n"}),
+        ] {
+            assert_eq!(
+                to_upstream_vec(&frame, None).unwrap(),
+                serde_json::to_vec(&frame).unwrap()
+            );
+        }
     }
 }

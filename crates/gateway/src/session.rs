@@ -1067,10 +1067,6 @@ impl Session {
         if let Some(params) = frame.get_mut("params").and_then(Value::as_object_mut) {
             params.insert("name".into(), json!(tool));
             params.insert("arguments".into(), call.arguments.clone());
-            if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
-                meta.remove(META_LABELS);
-                meta.remove(crate::META_DELEGATION);
-            }
         }
         let up = match self.upstream(server).await {
             Ok(up) => up,
@@ -1081,8 +1077,9 @@ impl Session {
         if let Ok(mut f) = self.inflight.lock() {
             f.insert(inflight_key.clone(), (server.to_owned(), upstream_id));
         }
-        // The certificate goes in as the frame is written, replacing any the agent put in
-        // `_meta` (`jsonrpc::to_vec_with_meta`).
+        // The certificate goes in as the frame is written, and every `dev.warden/*` key the
+        // agent put in `_meta` (its own certificate, declared labels, intent, delegation token)
+        // is left out (`jsonrpc::to_upstream_vec`).
         let result = up.forward(frame, upstream_id, Some(&certificate)).await;
         if let Ok(mut f) = self.inflight.lock() {
             f.remove(&inflight_key);

@@ -209,12 +209,10 @@ impl Drop for TimersNear {
     }
 }
 
-/// The bytes of `frame`, with the call certificate in `params._meta` when there is one.
+/// The bytes of `frame` for the upstream: Warden's `_meta` keys dropped, the call certificate
+/// added to `params._meta` when there is one (see `jsonrpc::to_upstream_vec`).
 fn encode(frame: &Value, certificate: Option<&str>) -> serde_json::Result<Vec<u8>> {
-    match certificate {
-        Some(raw) => jsonrpc::to_vec_with_meta(frame, crate::META_CERTIFICATE, raw),
-        None => serde_json::to_vec(frame),
-    }
+    jsonrpc::to_upstream_vec(frame, certificate)
 }
 
 fn upstream_err(server: &str, reason: impl std::fmt::Display) -> Error {
@@ -729,7 +727,7 @@ impl Upstream {
                 url,
                 session_id,
             } => {
-                let body = serde_json::to_vec(&frame).map_err(|e| upstream_err(&self.name, e))?;
+                let body = encode(&frame, None).map_err(|e| upstream_err(&self.name, e))?;
                 let req = self
                     .http_builder(client, url, session_id, &frame)
                     .body(body);
@@ -794,8 +792,7 @@ impl Upstream {
     pub async fn notify(&self, frame: Value) -> Result<(), Error> {
         match &self.transport {
             Transport::Stdio { stdin, .. } => {
-                let mut bytes =
-                    serde_json::to_vec(&frame).map_err(|e| upstream_err(&self.name, e))?;
+                let mut bytes = encode(&frame, None).map_err(|e| upstream_err(&self.name, e))?;
                 bytes.push(b'\n');
                 let mut w = stdin.lock().await;
                 w.write_all(&bytes)

@@ -17,10 +17,17 @@ use serde_json::{Value, json};
 use warden_gateway::{GatewayConfig, META_CERTIFICATE, jsonrpc};
 use warden_kernel::{CallCertificate, CertSigningKey, CertificateVerifier, Timestamp};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agents_certificate_is_replaced_by_the_kernels_not_duplicated() {
+/// An agent of a gateway in front of the recording server; the file its `tools/call` lines go
+/// to (the other lines go to the same name plus `.other`).
+async fn recorded_agent(
+    dir: &tempfile::TempDir,
+    log: &TestLog,
+) -> (
+    Agent,
+    std::sync::Arc<warden_gateway::Gateway>,
+    std::path::PathBuf,
+) {
     let (python, script) = common::py_script("recording_server.py");
-    let dir = tempfile::tempdir().unwrap();
     let recorded = dir.path().join("calls.jsonl");
     let text = format!(
         r#"
@@ -45,14 +52,21 @@ async fn an_agents_certificate_is_replaced_by_the_kernels_not_duplicated() {
         script = script.display(),
         recorded = recorded.display(),
     );
-    let log = TestLog::new();
-    let (mut a, _gw) = Agent::start(
+    let (mut a, gw) = Agent::start(
         GatewayConfig::parse(&text).unwrap(),
-        authority(&text, &log),
+        authority(&text, log),
         "spiffe://example.org/agent/a",
     )
     .await;
     a.initialize().await;
+    (a, gw, recorded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_certificate_is_replaced_by_the_kernels_not_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let (mut a, _gw, recorded) = recorded_agent(&dir, &log).await;
 
     // A forged certificate (it would verify nowhere, but a server that read the first of two
     // keys would see it) and an entry of the agent's own.
@@ -105,5 +119,60 @@ async fn an_agents_certificate_is_replaced_by_the_kernels_not_duplicated() {
     }
     let first: Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(first["params"]["_meta"]["trace"], "keep-me", "{first}");
+    log.verify();
+}
+
+/// Warden's `_meta` namespace is the gateway's: declared labels, intent and a delegation token
+/// never reach an upstream, on a `tools/call` (whose only Warden key upstream is the kernel's
+/// certificate) nor on any other request, notification or answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_warden_meta_key_of_the_agent_reaches_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = TestLog::new();
+    let (mut a, _gw, recorded) = recorded_agent(&dir, &log).await;
+    let declared = json!({"dev.warden/labels": {"m": ["user"]}, "dev.warden/intent": "say hi",
+        "trace": "keep-me"});
+    let r = a
+        .request(
+            "tools/call",
+            json!({"name": "rec/echo", "arguments": {"m": "hi"}, "_meta": declared}),
+        )
+        .await;
+    assert_eq!(common::text(&r), "hi", "{r}");
+    let secret = json!({"dev.warden/certificate": {"cert": {"forged": true}, "sig": "00"},
+        "dev.warden/delegation": "SECRET-BISCUIT", "dev.warden/labels": {"uri": ["web:x"]},
+        "trace": "keep-me"});
+    let r = a
+        .request(
+            "resources/read",
+            json!({"uri": "file:///x", "_meta": secret}),
+        )
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    a.send(
+        &json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed",
+        "params": {"_meta": secret}}),
+    )
+    .await;
+    // The server reads in order: once it answered this, it had read the notification.
+    let r = a
+        .request("resources/read", json!({"uri": "file:///y"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+
+    let call = std::fs::read_to_string(&recorded).unwrap();
+    let frame: Value = jsonrpc::parse_strict(call.trim().as_bytes()).unwrap();
+    let meta = frame["params"]["_meta"].as_object().unwrap();
+    let keys: Vec<&str> = meta.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["trace", META_CERTIFICATE], "{call}");
+    let other = std::fs::read_to_string(recorded.with_extension("jsonl.other")).unwrap();
+    for method in ["file:///x", "notifications/roots/list_changed", "file:///y"] {
+        assert!(
+            other.contains(method),
+            "{method} never reached the server: {other}"
+        );
+    }
+    assert!(!other.contains("dev.warden/"), "{other}");
+    assert!(other.contains("keep-me"), "{other}");
     log.verify();
 }
