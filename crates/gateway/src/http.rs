@@ -129,6 +129,22 @@ impl HttpFace {
             .map_err(Error::Io)
     }
 
+    /// The checks every request passes before anything else: no header the face decides on
+    /// appears twice (a proxy or filter reading the last value would see another request than
+    /// the face, which reads the first), and the `Origin` is allowed.
+    fn screen(&self, headers: &HeaderMap) -> Result<(), Response> {
+        if let Some(name) = repeated_header(headers) {
+            return Err(status(
+                StatusCode::BAD_REQUEST,
+                &format!("header `{name}` appears more than once"),
+            ));
+        }
+        if !self.origin_ok(headers) {
+            return Err(status(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+        Ok(())
+    }
+
     fn origin_ok(&self, headers: &HeaderMap) -> bool {
         let Some(origin) = headers.get(header::ORIGIN) else {
             return true;
@@ -294,6 +310,18 @@ fn rpc_error(code: StatusCode, id: Value, rpc: i64, msg: &str, data: Option<Valu
     (code, axum::Json(jsonrpc::error(id, rpc, msg, data))).into_response()
 }
 
+/// The first header the face decides on (`Origin`, `Authorization`, the MCP headers, Warden's
+/// delegation header) that appears more than once.
+fn repeated_header(headers: &HeaderMap) -> Option<&str> {
+    headers.keys().map(|k| k.as_str()).find(|name| {
+        let decided = *name == "origin"
+            || *name == "authorization"
+            || name.starts_with("mcp-")
+            || name.eq_ignore_ascii_case(crate::DELEGATION_HEADER);
+        decided && headers.get_all(*name).iter().nth(1).is_some()
+    })
+}
+
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -406,8 +434,8 @@ async fn post_mcp(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !face.origin_ok(&headers) {
-        return status(StatusCode::FORBIDDEN, "origin not allowed");
+    if let Err(refused) = face.screen(&headers) {
+        return refused;
     }
     let agent = match face.caller(&headers, &peer) {
         Ok(a) => a,
@@ -677,8 +705,8 @@ fn sse_response(body: Body) -> Response {
 }
 
 async fn get_mcp(State(face): State<Arc<HttpFace>>, peer: Peer, headers: HeaderMap) -> Response {
-    if !face.origin_ok(&headers) {
-        return status(StatusCode::FORBIDDEN, "origin not allowed");
+    if let Err(refused) = face.screen(&headers) {
+        return refused;
     }
     let agent = match face.caller(&headers, &peer) {
         Ok(a) => a,
@@ -703,8 +731,8 @@ async fn get_mcp(State(face): State<Arc<HttpFace>>, peer: Peer, headers: HeaderM
 }
 
 async fn delete_mcp(State(face): State<Arc<HttpFace>>, peer: Peer, headers: HeaderMap) -> Response {
-    if !face.origin_ok(&headers) {
-        return status(StatusCode::FORBIDDEN, "origin not allowed");
+    if let Err(refused) = face.screen(&headers) {
+        return refused;
     }
     let agent = match face.caller(&headers, &peer) {
         Ok(a) => a,
@@ -727,9 +755,7 @@ async fn delete_mcp(State(face): State<Arc<HttpFace>>, peer: Peer, headers: Head
 }
 
 fn approver(face: &HttpFace, peer: &Peer, headers: &HeaderMap) -> Result<String, Response> {
-    if !face.origin_ok(headers) {
-        return Err(status(StatusCode::FORBIDDEN, "origin not allowed"));
-    }
+    face.screen(headers)?;
     let who = face.caller(headers, peer)?;
     if face.gw.config().gateway.approvers.contains(&who) {
         Ok(who)

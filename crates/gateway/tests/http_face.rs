@@ -376,6 +376,27 @@ async fn modern_headers_must_match_the_body() {
         (400, Some(jsonrpc::HEADER_MISMATCH))
     );
 
+    // A header the face decides on, sent twice, is refused even when its first value matches:
+    // something in front of the face reading the last one would see another call.
+    for (name, second) in [
+        ("mcp-name", "x/other"),
+        ("mcp-method", "tools/list"),
+        ("mcp-protocol-version", "2025-11-25"),
+        ("origin", "http://evil.example"),
+        ("authorization", "Bearer x"),
+    ] {
+        let mut twice = good.to_vec();
+        if name == "origin" {
+            twice.push(("origin", "http://localhost"));
+        }
+        twice.push((name, second));
+        let (code, _, body) = post(&f.url, &twice, &call).await;
+        // Refused before the body is read, not the unknown tool's error.
+        assert_eq!(code, 400, "{name} twice: {body}");
+        let why = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(why.contains("more than once"), "{name} twice: {body}");
+    }
+
     let mut old = call.clone();
     old["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("2099-01-01");
     let mut hdr = good;
