@@ -215,6 +215,32 @@ fn encode(frame: &Value, certificate: Option<&str>) -> serde_json::Result<Vec<u8
     jsonrpc::to_upstream_vec(frame, certificate)
 }
 
+/// A plain (not SSE) HTTP answer's body, refused once it exceeds a frame
+/// ([`jsonrpc::MAX_FRAME`]), as a stdio server's over-long line is: a server cannot make the
+/// gateway buffer more.
+async fn bounded_body(server: &str, resp: &mut reqwest::Response) -> Result<Vec<u8>, Error> {
+    let too_long = || {
+        upstream_err(
+            server,
+            format_args!("answer over {} bytes", jsonrpc::MAX_FRAME),
+        )
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > jsonrpc::MAX_FRAME as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| upstream_err(server, e))? {
+        if body.len() + chunk.len() > jsonrpc::MAX_FRAME {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn upstream_err(server: &str, reason: impl std::fmt::Display) -> Error {
     Error::Upstream {
         server: server.to_owned(),
@@ -737,10 +763,11 @@ impl Upstream {
                     .map_err(|e| upstream_err(&self.name, e))?;
                 if !is_sse(&resp) {
                     let status = resp.status();
-                    let bytes = tokio::time::timeout(self.timeout, resp.bytes())
-                        .await
-                        .map_err(|_| upstream_err(&self.name, "timed out"))?
-                        .map_err(|e| upstream_err(&self.name, e))?;
+                    let mut resp = resp;
+                    let bytes =
+                        tokio::time::timeout(self.timeout, bounded_body(&self.name, &mut resp))
+                            .await
+                            .map_err(|_| upstream_err(&self.name, "timed out"))??;
                     let answer = serde_json::from_slice::<Value>(&bytes)
                         .ok()
                         .filter(|v| jsonrpc::classify(v) == Kind::Response)
@@ -889,10 +916,7 @@ impl Upstream {
         };
         if !is_sse(&resp) {
             let status = resp.status();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| upstream_err(&self.name, e))?;
+            let bytes = bounded_body(&self.name, &mut resp).await?;
             return match serde_json::from_slice::<Value>(&bytes) {
                 Ok(v) if jsonrpc::classify(&v) == Kind::Response || v.get("error").is_some() => {
                     Ok(Some(v))

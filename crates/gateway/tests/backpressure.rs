@@ -473,6 +473,53 @@ async fn a_server_line_over_the_frame_limit_ends_the_connection() {
     );
 }
 
+/// An HTTP server's plain JSON answer is held to the same frame limit as a stdio line: refused
+/// from its Content-Length, or while it is read when there is none; a smaller one passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_servers_answer_over_the_frame_limit_is_refused() {
+    let (python, script) = common::py_script("big_http_server.py");
+    let (_server, url) = common::start_http_server(&python, &[script.display().to_string()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+        trust_domain = "example.org"
+        [agents.a]
+        id = "spiffe://example.org/agent/a"
+        [gateway]
+        pins = "{pins}"
+        [servers.big]
+        url = "{url}/mcp"
+        [[allow]]
+        id = "big"
+        agents = ["a"]
+        tools = ["big/big"]
+        "#,
+        pins = dir.path().join("pins.json").display(),
+    );
+    let log = TestLog::new();
+    let (mut agent, _gw) = Agent::start(
+        GatewayConfig::parse(&text).unwrap(),
+        authority(&text, &log),
+        "spiffe://example.org/agent/a",
+    )
+    .await;
+    agent.initialize().await;
+    let small = agent.call("big/big", json!({"mib": 1})).await;
+    assert_eq!(common::text(&small).len(), 1 << 20, "{small}");
+    for chunked in [false, true] {
+        let resp = agent
+            .call("big/big", json!({"mib": 17, "chunked": chunked}))
+            .await;
+        assert_eq!(
+            common::error_code(&resp),
+            Some(UPSTREAM_ERROR),
+            "chunked {chunked}: {}",
+            resp.to_string().get(..300).unwrap_or_default()
+        );
+    }
+    log.verify();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_never_reads_its_answers_stops_being_read() {
     use std::sync::atomic::{AtomicU64, Ordering};
