@@ -121,18 +121,19 @@ impl<R: rand_core::CryptoRng + Send> KernelAuthority<R> {
         if known.as_deref() == Some(call.definition_hash.as_str()) {
             return Ok(());
         }
-        // A definition the kernel cannot type-check stays unknown: the kernel then denies calls
-        // to it (`unknown-tool`), with a record.
-        let Ok(spec) = ToolSpec::from_mcp_definition(&call.server, &call.definition) else {
-            return Ok(());
-        };
+        let spec = ToolSpec::from_mcp_definition(&call.server, &call.definition);
         let mut kernel = self
             .kernel
             .write()
             .map_err(|_| AuthorityError("kernel lock poisoned".into()))?;
-        let next = kernel
-            .with_tools(vec![spec])
-            .map_err(|e| AuthorityError(format!("cannot learn `{id}`: {e}")))?;
+        let next = match spec {
+            Ok(spec) => kernel.with_tools(vec![spec]),
+            // A definition the kernel cannot type-check stays unknown, and so does the tool,
+            // even when an earlier definition of it was learned: the kernel then denies calls
+            // to it (`unknown-tool`), with a record, never judging them by the old schema.
+            Err(_) => kernel.without_tool(&id),
+        }
+        .map_err(|e| AuthorityError(format!("cannot learn `{id}`: {e}")))?;
         *kernel = next;
         Ok(())
     }
@@ -198,6 +199,18 @@ impl<R: rand_core::CryptoRng + Send> KernelAuthority<R> {
                 .kernel
                 .read()
                 .map_err(|_| AuthorityError("kernel lock poisoned".into()))?;
+            // Another session may have learned another definition of the tool meanwhile (an
+            // operator accepted a change): never decide a call by a definition it was not made
+            // under.
+            if kernel
+                .tool(&request.tool)
+                .is_some_and(|t| t.definition_hash() != call.definition_hash)
+            {
+                return Err(AuthorityError(format!(
+                    "the definition of `{}` changed while the call was decided",
+                    request.tool
+                )));
+            }
             let mut rng = self
                 .rng
                 .lock()

@@ -203,6 +203,26 @@ impl Kernel {
         })
     }
 
+    /// The kernel without the learned tool `id` (calls to it are then denied as unknown until
+    /// it is learned again); the same kernel when it was not learned.
+    pub fn without_tool(&self, id: &ToolId) -> Result<Self, Error> {
+        if !self.learned.iter().any(|t| t.id() == id) {
+            return Ok(self.clone());
+        }
+        let learned: Vec<ToolSpec> = self
+            .learned
+            .iter()
+            .filter(|t| t.id() != id)
+            .cloned()
+            .collect();
+        let bundle = PolicyBundle::build(&self.manifest, &self.files, &learned)?;
+        Ok(Self {
+            bundle: Arc::new(bundle),
+            learned: Arc::new(learned),
+            ..self.clone()
+        })
+    }
+
     /// The manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
