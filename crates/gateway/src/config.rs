@@ -61,6 +61,9 @@ pub struct FaceSettings {
     /// and shrinks while they last longer than this, so an idle session does not poll. See
     /// `docs/gateway.md` (What a call costs).
     pub idle_poll_us: u64,
+    /// Legacy HTTP sessions one agent may hold open at once; its `initialize` past that ends its
+    /// oldest session (default 64).
+    pub max_sessions_per_agent: usize,
     /// Trust bundle (JWKS file, SPIFFE format) the HTTP face verifies JWT-SVID bearers against.
     pub jwks: Option<PathBuf>,
     /// Audience a bearer must carry (default `warden`).
@@ -120,6 +123,7 @@ impl Default for FaceSettings {
             allowed_origins: Vec::new(),
             upstream_timeout_secs: 120,
             idle_poll_us: 200,
+            max_sessions_per_agent: 64,
             jwks: None,
             audience: "warden".into(),
             http_agent: None,

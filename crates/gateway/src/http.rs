@@ -48,6 +48,8 @@ use crate::{LEGACY_VERSIONS, MODERN_VERSION, SUPPORTED_VERSIONS};
 struct HttpSession {
     session: Arc<Session>,
     agent: String,
+    /// Order of creation on this face (the oldest of an agent's sessions goes first).
+    opened: u64,
     /// What the session sends outside responses, for its GET stream.
     backlog: Arc<Backlog>,
 }
@@ -57,6 +59,8 @@ pub struct HttpFace {
     gw: Arc<Gateway>,
     verifier: Option<BearerVerifier>,
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+    /// Sessions opened so far (orders them for [`FaceSettings::max_sessions_per_agent`]).
+    opened: std::sync::atomic::AtomicU64,
     /// Implicit sessions of modern agents, by identity.
     modern: Mutex<HashMap<String, Arc<Session>>>,
     /// Modern agents whose session has the gateway's own tools-only listen open.
@@ -101,6 +105,7 @@ impl HttpFace {
             gw,
             verifier,
             sessions: Mutex::default(),
+            opened: std::sync::atomic::AtomicU64::new(0),
             modern: Mutex::default(),
             watched: Mutex::default(),
             stop_watches: Arc::default(),
@@ -127,6 +132,29 @@ impl HttpFace {
         axum::serve(listener, self.router())
             .await
             .map_err(Error::Io)
+    }
+
+    /// Keeps the legacy session `hs` under `sid`; when its agent already holds
+    /// [`FaceSettings::max_sessions_per_agent`] sessions, the oldest of them ends (its
+    /// connections close) so that one agent's `initialize`s cannot grow the face without bound.
+    /// Returns the ended session, to be dropped outside the lock.
+    fn admit(&self, sid: String, hs: Arc<HttpSession>) -> Option<Arc<HttpSession>> {
+        let max = self.gw.config().gateway.max_sessions_per_agent.max(1);
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine = sessions.values().filter(|s| s.agent == hs.agent);
+        let evicted = if mine.clone().count() >= max {
+            let oldest = mine
+                .min_by_key(|s| s.opened)
+                .map(|s| s.session.id().to_owned());
+            oldest.and_then(|id| sessions.remove(&id))
+        } else {
+            None
+        };
+        sessions.insert(sid, hs);
+        evicted
     }
 
     /// The checks every request passes before anything else: no header the face decides on
@@ -548,11 +576,12 @@ async fn post_mcp(
             session,
             agent,
             backlog,
+            opened: face
+                .opened
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
-        face.sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(sid.clone(), hs);
+        let evicted = face.admit(sid.clone(), hs);
+        drop(evicted);
         let mut r = axum::Json(resp).into_response();
         if let Ok(v) = HeaderValue::from_str(&sid) {
             r.headers_mut().insert("mcp-session-id", v);

@@ -95,6 +95,11 @@ struct Face {
 }
 
 async fn face(eras: &str, extra: &str) -> Face {
+    face_with("", eras, extra).await
+}
+
+/// As [`face`], with `settings` added to the `[gateway]` table.
+async fn face_with(settings: &str, eras: &str, extra: &str) -> Face {
     let dir = tempfile::tempdir().unwrap();
     let good = key("k1");
     let jwks = dir.path().join("bundle.jwks");
@@ -115,6 +120,7 @@ async fn face(eras: &str, extra: &str) -> Face {
         jwks = "{jwks}"
         audience = "warden-test"
         approvers = ["spiffe://example.org/human/alice"]
+        {settings}
         [gateway.eras]
         {eras}
         {extra}
@@ -504,4 +510,57 @@ async fn bearer_never_goes_upstream_and_http_upstreams_work() {
             .all(|(k, v)| k != "authorization" && !v.contains(&jwt)),
         "{seen:?}"
     );
+}
+
+/// One agent's `initialize`s cannot grow the face without bound: past
+/// `max_sessions_per_agent` its oldest session ends; other agents' sessions are not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_legacy_sessions_are_bounded_oldest_ended_first() {
+    let f = face_with("max_sessions_per_agent = 2", "", "").await;
+    let bearer = |who: &str| {
+        format!(
+            "Bearer {}",
+            token(
+                &f.good,
+                &format!("spiffe://example.org/agent/{who}"),
+                "warden-test",
+                300
+            )
+        )
+    };
+    let (alice, bob) = (bearer("alice"), bearer("bob"));
+    let open = |auth: String| {
+        let url = f.url.clone();
+        async move {
+            let (code, headers, body) = post(&url, &[("authorization", &auth)], &init_body()).await;
+            assert_eq!(code, 200, "{body}");
+            headers["mcp-session-id"].to_str().unwrap().to_owned()
+        }
+    };
+    let bobs = open(bob.clone()).await;
+    let mut alices = Vec::new();
+    for _ in 0..3 {
+        alices.push(open(alice.clone()).await);
+    }
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let alive = |auth: String, sid: String| {
+        let (url, ping) = (f.url.clone(), ping.clone());
+        async move {
+            post(
+                &url,
+                &[("authorization", &auth), ("mcp-session-id", &sid)],
+                &ping,
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(
+        alive(alice.clone(), alices[0].clone()).await,
+        404,
+        "the oldest ended"
+    );
+    assert_eq!(alive(alice.clone(), alices[1].clone()).await, 200);
+    assert_eq!(alive(alice.clone(), alices[2].clone()).await, 200);
+    assert_eq!(alive(bob, bobs).await, 200, "another agent's session stays");
 }
