@@ -55,11 +55,13 @@ impl ApprovalQueue {
         rx
     }
 
-    /// Drops a held call (answered by timeout or its agent went away).
-    pub fn forget(&self, id: &str) {
-        if let Ok(mut held) = self.held.lock() {
-            held.remove(id);
-        }
+    /// Drops a held call (answered by timeout or its agent went away); false when it was no
+    /// longer held (an operator's answer took it first, and is on its way to the receiver).
+    pub fn forget(&self, id: &str) -> bool {
+        self.held
+            .lock()
+            .map(|mut held| held.remove(id).is_some())
+            .unwrap_or(false)
     }
 
     /// The held calls.
@@ -169,5 +171,36 @@ mod tests {
         ));
         assert_eq!(rx.try_recv().unwrap().approver, "alice");
         assert!(q.list().is_empty());
+    }
+
+    /// A timeout and an operator's answer race for a held call: exactly one of them takes it
+    /// off the queue, and `forget` tells the timeout whether the answer won (then the answer,
+    /// which the operator was told went through, is what the call gets).
+    #[test]
+    fn the_timeout_learns_whether_an_answer_took_the_call_first() {
+        let q = ApprovalQueue::default();
+        let call = |id: &str| PendingCall {
+            id: id.into(),
+            agent: "spiffe://x/a".into(),
+            session: None,
+            tool: "s/t".into(),
+            arguments: Value::Null,
+            reason: "r".into(),
+            rules: vec![],
+            held_at: String::new(),
+        };
+        let yes = Answer {
+            granted: true,
+            approver: "alice".into(),
+        };
+        // The answer first: the timeout finds nothing to forget, and the answer is waiting.
+        let mut rx = q.hold(call("a1"));
+        assert!(q.answer("a1", yes.clone()));
+        assert!(!q.forget("a1"));
+        assert_eq!(rx.try_recv().unwrap(), yes);
+        // The timeout first: the operator is told no call was waiting.
+        let _rx = q.hold(call("a2"));
+        assert!(q.forget("a2"));
+        assert!(!q.answer("a2", yes));
     }
 }

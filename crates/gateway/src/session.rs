@@ -1000,17 +1000,19 @@ impl Session {
             rules: rules.clone(),
             held_at: rfc3339(self.gw.clock.now()),
         };
-        let rx = self.gw.approvals.hold(pending);
+        let mut rx = self.gw.approvals.hold(pending);
         let timeout = Duration::from_secs(self.gw.cfg.gateway.approval_timeout_secs);
-        let answer = match tokio::time::timeout(timeout, rx).await {
+        let timed_out = Answer {
+            granted: false,
+            approver: "warden:timeout".into(),
+        };
+        let answer = match tokio::time::timeout(timeout, &mut rx).await {
             Ok(Ok(answer)) => answer,
-            _ => {
-                self.gw.approvals.forget(&record);
-                Answer {
-                    granted: false,
-                    approver: "warden:timeout".into(),
-                }
-            }
+            Ok(Err(_)) => timed_out,
+            // An operator who took the call off the queue before the timeout did has been told
+            // it was answered: their answer stands (it is on its way).
+            Err(_) if !self.gw.approvals.forget(&record) => rx.await.unwrap_or(timed_out),
+            Err(_) => timed_out,
         };
         let approval = Approval {
             approver: answer.approver.clone(),
