@@ -127,6 +127,19 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
 
+    fn pending(id: &str) -> PendingCall {
+        PendingCall {
+            id: id.into(),
+            agent: "spiffe://x/a".into(),
+            session: None,
+            tool: "s/t".into(),
+            arguments: Value::Null,
+            reason: "r".into(),
+            rules: vec![],
+            held_at: String::new(),
+        }
+    }
+
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
@@ -143,17 +156,7 @@ mod tests {
     #[test]
     fn answers_reach_the_holder_once() {
         let q = ApprovalQueue::default();
-        let call = PendingCall {
-            id: "a1".into(),
-            agent: "spiffe://x/a".into(),
-            session: None,
-            tool: "s/t".into(),
-            arguments: Value::Null,
-            reason: "r".into(),
-            rules: vec![],
-            held_at: String::new(),
-        };
-        let mut rx = q.hold(call);
+        let mut rx = q.hold(pending("a1"));
         assert_eq!(q.list().len(), 1);
         assert!(q.answer(
             "a1",
@@ -179,27 +182,17 @@ mod tests {
     #[test]
     fn the_timeout_learns_whether_an_answer_took_the_call_first() {
         let q = ApprovalQueue::default();
-        let call = |id: &str| PendingCall {
-            id: id.into(),
-            agent: "spiffe://x/a".into(),
-            session: None,
-            tool: "s/t".into(),
-            arguments: Value::Null,
-            reason: "r".into(),
-            rules: vec![],
-            held_at: String::new(),
-        };
         let yes = Answer {
             granted: true,
             approver: "alice".into(),
         };
         // The answer first: the timeout finds nothing to forget, and the answer is waiting.
-        let mut rx = q.hold(call("a1"));
+        let mut rx = q.hold(pending("a1"));
         assert!(q.answer("a1", yes.clone()));
         assert!(!q.forget("a1"));
         assert_eq!(rx.try_recv().unwrap(), yes);
         // The timeout first: the operator is told no call was waiting.
-        let _rx = q.hold(call("a2"));
+        let _rx = q.hold(pending("a2"));
         assert!(q.forget("a2"));
         assert!(!q.answer("a2", yes));
     }

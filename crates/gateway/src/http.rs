@@ -580,8 +580,8 @@ async fn post_mcp(
                 .opened
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
-        let evicted = face.admit(sid.clone(), hs);
-        drop(evicted);
+        // An ended session is dropped here, outside the table's lock.
+        drop(face.admit(sid.clone(), hs));
         let mut r = axum::Json(resp).into_response();
         if let Ok(v) = HeaderValue::from_str(&sid) {
             r.headers_mut().insert("mcp-session-id", v);

@@ -1191,19 +1191,11 @@ impl Session {
     /// what MCP allows, but a server may send it) is still indexed; a `_meta` that is not an
     /// object is replaced, so the label is never silently left off.
     fn label_result(&self, result: &mut Value, label: &Label) {
+        // `strings` skips `_meta`: only what the server said is indexed.
+        self.index_untrusted(result, label);
         let Some(fields) = result.as_object_mut() else {
-            self.index_untrusted(result, label);
             return;
         };
-        if label.is_untrusted() {
-            let mut text = Vec::new();
-            for (k, v) in fields.iter() {
-                if k != "_meta" {
-                    strings(v, &mut text);
-                }
-            }
-            self.index_texts(&text, label);
-        }
         let meta = fields.entry("_meta").or_insert_with(|| json!({}));
         if !meta.is_object() {
             *meta = json!({});
@@ -1213,18 +1205,15 @@ impl Session {
         }
     }
 
-    /// Indexes every string in `value` under `label` when the label is untrusted.
+    /// Indexes every string in `value` (outside `_meta`) under `label` when it is untrusted.
     fn index_untrusted(&self, value: &Value, label: &Label) {
-        if label.is_untrusted() {
-            let mut text = Vec::new();
-            strings(value, &mut text);
-            self.index_texts(&text, label);
+        if !label.is_untrusted() {
+            return;
         }
-    }
-
-    fn index_texts(&self, text: &[String], label: &Label) {
+        let mut text = Vec::new();
+        strings(value, &mut text);
         if let Ok(mut ix) = self.taint.lock() {
-            for t in text {
+            for t in &text {
                 ix.insert(t, label);
             }
         }

@@ -209,12 +209,6 @@ impl Drop for TimersNear {
     }
 }
 
-/// The bytes of `frame` for the upstream: Warden's `_meta` keys dropped, the call certificate
-/// added to `params._meta` when there is one (see `jsonrpc::to_upstream_vec`).
-fn encode(frame: &Value, certificate: Option<&str>) -> serde_json::Result<Vec<u8>> {
-    jsonrpc::to_upstream_vec(frame, certificate)
-}
-
 /// A plain (not SSE) HTTP answer's body, refused once it exceeds a frame
 /// ([`jsonrpc::MAX_FRAME`]), as a stdio server's over-long line is: a server cannot make the
 /// gateway buffer more.
@@ -699,8 +693,8 @@ impl Upstream {
                     .lock()
                     .map_err(|_| upstream_err(&self.name, "poisoned"))?
                     .insert(id, tx);
-                let mut bytes =
-                    encode(&frame, certificate).map_err(|e| upstream_err(&self.name, e))?;
+                let mut bytes = jsonrpc::to_upstream_vec(&frame, certificate)
+                    .map_err(|e| upstream_err(&self.name, e))?;
                 bytes.push(b'\n');
                 {
                     let mut w = stdin.lock().await;
@@ -753,7 +747,8 @@ impl Upstream {
                 url,
                 session_id,
             } => {
-                let body = encode(&frame, None).map_err(|e| upstream_err(&self.name, e))?;
+                let body = jsonrpc::to_upstream_vec(&frame, None)
+                    .map_err(|e| upstream_err(&self.name, e))?;
                 let req = self
                     .http_builder(client, url, session_id, &frame)
                     .body(body);
@@ -819,7 +814,8 @@ impl Upstream {
     pub async fn notify(&self, frame: Value) -> Result<(), Error> {
         match &self.transport {
             Transport::Stdio { stdin, .. } => {
-                let mut bytes = encode(&frame, None).map_err(|e| upstream_err(&self.name, e))?;
+                let mut bytes = jsonrpc::to_upstream_vec(&frame, None)
+                    .map_err(|e| upstream_err(&self.name, e))?;
                 bytes.push(b'\n');
                 let mut w = stdin.lock().await;
                 w.write_all(&bytes)
@@ -897,7 +893,8 @@ impl Upstream {
             return Err(upstream_err(&self.name, "not an http upstream"));
         };
         let req = self.http_builder(client, url, session_id, frame);
-        let body = encode(frame, certificate).map_err(|e| upstream_err(&self.name, e))?;
+        let body = jsonrpc::to_upstream_vec(frame, certificate)
+            .map_err(|e| upstream_err(&self.name, e))?;
         let mut resp = req
             .body(body)
             .send()
